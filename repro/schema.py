@@ -1,0 +1,92 @@
+"""Every name shared between the writer (training/MLflow) and the readers (analysis, report).
+
+One module, imported on both sides, so that a renamed param cannot silently break analysis.
+MLflow params are the dotted flattening of :class:`repro.config.RunSpec`
+(:func:`repro.config.flatten`); the analysis DataFrame uses the same dotted names as columns.
+"""
+
+from __future__ import annotations
+
+# --- params (dotted names of RunSpec fields; see repro.config.flatten) -----------------------
+P_ARM = "arm"
+P_MODEL = "model"
+P_N_TRAIN = "n_train"
+P_LR = "lr"
+P_EPOCHS = "epochs"
+P_BATCH_SIZE = "batch_size"
+P_SEED = "seed"
+P_LAYOUT = "layout"
+P_INIT_FROM = "init_from"
+P_EVAL_EVERY = "eval_every"
+P_DATA_PDE = "data.pde"
+P_DATA_LOW = "data.low"
+P_DATA_HIGH = "data.high"
+P_DATA_RESOLUTION = "data.resolution"
+P_DATA_N_TRAIN = "data.n_train"
+P_DATA_N_VAL = "data.n_val"
+P_DATA_N_TEST = "data.n_test"
+P_DATA_SEED = "data.seed"
+# Derived params logged beside the spec.
+P_WIDTH = "model.width"
+P_N_MODES = "model.n_modes"
+P_IN_CHANNELS = "model.in_channels"
+P_UPSTREAM_PDE = "upstream.pde"  # physics of the pre-trained model (transfer / zero_shot)
+P_UPSTREAM_LOW = "upstream.low"
+P_UPSTREAM_HIGH = "upstream.high"
+P_FAST = "fast"  # fast spectral path (truncated DFT, bf16 on CUDA) or plain rfft2 reference
+
+# --- metrics -----------------------------------------------------------------------------------
+M_TRAIN_LOSS = "train/loss"  # per epoch, mean over batches of sum-over-pixels squared error
+M_VAL_REL_L2 = "val/rel_l2"  # per evaluated epoch
+M_LR = "lr"  # per epoch, learning rate in effect
+M_TEST_REL_L2 = "test/rel_l2"  # final: mean per-sample relative L2 of the best checkpoint
+M_BEST_VAL_REL_L2 = "best/val_rel_l2"
+M_BEST_EPOCH = "best_epoch"
+M_WALL_SECONDS = "wall_seconds"
+M_SAMPLES_PER_SECOND = "samples_per_second"
+M_GPU_SECONDS = "gpu_seconds"
+M_N_PARAMS = "n_params"
+
+# --- tags --------------------------------------------------------------------------------------
+T_RUN_KEY = "run_key"
+T_GRID = "grid"
+T_ROLE = "role"  # "pretrain" when the grid uses this run as a source, else "downstream"
+T_GIT_SHA = "git_sha"
+T_GIT_DIRTY = "git_dirty"
+T_DEVICE = "device"
+T_FAILURE_REASON = "failure_reason"
+T_DATA_HASH_PREFIX = "data_hash."  # + split
+T_VERSION_PREFIX = "version."  # + package
+T_PARENT_RUN_ID = "mlflow.parentRunId"
+T_SHIFT = "shift"  # "<upstream label> -> <downstream label>" for transfer / zero_shot
+
+# --- artifacts ---------------------------------------------------------------------------------
+A_CHECKPOINT = "checkpoint/model.pt"
+A_PREDICTIONS = "predictions.png"
+
+# --- MLflow layout -------------------------------------------------------------------------------
+EXPERIMENT = "repro"
+ENV_TRACKING_URI = "REPRO_TRACKING_URI"
+ENV_HOME = "REPRO_HOME"
+DEFAULT_HOME = ".repro"  # relative to the current directory unless REPRO_HOME is set
+
+# --- run states (MLflow RunStatus names) ---------------------------------------------------------
+FINISHED = "FINISHED"
+FAILED = "FAILED"
+KILLED = "KILLED"
+RUNNING = "RUNNING"
+
+# --- analysis DataFrame columns (besides the dotted params above) --------------------------------
+C_RUN_ID = "run_id"
+C_STATUS = "status"
+C_START_TIME = "start_time"
+C_TASK = "task"  # downstream dataset label, e.g. "poisson(5,10)"
+C_UPSTREAM = "upstream"  # pre-training dataset label, "" for scratch
+C_SHIFT = T_SHIFT
+C_RUN_KEY = T_RUN_KEY
+C_GRID = T_GRID
+C_ROLE = T_ROLE
+C_FAILURE_REASON = T_FAILURE_REASON
+C_GIT_SHA = T_GIT_SHA
+C_TEST_REL_L2 = M_TEST_REL_L2
+C_VAL_REL_L2 = M_BEST_VAL_REL_L2
