@@ -1,0 +1,252 @@
+"""MLflow tracking: the only module that writes runs (DESIGN.md "MLflow is the system of record").
+
+Store: a SQLite database ``<REPRO_HOME or ./.repro>/mlflow.db`` by default, or any tracking URI
+(``--tracking-uri`` / ``REPRO_TRACKING_URI``), e.g. an ``mlflow server`` for many hosts.  The
+database must be initialised (:func:`init_store`) before parallel workers start: concurrent
+first writers race on the schema migration.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from repro import __version__, schema
+from repro.config import RunSpec, flatten
+
+#: MLflow's limit on one log_batch call (params + metrics + tags), minus headroom.
+_BATCH_LIMIT = 900
+#: How often buffered per-epoch metrics are flushed to the store (seconds).
+_FLUSH_SECONDS = 15.0
+_RUN_KEY_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+class CheckpointNotFound(ValueError):
+    """``init_from`` names a run_key or path that has no usable checkpoint."""
+
+
+def repro_home() -> Path:
+    return Path(os.environ.get(schema.ENV_HOME, schema.DEFAULT_HOME)).resolve()
+
+
+def default_tracking_uri() -> str:
+    """``$REPRO_TRACKING_URI``, else the SQLite store under the project's home directory."""
+    uri = os.environ.get(schema.ENV_TRACKING_URI)
+    if uri:
+        return uri
+    return f"sqlite:///{repro_home() / 'mlflow.db'}"
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def init_store(uri: str) -> str:
+    """Create the store (schema migration) and the experiment; return the experiment id.
+
+    Idempotent and cheap when the store exists.  Call once in the launcher before workers.
+    """
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return experiment_id(uri)
+
+
+@functools.lru_cache(maxsize=16)
+def experiment_id(uri: str) -> str:
+    client = _client(uri)
+    exp = client.get_experiment_by_name(schema.EXPERIMENT)
+    if exp is not None:
+        return exp.experiment_id
+    # With a SQLite store, keep artifacts (checkpoints) beside the database instead of
+    # MLflow's default ./mlruns under whatever directory the process happens to run in.
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    try:
+        return client.create_experiment(schema.EXPERIMENT, artifact_location=location)
+    except Exception:  # another process created it between our two calls
+        exp = client.get_experiment_by_name(schema.EXPERIMENT)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+@functools.lru_cache(maxsize=1)
+def provenance_tags() -> dict[str, str]:
+    """git SHA + dirty flag of the source tree and package versions (as MLflow tags)."""
+    tags: dict[str, str] = {}
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+        tags[schema.T_GIT_SHA] = sha.stdout.strip() or "unknown"
+        tags[schema.T_GIT_DIRTY] = str(bool(dirty.stdout.strip())).lower()
+    except (OSError, subprocess.SubprocessError):
+        tags[schema.T_GIT_SHA] = "unknown"
+        tags[schema.T_GIT_DIRTY] = "unknown"
+    import mlflow
+    import numpy
+    import torch
+
+    versions = {"repro": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+                "mlflow": mlflow.__version__, "python": platform.python_version()}
+    tags.update({f"{schema.T_VERSION_PREFIX}{k}": v for k, v in versions.items()})
+    return tags
+
+
+def start_parent_run(uri: str, *, grid: str, tags: Mapping[str, str] | None = None) -> str:
+    """Open the parent run of one grid invocation; returns its run id."""
+    client = _client(uri)
+    run = client.create_run(experiment_id(uri), run_name=f"grid:{grid}",
+                            tags={schema.T_GRID: grid, schema.T_ROLE: "grid", **(tags or {})})
+    return run.info.run_id
+
+
+def end_run(uri: str, run_id: str, status: str = schema.FINISHED) -> None:
+    _client(uri).set_terminated(run_id, status=status)
+
+
+@dataclass
+class RunRecorder:
+    """One child run in MLflow: spec as params, tags, buffered per-epoch metrics, final state.
+
+    Per-epoch metrics are buffered and flushed every ``_FLUSH_SECONDS`` and at the end, so
+    that hundreds of short runs do not hammer a shared SQLite file with tiny writes.
+    """
+
+    uri: str
+    run_id: str
+    _pending: list[Any] = field(default_factory=list)
+    _last_flush: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def start(cls, uri: str, spec: RunSpec, *, extra_params: Mapping[str, Any] | None = None,
+              tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> "RunRecorder":
+        from mlflow.entities import Param
+
+        client = _client(uri)
+        all_tags = {schema.T_RUN_KEY: spec.run_key, **provenance_tags(), **(tags or {})}
+        if parent_run_id:
+            all_tags[schema.T_PARENT_RUN_ID] = parent_run_id
+        run = client.create_run(experiment_id(uri), run_name=f"{spec.arm}:{spec.data.label}:{spec.model}:N{spec.n_train}",
+                                tags=all_tags)
+        params = {**flatten(spec), **(extra_params or {})}
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), _BATCH_LIMIT):
+            client.log_batch(run.info.run_id, params=items[i:i + _BATCH_LIMIT])
+        return cls(uri=uri, run_id=run.info.run_id)
+
+    def log_epoch(self, step: int, metrics: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        if time.monotonic() - self._last_flush > _FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        client = _client(self.uri)
+        for i in range(0, len(self._pending), _BATCH_LIMIT):
+            client.log_batch(self.run_id, metrics=self._pending[i:i + _BATCH_LIMIT])
+        self._pending.clear()
+        self._last_flush = time.monotonic()
+
+    def log_final(self, metrics: Mapping[str, float], tags: Mapping[str, str] | None = None) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        self._pending.extend(Metric(k, float(v), now, 0) for k, v in metrics.items())
+        self.flush()
+        if tags:
+            _client(self.uri).log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
+        _client(self.uri).log_artifact(self.run_id, str(local_path), artifact_path)
+
+    def finish(self) -> None:
+        self.flush()
+        end_run(self.uri, self.run_id, schema.FINISHED)
+
+    def fail(self, reason: str) -> None:
+        """End the run as FAILED with a one-line ``failure_reason`` tag; never raises."""
+        try:
+            self.flush()
+        except Exception:  # the reason matters more than the lost metrics
+            self._pending.clear()
+        client = _client(self.uri)
+        client.set_tag(self.run_id, schema.T_FAILURE_REASON, reason.strip().splitlines()[0][:4000] if reason.strip() else "unknown")
+        client.set_terminated(self.run_id, status=schema.FAILED)
+
+
+def run_states(uri: str, run_keys: Iterable[str] | None = None) -> dict[str, list[tuple[str, str]]]:
+    """run_key -> [(mlflow run id, status), ...] for the child runs in the store.
+
+    Reads every run with a ``run_key`` tag (paginated); ``run_keys`` restricts the result.
+    """
+    client = _client(uri)
+    wanted = set(run_keys) if run_keys is not None else None
+    out: dict[str, list[tuple[str, str]]] = {}
+    token = None
+    while True:
+        page = client.search_runs([experiment_id(uri)], filter_string=f"tags.{schema.T_RUN_KEY} != ''",
+                                  max_results=5000, page_token=token)
+        for run in page:
+            key = run.data.tags.get(schema.T_RUN_KEY)
+            if key and (wanted is None or key in wanted):
+                out.setdefault(key, []).append((run.info.run_id, run.info.status))
+        token = page.token
+        if not token:
+            return out
+
+
+def finished_run_id(uri: str, run_key: str) -> str | None:
+    """The newest FINISHED run with this run_key, if any."""
+    client = _client(uri)
+    runs = client.search_runs([experiment_id(uri)],
+                              filter_string=f"tags.{schema.T_RUN_KEY} = '{run_key}' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def resolve_checkpoint(init_from: str, uri: str, cache_dir: Path | None = None) -> Path:
+    """Turn ``init_from`` (a checkpoint path or a run_key) into a local checkpoint file.
+
+    Raises :class:`CheckpointNotFound` naming ``init_from`` when there is no such file or no
+    FINISHED run with that key, or its checkpoint artifact is missing.
+    """
+    path = Path(init_from).expanduser()
+    if path.is_file():
+        return path
+    if not _RUN_KEY_RE.match(init_from):
+        raise CheckpointNotFound(f"pre-trained checkpoint {init_from!r}: no such file, and not a run_key (16 hex digits)")
+    run_id = finished_run_id(uri, init_from)
+    if run_id is None:
+        raise CheckpointNotFound(f"pre-trained run {init_from}: no FINISHED run with this run_key in {uri}")
+    target = Path(cache_dir or tempfile.mkdtemp(prefix="repro-ckpt-")) / init_from
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        local = _client(uri).download_artifacts(run_id, schema.A_CHECKPOINT, str(target))
+    except Exception as err:  # noqa: BLE001 - any artifact-store error means "not usable"
+        raise CheckpointNotFound(f"pre-trained run {init_from} (MLflow run {run_id}): checkpoint artifact "
+                                 f"{schema.A_CHECKPOINT} unreadable: {str(err).splitlines()[0]}") from None
+    return Path(local)
+
+
+def device_name(device: str) -> str:
+    """Human device name for the ``device`` tag (GPU model on CUDA, CPU model otherwise)."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return platform.processor() or platform.machine() or "cpu"
