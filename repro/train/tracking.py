@@ -147,6 +147,16 @@ class RunRecorder:
             client.log_batch(run.info.run_id, params=items[i:i + _BATCH_LIMIT])
         return cls(uri=uri, run_id=run.info.run_id)
 
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        _client(self.uri).log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        _client(self.uri).log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
     def log_epoch(self, step: int, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
 
@@ -163,13 +173,13 @@ class RunRecorder:
         self._last_flush = time.monotonic()
 
     def log_final(self, metrics: Mapping[str, float], tags: Mapping[str, str] | None = None) -> None:
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         self._pending.extend(Metric(k, float(v), now, 0) for k, v in metrics.items())
         self.flush()
         if tags:
-            _client(self.uri).log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            self.set_tags(tags)
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
         _client(self.uri).log_artifact(self.run_id, str(local_path), artifact_path)
