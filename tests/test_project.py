@@ -1,0 +1,62 @@
+"""The project's own contracts: README commands, CI script, import direction, CLI help."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_readme_has_exactly_two_setup_commands_main_job_and_tests() -> None:
+    commands = _readme_commands()
+    assert len(commands) == 2, commands
+    main_job, tests = commands
+    assert main_job.startswith("pip install torch==2.13.0 && pip install -e")
+    assert main_job.endswith("repro run-grid")
+    assert tests.startswith("pip install torch==2.13.0 && pip install -e")
+
+
+def test_ci_runs_readme_test_command_after_installing_torch_first() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    test_command = _readme_commands()[1].split("&&")[-1].strip()
+    assert test_command.startswith("python -m pytest")
+    ci_lines = [line.strip() for line in ci.splitlines()]
+    assert test_command in ci_lines, f"{test_command!r} must appear verbatim in .ci/run"
+    torch_at = next(i for i, line in enumerate(ci_lines) if "torch==2.13.0" in line)
+    project_at = next(i for i, line in enumerate(ci_lines) if "pip install" in line and "-e" in line)
+    assert torch_at < project_at < ci_lines.index(test_command)
+
+
+def test_import_contracts_hold() -> None:
+    lint = Path(sys.executable).with_name("lint-imports")
+    if not lint.exists():
+        pytest.skip("import-linter is not installed in this environment")
+    result = subprocess.run([str(lint), "--config", str(ROOT / "pyproject.toml")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    from repro.cli import app
+
+    runner = CliRunner()
+    top = runner.invoke(app, ["--help"])
+    assert top.exit_code == 0
+    commands = [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
+    assert commands, "no commands registered"
+    for name in commands:
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0, (name, result.output)
+        assert "repro " + name in result.output or "Example" in result.output, f"{name} --help shows no example"
