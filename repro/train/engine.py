@@ -1,15 +1,38 @@
 """Execute runs: group compatible RunSpecs into ensembles, train, evaluate, record in MLflow.
 
-(Implementation in progress: the public API below is fixed.)
+The one data path for training (DESIGN.md):
+
+    [RunSpec] --group by batch_key--> ensemble of M members
+      --load data (content-addressed HDF5) + checkpoint--> tensors resident on the device
+      --train_ensemble--> best weights per member --evaluate--> test/rel_l2
+      --RunRecorder--> one MLflow child run per RunSpec (params, metrics, checkpoint, PNG)
+
+Failures are data: a diverged member, an out-of-memory error, a missing checkpoint or any
+exception ends the affected runs FAILED with a ``failure_reason`` tag; other groups go on.
 """
 
 from __future__ import annotations
 
+import math
+import tempfile
+import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
-from repro.config import RunSpec
+import numpy as np
+import torch
+
+from repro import schema
+from repro.config import DatasetSpec, RunSpec, to_dict
+from repro.data import default_data_dir, ensure_split, load_split, to_layout
+from repro.data.normalise import Normaliser, build_inputs, fit_normaliser
+from repro.data.subsets import nested_subset
+from repro.models import FNO, default_spectral, load_members, member_state
+from repro.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from repro.train import tracking
+from repro.train.loop import EnsembleData, EpochReport, Schedule, evaluate, train_ensemble
 
 
 @dataclass(frozen=True)
@@ -31,8 +54,351 @@ def batch_key(spec: RunSpec) -> tuple:
             spec.batch_size, spec.init_from, spec.eval_every)
 
 
+def group_specs(specs: Sequence[RunSpec], max_members: int = 16) -> list[list[RunSpec]]:
+    """Split specs into ensembles of at most ``max_members`` runs with one batch_key each,
+    keeping the first-seen order of the keys (so pre-training runs listed first go first)."""
+    groups: dict[tuple, list[RunSpec]] = {}
+    for spec in specs:
+        groups.setdefault(batch_key(spec), []).append(spec)
+    out: list[list[RunSpec]] = []
+    for members in groups.values():
+        out.extend(members[i:i + max_members] for i in range(0, len(members), max_members))
+    return out
+
+
+@dataclass(frozen=True)
+class _Split:
+    """One split on the device: network inputs (S, C, n, n), targets (S, n, n)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The pre-trained model a transfer / zero-shot group starts from."""
+
+    checkpoint: Checkpoint
+    upstream: DatasetSpec
+
+
 def execute(specs: Sequence[RunSpec], *, tracking_uri: str, data_dir: Path | None = None,
             device: str = "cpu", fast: bool | None = None, grid: str | None = None,
             parent_run_id: str | None = None, roles: Mapping[str, str] | None = None,
             progress: bool = True, max_members: int = 16) -> list[RunOutcome]:
-    raise NotImplementedError("training engine is being implemented")
+    """Train / evaluate every spec and record each as one MLflow run.
+
+    Parameters
+    ----------
+    specs:
+        Resolved run specifications; those sharing a :func:`batch_key` train together as one
+        ensemble of up to ``max_members`` members (``max_members=1``: one by one).
+    tracking_uri:
+        MLflow store; initialised here if new.
+    data_dir:
+        Dataset cache (default :func:`repro.data.default_data_dir`); missing splits are generated.
+    device:
+        ``"cpu"``, ``"cuda"`` or ``"cuda:K"``.  Only the CLI autodetects.
+    fast:
+        Spectral implementation: truncated-DFT fast path (``True``), plain rfft2 reference
+        (``False``) or the device's default (``None``).
+    roles:
+        run_key -> role tag (``"pretrain"`` for runs other runs start from).
+
+    Returns
+    -------
+    One :class:`RunOutcome` per spec, in the order given.  Per-run failures do not raise.
+    """
+    tracking.init_store(tracking_uri)
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    spectral = ("fast" if fast else "reference") if fast is not None else default_spectral(device)
+    outcomes: dict[str, RunOutcome] = {}
+    for group in group_specs(specs, max_members):
+        for outcome in _execute_group_splitting_on_oom(group, tracking_uri=tracking_uri, data_dir=data_dir,
+                                                       device=torch.device(device), spectral=spectral, grid=grid,
+                                                       parent_run_id=parent_run_id, roles=roles or {},
+                                                       progress=progress):
+            outcomes[outcome.run_key] = outcome
+    return [outcomes[s.run_key] for s in specs]
+
+
+class _OutOfMemory(RuntimeError):
+    pass
+
+
+def _execute_group_splitting_on_oom(group: list[RunSpec], **kwargs) -> list[RunOutcome]:
+    """Run a group; if the device runs out of memory, retry its halves (down to one run)."""
+    try:
+        return _execute_group(group, allow_oom_retry=len(group) > 1, **kwargs)
+    except _OutOfMemory:
+        half = len(group) // 2
+        return (_execute_group_splitting_on_oom(group[:half], **kwargs)
+                + _execute_group_splitting_on_oom(group[half:], **kwargs))
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(err).lower()
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".strip()
+
+
+def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, device: torch.device,
+                   spectral: str, grid: str | None, parent_run_id: str | None, roles: Mapping[str, str],
+                   progress: bool, allow_oom_retry: bool) -> list[RunOutcome]:
+    started = time.perf_counter()
+    head = group[0]
+    extra = _model_params(head, spectral)
+    tags = {schema.T_DEVICE: tracking.device_name(str(device))}
+    if grid:
+        tags[schema.T_GRID] = grid
+    recorders = [tracking.RunRecorder.start(tracking_uri, spec, extra_params=extra,
+                                            tags={**tags, schema.T_ROLE: roles.get(spec.run_key, "downstream")},
+                                            parent_run_id=parent_run_id) for spec in group]
+    outcomes: dict[int, RunOutcome] = {}
+
+    def fail_all(reason: str) -> None:
+        for m, (spec, rec) in enumerate(zip(group, recorders)):
+            if m not in outcomes:
+                rec.fail(reason)
+                outcomes[m] = RunOutcome(spec.run_key, schema.FAILED, rec.run_id, None, reason,
+                                         time.perf_counter() - started)
+
+    try:
+        source = _load_source(head, tracking_uri) if head.init_from else None
+        if source is not None:
+            upstream = {schema.P_UPSTREAM_PDE: source.upstream.pde, schema.P_UPSTREAM_LOW: source.upstream.low,
+                        schema.P_UPSTREAM_HIGH: source.upstream.high}
+            shift = f"{source.upstream.label} -> {head.data.label}"
+            for rec in recorders:
+                rec.log_params(upstream)
+                rec.set_tags({schema.T_SHIFT: shift})
+        normaliser, splits = _load_splits(head, source, data_dir, device)
+        for rec in recorders:
+            rec.set_tags({f"{schema.T_DATA_HASH_PREFIX}{name}": s.content_hash for name, s in splits.items()})
+        model = FNO(head.model_spec, members=len(group), spectral=spectral, seeds=[s.seed for s in group]).to(device)
+        if source is not None:
+            load_members(model, source.checkpoint.state)
+        if head.arm == "zero_shot":
+            results = _zero_shot(model, splits)
+        else:
+            results = _train(group, model, splits, recorders, progress=progress)
+        test_err = evaluate(model, splits["test"].inputs, splits["test"].targets).mean(dim=1).tolist()
+        wall = time.perf_counter() - started
+        for m, (spec, rec) in enumerate(zip(group, recorders)):
+            reason = results.failure[m]
+            if reason is None and not math.isfinite(test_err[m]):
+                reason = "diverged: non-finite test error"
+            if reason is not None:
+                rec.fail(reason)
+                outcomes[m] = RunOutcome(spec.run_key, schema.FAILED, rec.run_id, None, reason, wall)
+                continue
+            _record_success(spec, m, model, normaliser, splits, rec, results, test_err[m], wall,
+                            n_members=len(group), device=device)
+            rec.finish()
+            outcomes[m] = RunOutcome(spec.run_key, schema.FINISHED, rec.run_id, test_err[m], None, wall)
+    except KeyboardInterrupt:
+        fail_all("interrupted")
+        raise
+    except Exception as err:  # noqa: BLE001 - failures are data; the grid goes on
+        if _is_oom(err):
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if allow_oom_retry:
+                fail_all(f"out of memory with {len(group)} runs in one ensemble; retried in smaller ensembles")
+                raise _OutOfMemory() from err
+            fail_all(f"out of memory: {_one_line(err)}")
+        elif isinstance(err, (tracking.CheckpointNotFound, CheckpointError, ValueError)):
+            fail_all(_one_line(err) if not isinstance(err, (tracking.CheckpointNotFound, CheckpointError))
+                     else str(err).splitlines()[0])
+        else:
+            fail_all(f"{_one_line(err)} | {traceback.format_exc(limit=3).splitlines()[-1]}")
+    return [outcomes[m] for m in range(len(group))]
+
+
+def _model_params(spec: RunSpec, spectral: str) -> dict[str, object]:
+    model = spec.model_spec
+    return {schema.P_WIDTH: model.width, schema.P_N_MODES: model.n_modes,
+            schema.P_IN_CHANNELS: model.in_channels, schema.P_FAST: spectral == "fast"}
+
+
+def _load_source(spec: RunSpec, tracking_uri: str) -> _Source:
+    """Resolve and load the pre-trained checkpoint; check that it fits this run's data."""
+    path = tracking.resolve_checkpoint(spec.init_from, tracking_uri)
+    checkpoint = load_checkpoint(path)
+    upstream = DatasetSpec(**checkpoint.data_spec)
+    want = spec.model_spec
+    have = checkpoint.model_spec
+    if have.in_channels != want.in_channels:
+        raise ValueError(f"checkpoint {spec.init_from} takes {have.in_channels} input channels "
+                         f"({upstream.label}, layout {checkpoint.meta.get('layout')}) but {spec.data.label} in layout "
+                         f"{spec.layout} has {want.in_channels}; use layout='mixed' for a mixed pre-trained model")
+    if (have.width, have.n_modes, have.n_layers) != (want.width, want.n_modes, want.n_layers):
+        raise ValueError(f"checkpoint {spec.init_from} is a width={have.width}, n_modes={have.n_modes} model, "
+                         f"but the run asks for model {spec.model!r} (width={want.width}, n_modes={want.n_modes})")
+    return _Source(checkpoint=checkpoint, upstream=upstream)
+
+
+def _load_splits(spec: RunSpec, source: _Source | None, data_dir: Path,
+                 device: torch.device) -> tuple[Normaliser, dict[str, _Split]]:
+    """Train/val/test inputs on the device, normalised with the model's normaliser.
+
+    A model carries its normaliser: transfer and zero-shot use the pre-training data's
+    statistics (from the checkpoint); scratch uses this dataset's training split.
+    """
+    raw = {}
+    for split in ("train", "val", "test"):
+        if split == "train" and spec.arm == "zero_shot":
+            continue
+        ensure_split(spec.data, split, data_dir)
+        raw[split] = load_split(spec.data, split, data_dir)
+    if source is not None:
+        normaliser = Normaliser.from_dict(source.checkpoint.normaliser)
+    elif spec.layout == "native" or spec.data.pde == "mixed":
+        normaliser = raw["train"].normaliser
+    else:  # native data fed in the mixed layout: statistics of the converted coefficients
+        train = raw["train"]
+        normaliser = fit_normaliser(train.source, to_layout(spec.data.pde, train.tensor, spec.layout))
+    splits = {}
+    for split, data in raw.items():
+        source_t = torch.from_numpy(np.ascontiguousarray(data.source)).to(device)
+        tensor_t = torch.from_numpy(np.ascontiguousarray(to_layout(spec.data.pde, data.tensor, spec.layout))).to(device)
+        inputs = build_inputs(source_t, tensor_t, normaliser).float()
+        targets = torch.from_numpy(np.ascontiguousarray(data.solution)).to(device).float()
+        splits[split] = _Split(inputs=inputs, targets=targets, content_hash=data.content_hash)
+    return normaliser, splits
+
+
+@dataclass
+class _Results:
+    best_val: list[float]
+    best_epoch: list[int]
+    failure: list[str | None]
+    train_seconds: float
+    samples_seen: int
+
+
+def _zero_shot(model: FNO, splits: Mapping[str, _Split]) -> _Results:
+    val = evaluate(model, splits["val"].inputs, splits["val"].targets).mean(dim=1).tolist()
+    members = len(val)
+    return _Results(best_val=val, best_epoch=[0] * members, failure=[None] * members, train_seconds=0.0,
+                    samples_seen=0)
+
+
+def _train(group: list[RunSpec], model: FNO, splits: Mapping[str, _Split],
+           recorders: Sequence[tracking.RunRecorder], *, progress: bool) -> _Results:
+    head = group[0]
+    train = splits["train"]
+    # Nested subsets: N = 2^k is a prefix of 2^(k+1) for the same seed, and the same draw is
+    # used by every arm, so scratch and transfer see identical examples.
+    subsets = np.stack([nested_subset(head.data.n_train, head.n_train, spec.seed) for spec in group])  # (M, N)
+    data = EnsembleData(inputs=train.inputs, targets=train.targets,
+                        subsets=torch.from_numpy(subsets).long().to(train.inputs.device))
+    schedule = Schedule(epochs=head.epochs, batch_size=head.batch_size, lrs=tuple(s.lr for s in group),
+                        eval_every=head.eval_every)
+    with _progress_bar(head, len(group), enabled=progress) as advance:
+        def on_epoch(report: EpochReport) -> None:
+            for m, rec in enumerate(recorders):
+                metrics = {schema.M_TRAIN_LOSS: report.train_loss[m], schema.M_LR: report.lr[m]}
+                if report.val_rel_l2 is not None:
+                    metrics[schema.M_VAL_REL_L2] = report.val_rel_l2[m]
+                rec.log_epoch(report.epoch, {k: v for k, v in metrics.items() if math.isfinite(v)})
+            advance(report)
+
+        result = train_ensemble(model, data, splits["val"].inputs, splits["val"].targets, schedule,
+                                seeds=[s.seed for s in group], on_epoch=on_epoch)
+    return _Results(best_val=result.best_val, best_epoch=result.best_epoch, failure=result.failure,
+                    train_seconds=result.train_seconds, samples_seen=result.samples_seen)
+
+
+class _progress_bar:
+    """A rich progress bar over epochs showing loss and validation error (or nothing)."""
+
+    def __init__(self, spec: RunSpec, members: int, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.spec = spec
+        self.members = members
+
+    def __enter__(self) -> Callable[[EpochReport], None]:
+        if not self.enabled:
+            return lambda report: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn(), transient=False)
+        self.progress.__enter__()
+        label = f"{self.spec.arm} {self.spec.data.label} {self.spec.model} N={self.spec.n_train}"
+        if self.members > 1:
+            label += f" ×{self.members}"
+        task = self.progress.add_task(label, total=self.spec.epochs, status="")
+
+        def advance(report: EpochReport) -> None:
+            status = f"loss {min(report.train_loss):.3g}"
+            if report.val_rel_l2 is not None:
+                status += f"  val rel L2 {min(report.val_rel_l2):.3g}"
+            self.progress.update(task, completed=report.epoch, status=status)
+
+        return advance
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.progress.__exit__(*exc)
+
+
+def _record_success(spec: RunSpec, m: int, model: FNO, normaliser: Normaliser, splits: Mapping[str, _Split],
+                    rec: tracking.RunRecorder, results: _Results, test_err: float, wall: float, *,
+                    n_members: int, device: torch.device) -> None:
+    """Final metrics, the member's checkpoint and a prediction figure for one finished run."""
+    samples_per_second = (results.samples_seen * n_members / results.train_seconds) if results.train_seconds else 0.0
+    rec.log_final({
+        schema.M_TEST_REL_L2: test_err,
+        schema.M_BEST_VAL_REL_L2: results.best_val[m],
+        schema.M_BEST_EPOCH: results.best_epoch[m],
+        schema.M_WALL_SECONDS: wall,
+        schema.M_SAMPLES_PER_SECOND: samples_per_second,
+        # Device time attributed to this run: the ensemble's wall time shared by its members.
+        schema.M_GPU_SECONDS: wall / n_members if device.type == "cuda" else 0.0,
+        schema.M_N_PARAMS: model.n_params_per_member,
+    })
+    with tempfile.TemporaryDirectory(prefix="repro-run-") as tmp:
+        ckpt = Path(tmp) / Path(schema.A_CHECKPOINT).name
+        save_checkpoint(ckpt, model_spec=spec.model_spec, state=member_state(model, m),
+                        normaliser=normaliser.to_dict(), data_spec=to_dict(spec.data),
+                        meta={"run_key": spec.run_key, "arm": spec.arm, "layout": spec.layout,
+                              "best_epoch": results.best_epoch[m], "best_val_rel_l2": results.best_val[m]})
+        rec.log_artifact(ckpt, str(Path(schema.A_CHECKPOINT).parent))
+        png = Path(tmp) / schema.A_PREDICTIONS
+        _plot_predictions(model, m, splits["test"], png)
+        rec.log_artifact(png)
+
+
+def _plot_predictions(model: FNO, member: int, test: _Split, path: Path, n_samples: int = 3) -> None:
+    """Source / target / prediction / error for the first few test samples (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = min(n_samples, test.inputs.shape[0])
+    with torch.no_grad():
+        x = test.inputs[:k]
+        pred = model(x.unsqueeze(0).expand(model.members, *x.shape))[member].float().cpu().numpy()
+    target = test.targets[:k].cpu().numpy()
+    source = test.inputs[:k, 0].cpu().numpy()
+    fig, axes = plt.subplots(k, 4, figsize=(10, 2.5 * k), squeeze=False)
+    for i in range(k):
+        panels = (("source (normalised)", source[i]), ("target u", target[i]), ("prediction", pred[i]),
+                  ("error", pred[i] - target[i]))
+        for j, (title, image) in enumerate(panels):
+            ax = axes[i, j]
+            shown = ax.imshow(image, origin="lower", cmap="RdBu_r" if j == 3 else "viridis")
+            fig.colorbar(shown, ax=ax, fraction=0.046)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
