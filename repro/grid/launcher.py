@@ -1,0 +1,398 @@
+"""The grid launcher: survey MLflow, plan what is left, run it, summarise.
+
+``run_grid`` is idempotent: FINISHED run_keys are skipped; FAILED, KILLED and missing ones run
+again; RUNNING ones whose owner is gone (:mod:`repro.grid.store`) are marked KILLED and run
+again; RUNNING ones whose owner is alive are left to it.  One MLflow parent run per
+invocation; the engine records one child run per RunSpec under it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from repro import schema
+from repro.config import DatasetSpec
+from repro.grid import store
+from repro.grid.plan import Plan, PlannedRun, Unit
+from repro.grid.worker import DataTask, Settings, UnitTask
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to execute a grid (the CLI's options, minus presentation)."""
+
+    tracking_uri: str
+    data_dir: Path | None = None
+    device: str = "cpu"
+    fast: bool | None = None
+    workers: int | None = None
+    runs_per_gpu: int = 1
+    max_members: int = 16
+    executor: str = "local"  # "local" | "slurm"
+    slurm: Any = None  # repro.grid.slurm.SlurmOptions
+    stale_after: float = store.STALE_AFTER_S
+    heartbeat_s: float = store.HEARTBEAT_S
+
+
+@dataclass
+class Survey:
+    """Where a plan stands in MLflow."""
+
+    plan: Plan
+    states: dict[str, store.KeyState]
+    reaped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> list[str]:
+        return [k for k in self.plan.keys if self.states[k].status == schema.FINISHED]
+
+    @property
+    def running(self) -> list[str]:
+        """Keys RUNNING under a live owner (another invocation is training them)."""
+        return [k for k in self.plan.keys if self.states[k].status == schema.RUNNING]
+
+    @property
+    def todo(self) -> list[str]:
+        return [k for k in self.plan.keys if self.states[k].status not in (schema.FINISHED, schema.RUNNING)]
+
+    def failures(self) -> list[tuple[str, str, str]]:
+        """(run_key, status, reason) of keys whose newest run failed and none finished."""
+        out = []
+        for k in self.plan.keys:
+            s = self.states[k]
+            if s.status in (schema.FAILED, schema.KILLED):
+                run = s.last_failure
+                out.append((k, s.status, run.data.tags.get(schema.T_FAILURE_REASON, "(no reason recorded)")))
+        return out
+
+
+def survey(plan: Plan, uri: str, *, reap: bool = True, stale_after: float = store.STALE_AFTER_S) -> Survey:
+    """Read every run of ``plan`` from MLflow; with ``reap``, mark stale RUNNING runs KILLED first."""
+    from repro.train.tracking import init_store
+
+    init_store(uri)
+    states = store.key_states(uri, plan.keys)
+    reaped: dict[str, str] = {}
+    if reap:
+        reaped = store.reap_stale(uri, states, stale_after=stale_after)
+        if reaped:
+            states = store.key_states(uri, plan.keys)
+    return Survey(plan=plan, states=states, reaped=reaped)
+
+
+@dataclass
+class GridOutcome:
+    """What one invocation did."""
+
+    grid: str
+    parent_run_id: str | None
+    total: int
+    finished_before: int
+    running_elsewhere: list[str]
+    finished: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (run_key, reason)
+    reaped: dict[str, str] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.running_elsewhere
+
+    @property
+    def complete(self) -> int:
+        return self.finished_before + len(self.finished)
+
+
+def unit_task_id(unit: Unit) -> str:
+    return f"unit:{unit.keys[0]}"
+
+
+def build_tasks(plan: Plan, todo: list[str], *, finished: set[str], max_members: int,
+                with_data: bool = True) -> tuple[list[DataTask], list[tuple[Unit, UnitTask]], dict[str, list[str]]]:
+    """Data tasks, unit tasks and each task's dependencies (task ids or pre-training run_keys)."""
+    units = plan.units(todo, max_members=max_members)
+    datasets: dict[DatasetSpec, DataTask] = {}
+    deps: dict[str, list[str]] = {}
+    pairs = []
+    for unit in units:
+        ds = unit.specs[0].data
+        if with_data and ds not in datasets:
+            datasets[ds] = DataTask(ds)
+        task = UnitTask(task_id=unit_task_id(unit), specs=unit.specs, roles={k: plan[k].role for k in unit.keys})
+        pairs.append((unit, task))
+        deps[task.task_id] = ([datasets[ds].task_id] if with_data else []) + \
+            sorted(k for k in unit.depends_on if k not in finished)
+    return list(datasets.values()), pairs, deps
+
+
+def describe_run(run: PlannedRun) -> str:
+    s = run.spec
+    bits = [s.arm, s.data.label, s.model]
+    if s.arm != "zero_shot":
+        bits += [f"N={s.n_train}", f"lr={s.lr:g}", f"seed={s.seed}"]
+    if run.role == "pretrain":
+        bits.insert(0, "pretrain")
+    return " ".join(bits)
+
+
+class Progress:
+    """Counts and ETA of one invocation, shown live with rich (or as lines when not a terminal)."""
+
+    def __init__(self, grid: str, total: int, finished_before: int, todo: int, *, console: Any = None,
+                 live: bool | None = None, costs: dict[str, float] | None = None) -> None:
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True)
+        self.grid, self.total, self.finished_before, self.todo = grid, total, finished_before, todo
+        self.done = 0
+        self.failed = 0
+        self.running: dict[str, int] = {}
+        self.costs = costs or {}
+        self.cost_done = 0.0
+        self.cost_total = sum(self.costs.values())
+        self.t0 = time.monotonic()
+        self.live_enabled = self.console.is_terminal if live is None else live
+        self._live = None
+
+    def __enter__(self) -> "Progress":
+        if self.live_enabled:
+            from rich.live import Live
+
+            self._live = Live(self.render(), console=self.console, refresh_per_second=4, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.update(self.render())
+            self._live.__exit__(*exc)
+
+    def eta(self) -> float | None:
+        elapsed = time.monotonic() - self.t0
+        if self.cost_total > 0 and self.cost_done > 0:
+            return elapsed * (self.cost_total - self.cost_done) / self.cost_done
+        finished = self.done + self.failed
+        if finished:
+            return elapsed * (self.todo - finished) / finished
+        return None
+
+    def render(self) -> Any:
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+
+        remaining = self.todo - self.done - self.failed - sum(self.running.values())
+        eta = self.eta()
+        elapsed = time.monotonic() - self.t0
+        table = Table.grid(padding=(0, 1))
+        table.add_row(f"[bold]{self.grid}[/]", ProgressBar(total=max(1, self.todo), completed=self.done + self.failed,
+                                                          width=30),
+                      f"[green]done {self.done}[/] · [cyan]running {sum(self.running.values())}[/] · "
+                      f"[red]failed {self.failed}[/] · remaining {max(0, remaining)} "
+                      f"(of {self.todo} to do; {self.finished_before}/{self.total} finished before) · "
+                      f"elapsed {_hms(elapsed)} · ETA {_hms(eta) if eta is not None else '?'}")
+        return table
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self.render())
+
+    def start(self, task_id: str, n: int) -> None:
+        self.running[task_id] = n
+        self._refresh()
+
+    def finish(self, task_id: str, ok: int, bad: int, label: str = "") -> None:
+        self.running.pop(task_id, None)
+        self.done += ok
+        self.failed += bad
+        self.cost_done += self.costs.get(task_id, 0.0)
+        if not self.live_enabled and label:
+            eta = self.eta()
+            self.console.print(f"[{_hms(time.monotonic() - self.t0)}] {label}: {ok} finished, {bad} failed "
+                               f"({self.done + self.failed}/{self.todo}, ETA {_hms(eta) if eta is not None else '?'})",
+                               highlight=False)
+        self._refresh()
+
+    def tick(self) -> None:
+        self._refresh()
+
+
+def _hms(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def run_grid(plan: Plan, opts: Options, *, console: Any = None, live: bool | None = None,
+             costs: Callable[[list[Unit]], dict[str, float]] | None = None) -> GridOutcome:
+    """Run every unfinished run of ``plan``; returns what happened (never raises for run failures)."""
+    from repro.train.tracking import init_store, start_parent_run
+
+    t0 = time.monotonic()
+    uri = opts.tracking_uri
+    init_store(uri)  # before any worker: concurrent first writers race on the schema migration
+    store.prepare_sqlite(uri)
+    sv = survey(plan, uri, stale_after=opts.stale_after)
+    finished = set(sv.finished)
+    todo = sv.todo
+    outcome = GridOutcome(grid=plan.grid.label, parent_run_id=None, total=len(plan), finished_before=len(finished),
+                          running_elsewhere=sv.running, reaped=sv.reaped)
+    if not todo:
+        outcome.wall_seconds = time.monotonic() - t0
+        return outcome
+    executor = opts.executor
+    parent = start_parent_run(uri, grid=plan.grid.label, tags={
+        store.T_LAUNCHER: store.process_identity(), store.T_EXECUTOR: executor,
+        store.T_HEARTBEAT: f"{time.time():.0f}", "grid.todo": str(len(todo)), "grid.total": str(len(plan))})
+    outcome.parent_run_id = parent
+    settings = Settings(tracking_uri=uri, data_dir=opts.data_dir, device=opts.device, fast=opts.fast,
+                        grid=plan.grid.label, parent_run_id=parent, max_members=opts.max_members,
+                        heartbeat_s=opts.heartbeat_s)
+    status = schema.FAILED
+    try:
+        if executor == "slurm":
+            from repro.grid.slurm import run_slurm
+
+            run_slurm(plan, todo, finished, settings, opts.slurm, outcome, console=console)
+        else:
+            _run_local(plan, todo, finished, settings, opts, outcome, console=console, live=live, costs=costs)
+        status = schema.FINISHED if outcome.ok else schema.FAILED
+    except KeyboardInterrupt:
+        status = schema.KILLED
+        raise
+    finally:
+        from repro.train.tracking import end_run
+
+        if status == schema.KILLED:
+            try:
+                from repro.grid.local import kill_orphans
+
+                kill_orphans(uri, parent, todo, "interrupted: the launcher was stopped")
+            except Exception:  # noqa: BLE001 - the next invocation reaps them anyway
+                pass
+        store.retrying(lambda: end_run(uri, parent, status))
+        outcome.wall_seconds = time.monotonic() - t0
+    return outcome
+
+
+def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settings, opts: Options,
+               outcome: GridOutcome, *, console: Any, live: bool | None,
+               costs: Callable[[list[Unit]], dict[str, float]] | None) -> None:
+    from repro.grid.local import Scheduler, kill_orphans, make_slots, run_local
+    from repro.train.tracking import _client
+
+    uri = settings.tracking_uri
+    data_tasks, pairs, deps = build_tasks(plan, todo, finished=finished, max_members=opts.max_members)
+    units = {task.task_id: unit for unit, task in pairs}
+    sched = Scheduler(tasks=[*data_tasks, *[t for _, t in pairs]], deps=deps, done_keys=set(finished),
+                      describe=_pretrain_reason(plan))
+    for key in outcome.running_elsewhere:
+        sched.failed_keys[key] = f"pre-training run {key} is RUNNING in another invocation; run the grid again later"
+    slots = make_slots(device=opts.device, workers=opts.workers, runs_per_gpu=opts.runs_per_gpu)
+    unit_costs = costs([u for u, _ in pairs]) if costs else {}
+    progress = Progress(plan.grid.label, len(plan), len(finished), len(todo), console=console, live=live,
+                        costs={unit_task_id(u): c for u, c in zip([u for u, _ in pairs], unit_costs.values())}
+                        if unit_costs else None)
+    last_beat = [time.monotonic()]
+
+    def record(key: str, status: str, reason: str | None) -> None:
+        if status == schema.FINISHED:
+            sched.done_keys.add(key)
+            outcome.finished.append(key)
+        else:
+            why = reason or "(no reason recorded)"
+            sched.failed_keys[key] = why
+            outcome.failed.append((key, why))
+
+    def on_start(task: DataTask | UnitTask) -> None:
+        progress.start(task.task_id, len(task.specs) if isinstance(task, UnitTask) else 0)
+
+    def on_result(task: DataTask | UnitTask, results: list[dict] | None, error: str | None) -> None:
+        if isinstance(task, DataTask):
+            if error:
+                sched.failed_tasks[task.task_id] = f"dataset {task.dataset.label} could not be prepared: {error}"
+            else:
+                sched.done_tasks.add(task.task_id)
+            progress.finish(task.task_id, 0, 0)
+            return
+        got = {r["run_key"]: r for r in (results or [])}
+        if error:  # the worker raised or died: its RUNNING runs are orphans
+            kill_orphans(uri, settings.parent_run_id, [s.run_key for s in task.specs], error)
+        ok = bad = 0
+        for spec in task.specs:
+            r = got.get(spec.run_key)
+            if r is None:
+                record(spec.run_key, schema.FAILED, error or "no outcome reported")
+                bad += 1
+            else:
+                record(spec.run_key, r["status"], r["failure_reason"])
+                ok += r["status"] == schema.FINISHED
+                bad += r["status"] != schema.FINISHED
+        sched.done_tasks.add(task.task_id)
+        progress.finish(task.task_id, ok, bad, units[task.task_id].describe())
+
+    def on_blocked(task: DataTask | UnitTask, reason: str) -> None:
+        if isinstance(task, DataTask):
+            return
+        for spec in task.specs:
+            store.record_failed(uri, spec, reason, grid=plan.grid.label, role=plan[spec.run_key].role,
+                                parent_run_id=settings.parent_run_id)
+            record(spec.run_key, schema.FAILED, reason)
+        progress.finish(task.task_id, 0, len(task.specs), units[task.task_id].describe())
+
+    def on_tick() -> None:
+        progress.tick()
+        if time.monotonic() - last_beat[0] > settings.heartbeat_s:
+            last_beat[0] = time.monotonic()
+            try:
+                store.retrying(lambda: _client(uri).set_tag(settings.parent_run_id, store.T_HEARTBEAT,
+                                                            f"{time.time():.0f}"))
+            except Exception:  # noqa: BLE001 - a missed beat is harmless
+                pass
+
+    with progress:
+        run_local(sched, settings, slots, on_start=on_start, on_result=on_result, on_blocked=on_blocked,
+                  on_tick=on_tick)
+
+
+def _pretrain_reason(plan: Plan) -> Callable[[str, str], str]:
+    def describe(dep: str, reason: str) -> str:
+        if dep in plan:
+            return f"pre-training run {dep} ({describe_run(plan[dep])}) failed: {reason}"
+        return reason
+    return describe
+
+
+# --- status -----------------------------------------------------------------------------------
+
+@dataclass
+class StatusReport:
+    grid: str
+    total: int
+    counts: Counter  # status -> runs
+    per_axis: dict[str, dict[Any, Counter]]  # axis -> value -> Counter(status)
+    failures: list[tuple[str, str, str, str]]  # (run_key, description, status, reason)
+    running: list[str]
+
+
+def grid_status(plan: Plan, uri: str) -> StatusReport:
+    """Per-axis completion and failures of ``plan`` in the store (read-only: reaps nothing)."""
+    sv = survey(plan, uri, reap=False)
+    counts: Counter = Counter()
+    per_axis: dict[str, dict[Any, Counter]] = {}
+    for run in plan:
+        st = sv.states[run.run_key].status
+        counts[st] += 1
+        for axis, value in run.axis_values().items():
+            values = run.shifts or ("-",) if axis == "shift" else (value,)
+            for v in values:
+                per_axis.setdefault(axis, {}).setdefault(v, Counter())[st] += 1
+    failures = [(k, describe_run(plan[k]), st, reason) for k, st, reason in sv.failures()]
+    return StatusReport(grid=plan.grid.label, total=len(plan), counts=counts, per_axis=per_axis,
+                        failures=failures, running=sv.running)

@@ -1,0 +1,210 @@
+"""Local executor: a pool of worker processes (device slots) fed by a dependency-aware scheduler.
+
+Slots: one per GPU × ``runs_per_gpu`` (each worker sees only its GPU through
+``CUDA_VISIBLE_DEVICES``), or ``workers`` CPU workers sharing the cores (each gets
+``cores // workers`` torch threads).  Workers are long-lived ``spawn`` processes, so torch and
+MLflow are imported once per worker, not once per run.  Each talks to the launcher over its own
+pipe: a worker killed mid-task cannot corrupt a shared queue; the launcher sees its sentinel,
+marks the task's RUNNING runs KILLED, records the loss and starts a fresh worker.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from typing import Any, Callable, Mapping, Sequence
+
+from repro import schema
+from repro.grid import store
+from repro.grid.worker import DataTask, Settings, UnitTask, pool_worker
+
+
+@dataclass
+class Slot:
+    """One worker's environment (e.g. its GPU) and its current process / task."""
+
+    index: int
+    env: dict[str, str]
+    process: Any = None
+    conn: Any = None
+    task: DataTask | UnitTask | None = None
+    started: float = 0.0
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def make_slots(*, device: str, workers: int | None, runs_per_gpu: int = 1, n_gpus: int | None = None) -> list[Slot]:
+    """The pool's slots: GPU slots (``n_gpus × runs_per_gpu``) on CUDA, else ``workers`` CPU slots."""
+    if device.startswith("cuda"):
+        gpus = list(range(n_gpus if n_gpus is not None else _gpu_count()))
+        if not gpus:
+            raise RuntimeError("--device cuda but no CUDA device is visible")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        names = [v.strip() for v in visible.split(",")] if visible else [str(g) for g in gpus]
+        envs = [{"CUDA_VISIBLE_DEVICES": names[g]} for g in gpus for _ in range(max(1, runs_per_gpu))]
+        if workers:
+            envs = [envs[i % len(envs)] for i in range(workers)]
+        return [Slot(i, env) for i, env in enumerate(envs)]
+    n = max(1, workers or 1)
+    threads = str(max(1, cpu_count() // n))
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "CUDA_VISIBLE_DEVICES": ""}
+    return [Slot(i, dict(env)) for i in range(n)]
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+@dataclass
+class Scheduler:
+    """Tasks with dependencies: a task is ready when every dependency succeeded.
+
+    ``deps[task_id]`` lists task ids and/or run_keys; a run_key dependency is met once that key
+    is FINISHED (``done_keys``), and broken once it failed (``failed_keys``).
+    """
+
+    tasks: list[DataTask | UnitTask]
+    deps: Mapping[str, Sequence[str]]
+    done_keys: set[str] = field(default_factory=set)
+    failed_keys: dict[str, str] = field(default_factory=dict)  # run_key -> reason
+    done_tasks: set[str] = field(default_factory=set)
+    failed_tasks: dict[str, str] = field(default_factory=dict)  # task id -> reason
+    #: (run_key, its failure reason) -> the reason given to its dependants.
+    describe: Callable[[str, str], str] | None = None
+
+    def __post_init__(self) -> None:
+        self.pending: list[DataTask | UnitTask] = list(self.tasks)
+
+    def _blocked(self, task: DataTask | UnitTask) -> str | None:
+        for dep in self.deps.get(task.task_id, ()):
+            if dep in self.failed_tasks:
+                return self.failed_tasks[dep]
+            if dep in self.failed_keys:
+                reason = self.failed_keys[dep]
+                return self.describe(dep, reason) if self.describe else reason
+        return None
+
+    def _ready(self, task: DataTask | UnitTask) -> bool:
+        return all(dep in self.done_tasks or dep in self.done_keys for dep in self.deps.get(task.task_id, ()))
+
+    def take_blocked(self) -> list[tuple[DataTask | UnitTask, str]]:
+        """Remove and return the pending tasks whose dependencies failed, with the reason."""
+        out = []
+        for task in list(self.pending):
+            reason = self._blocked(task)
+            if reason is not None:
+                self.pending.remove(task)
+                out.append((task, reason))
+        return out
+
+    def next_ready(self) -> DataTask | UnitTask | None:
+        for task in self.pending:
+            if self._ready(task):
+                self.pending.remove(task)
+                return task
+        return None
+
+
+def run_local(scheduler: Scheduler, settings: Settings, slots: list[Slot], *,
+              on_start: Callable[[DataTask | UnitTask], None],
+              on_result: Callable[[DataTask | UnitTask, list[dict[str, Any]] | None, str | None], None],
+              on_blocked: Callable[[DataTask | UnitTask, str], None],
+              on_tick: Callable[[], None] = lambda: None, tick_s: float = 0.5) -> None:
+    """Run every task of ``scheduler`` on the slots; callbacks report progress to the launcher.
+
+    ``on_result(task, outcomes, error)``: ``outcomes`` from the worker, or ``error`` (a worker
+    that raised or died).  Returns when nothing is pending or running.
+    """
+    ctx = mp.get_context("spawn")
+
+    def start(slot: Slot) -> None:
+        parent, child = ctx.Pipe(duplex=True)
+        proc = ctx.Process(target=pool_worker, args=(child, slot.env, settings), daemon=True,
+                           name=f"repro-grid-worker-{slot.index}")
+        proc.start()
+        child.close()
+        slot.process, slot.conn, slot.task = proc, parent, None
+
+    def stop_all() -> None:
+        for slot in slots:
+            if slot.process is not None and slot.process.is_alive():
+                try:
+                    slot.conn.send(None)
+                except (OSError, BrokenPipeError):
+                    pass
+        deadline = time.monotonic() + 10
+        for slot in slots:
+            if slot.process is not None:
+                slot.process.join(max(0.1, deadline - time.monotonic()))
+                if slot.process.is_alive():
+                    slot.process.kill()
+                    slot.process.join(5)
+
+    for slot in slots:
+        start(slot)
+    try:
+        while True:
+            for task, reason in scheduler.take_blocked():
+                on_blocked(task, reason)
+            for slot in slots:
+                if slot.task is None and slot.process.is_alive():
+                    task = scheduler.next_ready()
+                    if task is None:
+                        break
+                    slot.task, slot.started = task, time.monotonic()
+                    on_start(task)
+                    slot.conn.send(task)
+            busy = [s for s in slots if s.task is not None]
+            if not busy:
+                if scheduler.pending:  # nothing runs and nothing is ready: broken dependencies
+                    for task in list(scheduler.pending):
+                        scheduler.pending.remove(task)
+                        on_blocked(task, "its dependencies never completed")
+                return
+            waitables = {s.conn: s for s in busy} | {s.process.sentinel: s for s in busy}
+            for obj in wait(list(waitables), timeout=tick_s):
+                slot = waitables[obj]
+                if slot.task is None:
+                    continue
+                task = slot.task
+                if obj is slot.conn:
+                    try:
+                        kind, _, payload = slot.conn.recv()
+                    except (EOFError, OSError):
+                        continue  # the sentinel tells the rest
+                    slot.task = None
+                    if kind == "done":
+                        on_result(task, payload, None)
+                    else:
+                        on_result(task, None, f"worker error: {payload.strip().splitlines()[-1]}")
+                elif not slot.process.is_alive():
+                    code = slot.process.exitcode
+                    how = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+                    slot.task = None
+                    on_result(task, None, f"worker process {slot.process.pid} died ({how}) while running it")
+                    start(slot)
+            on_tick()
+    finally:
+        stop_all()
+
+
+def kill_orphans(uri: str, parent_run_id: str, keys: Sequence[str], reason: str) -> list[str]:
+    """Mark the RUNNING runs of ``keys`` under ``parent_run_id`` KILLED (their worker died)."""
+    wanted = set(keys)
+    flt = f"attributes.status = 'RUNNING' and tags.`{schema.T_PARENT_RUN_ID}` = '{parent_run_id}'"
+    out = []
+    for run in store.search_runs(uri, flt):
+        if run.data.tags.get(schema.T_RUN_KEY) in wanted:
+            store.mark_killed(uri, run.info.run_id, reason)
+            out.append(run.info.run_id)
+    return out

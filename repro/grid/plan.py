@@ -1,0 +1,213 @@
+"""Grid expansion: :class:`GridSpec` -> :class:`Plan` (pure and deterministic).
+
+Order and identity:
+
+1. Pre-training runs, one per (upstream dataset, model size) used by a ``transfer`` or
+   ``zero_shot`` arm: a ``scratch`` run on the full upstream training split (role ``pretrain``).
+2. Downstream runs, in the order shifts × models × N × lr × seed:
+
+   - ``scratch``: one per (downstream task, model, N, lr, seed), in the native layout, shared
+     by every shift that ends at that task (deduplicated by run_key);
+   - ``transfer``: the same axes plus the shift, ``init_from`` = the pre-training run_key;
+     from a ``mixed`` upstream the downstream data is read in the mixed 7-channel layout;
+   - ``zero_shot``: one per (shift, model): n_train = epochs = lr = 0.
+
+Every run's identity is ``RunSpec.run_key`` (sha256 of its canonical JSON), so the same grid
+expands to the same keys in any process, and two grids that share runs share their keys.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+from repro.config import RunSpec
+from repro.grid.spec import GridSpec
+
+ROLE_PRETRAIN = "pretrain"
+ROLE_DOWNSTREAM = "downstream"
+
+#: Axes reported by ``--dry-run`` and ``repro status``.
+AXES: tuple[str, ...] = ("role", "arm", "model", "n_train", "lr", "seed", "task", "shift")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One RunSpec with what the grid knows about it."""
+
+    spec: RunSpec
+    role: str
+    #: Shift labels (``"up -> down"``) this run serves; a shared scratch run serves several.
+    shifts: tuple[str, ...] = ()
+
+    @property
+    def run_key(self) -> str:
+        return self.spec.run_key
+
+    @property
+    def depends_on(self) -> str | None:
+        """run_key of the pre-training run this one starts from (transfer, zero_shot)."""
+        return self.spec.init_from
+
+    def axis_values(self) -> dict[str, object]:
+        spec = self.spec
+        return {"role": self.role, "arm": spec.arm, "model": spec.model, "n_train": spec.n_train,
+                "lr": spec.lr, "seed": spec.seed, "task": spec.data.label,
+                "shift": ", ".join(self.shifts) if self.shifts else "-"}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A work unit: runs with one ``batch_key`` that the engine trains together as an ensemble."""
+
+    runs: tuple[PlannedRun, ...]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(r.run_key for r in self.runs)
+
+    @property
+    def specs(self) -> tuple[RunSpec, ...]:
+        return tuple(r.spec for r in self.runs)
+
+    @property
+    def depends_on(self) -> frozenset[str]:
+        return frozenset(r.depends_on for r in self.runs if r.depends_on)
+
+    @property
+    def role(self) -> str:
+        return self.runs[0].role
+
+    def describe(self) -> str:
+        s = self.runs[0].spec
+        return f"{s.arm} {s.data.label} {s.model} N={s.n_train} ×{len(self.runs)}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The expanded grid: every run once, pre-training first."""
+
+    grid: GridSpec
+    runs: tuple[PlannedRun, ...]
+    _index: dict[str, PlannedRun] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index.update({r.run_key: r for r in self.runs})
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __iter__(self) -> Iterator[PlannedRun]:
+        return iter(self.runs)
+
+    def __getitem__(self, run_key: str) -> PlannedRun:
+        return self._index[run_key]
+
+    def __contains__(self, run_key: object) -> bool:
+        return run_key in self._index
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(r.run_key for r in self.runs)
+
+    @property
+    def roles(self) -> dict[str, str]:
+        return {r.run_key: r.role for r in self.runs}
+
+    @property
+    def pretrain(self) -> tuple[PlannedRun, ...]:
+        return tuple(r for r in self.runs if r.role == ROLE_PRETRAIN)
+
+    @property
+    def downstream(self) -> tuple[PlannedRun, ...]:
+        return tuple(r for r in self.runs if r.role == ROLE_DOWNSTREAM)
+
+    def dependants(self, run_key: str) -> tuple[PlannedRun, ...]:
+        return tuple(r for r in self.runs if r.depends_on == run_key)
+
+    def axis_counts(self, keys: Iterable[str] | None = None) -> dict[str, Counter]:
+        """axis -> Counter(value -> number of runs), over ``keys`` (default: all runs)."""
+        runs = self.runs if keys is None else [self._index[k] for k in keys]
+        counts: dict[str, Counter] = {axis: Counter() for axis in AXES}
+        for run in runs:
+            for axis, value in run.axis_values().items():
+                if axis == "shift":
+                    for shift in run.shifts or ("-",):
+                        counts[axis][shift] += 1
+                else:
+                    counts[axis][value] += 1
+        return counts
+
+    def units(self, keys: Iterable[str] | None = None, *, max_members: int = 16) -> list[Unit]:
+        """Group ``keys`` (default: all) by the engine's ``batch_key`` into units of ≤ ``max_members``.
+
+        Units come in plan order (pre-training first); members keep plan order.
+        """
+        from repro.train.engine import batch_key  # the engine decides what trains together
+
+        wanted = set(self.keys if keys is None else keys)
+        groups: dict[tuple, list[PlannedRun]] = {}
+        for run in self.runs:
+            if run.run_key in wanted:
+                groups.setdefault(batch_key(run.spec), []).append(run)
+        size = max(1, int(max_members))
+        out: list[Unit] = []
+        for members in groups.values():
+            out.extend(Unit(tuple(members[i:i + size])) for i in range(0, len(members), size))
+        return out
+
+
+def expand(grid: GridSpec) -> Plan:
+    """Expand a grid into its runs (pure, deterministic; no I/O)."""
+    runs: dict[str, PlannedRun] = {}
+
+    def add(spec: RunSpec, role: str, shift: str | None) -> None:
+        key = spec.run_key
+        prev = runs.get(key)
+        shifts = tuple(dict.fromkeys((prev.shifts if prev else ()) + ((shift,) if shift else ())))
+        if prev is not None and prev.role == ROLE_PRETRAIN:
+            role = ROLE_PRETRAIN  # a run that others start from stays a pre-training run
+        runs[key] = PlannedRun(spec=spec, role=role, shifts=shifts)
+
+    needs_pretrain = any(arm in grid.arms for arm in ("transfer", "zero_shot"))
+    pre: dict[tuple[str, str], RunSpec] = {}
+    if needs_pretrain:
+        for shift in grid.shifts:
+            for model in grid.models:
+                if (shift.upstream, model) in pre:
+                    continue
+                data = grid.dataset(shift.upstream, "upstream")
+                spec = RunSpec(arm="scratch", data=data, model=model, n_train=data.n_train, lr=grid.pretrain.lr,
+                               epochs=grid.pretrain.epochs, layout="mixed" if data.pde == "mixed" else "native",
+                               batch_size=grid.batch_size, seed=grid.pretrain.seed,
+                               eval_every=grid.pretrain.eval_every)
+                pre[(shift.upstream, model)] = spec
+                add(spec, ROLE_PRETRAIN, None)
+
+    ft = grid.finetune
+    for shift in grid.shifts:
+        data = grid.dataset(shift.downstream, "downstream")
+        mixed_up = shift.upstream == "mixed"
+        for model in grid.models:
+            source = pre.get((shift.upstream, model))
+            if "zero_shot" in grid.arms:
+                add(RunSpec(arm="zero_shot", data=data, model=model, n_train=0, lr=0.0, epochs=0,
+                            layout="mixed" if mixed_up else "native", batch_size=grid.batch_size, seed=0,
+                            init_from=source.run_key, eval_every=1), ROLE_DOWNSTREAM, shift.label)
+            for n in grid.n_train:
+                epochs = ft.epochs_for(n, grid.batch_size)
+                for lr in grid.lrs:
+                    for seed in grid.seeds_for(n):
+                        if "scratch" in grid.arms:
+                            add(RunSpec(arm="scratch", data=data, model=model, n_train=n, lr=lr, epochs=epochs,
+                                        batch_size=grid.batch_size, seed=seed, eval_every=ft.eval_every),
+                                ROLE_DOWNSTREAM, shift.label)
+                        if "transfer" in grid.arms:
+                            add(RunSpec(arm="transfer", data=data, model=model, n_train=n, lr=lr, epochs=epochs,
+                                        layout="mixed" if mixed_up else "native", batch_size=grid.batch_size,
+                                        seed=seed, init_from=source.run_key, eval_every=ft.eval_every),
+                                ROLE_DOWNSTREAM, shift.label)
+    ordered = [r for r in runs.values() if r.role == ROLE_PRETRAIN] + \
+              [r for r in runs.values() if r.role != ROLE_PRETRAIN]
+    return Plan(grid=grid, runs=tuple(ordered))

@@ -1,0 +1,282 @@
+"""Grid specifications: ``runs/<name>.toml`` -> :class:`GridSpec` (frozen, validated, data only).
+
+A grid names *axes* (model sizes, downstream N, physics shifts, arms, learning rates, seeds) and
+the fixed settings around them (resolution, dataset sizes, pre-training and fine-tuning
+schedules).  :func:`repro.grid.plan.expand` turns it into RunSpecs.  Example (``runs/quick.toml``)::
+
+    label = "quick"
+    resolution = 32
+    models = ["xxs", "xs"]
+    n_train = [8, 32, 128]
+    arms = ["scratch", "transfer", "zero_shot"]
+    lrs = [1e-3, 3e-3]
+    seeds = [0]
+
+    [upstream]                # sizes of every pre-training dataset
+    n_train = 1024
+    n_val = 128
+    n_test = 128
+
+    [downstream]              # sizes of every downstream dataset
+    n_train = 128
+    n_val = 128
+    n_test = 128
+
+    [pretrain]                # one pre-training run per (upstream, model)
+    epochs = 30
+    lr = 3e-3
+
+    [finetune]                # scratch and transfer runs; epochs, or a number of optimiser steps
+    steps = 200               # epochs(N) = clamp(ceil(steps / batches_per_epoch(N)), min_epochs, max_epochs)
+    min_epochs = 5
+    max_epochs = 200
+
+    [[shifts]]                # physics shifts: dataset labels "pde(low,high)" or "mixed"
+    upstream = "poisson(1,5)"
+    downstream = "poisson(5,10)"
+
+Unknown keys, wrong types, empty axes and impossible values raise :class:`repro.config.SpecError`
+naming the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from repro.config import ARMS, MODEL_LADDER, SINGLE_PDES, DatasetSpec, SpecError, from_mapping
+
+#: Where the shipped grids live (``runs/`` at the repository root).
+RUNS_DIR = Path(__file__).resolve().parents[2] / "runs"
+
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_LABEL_RE = re.compile(rf"^\s*({'|'.join(SINGLE_PDES)})\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*$")
+
+
+def _err(where: str, key: str, value: object, allowed: str) -> SpecError:
+    return SpecError(f"{where}: {key} = {value!r} is invalid: {allowed}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sizes:
+    """Split sizes of a family of datasets (every upstream, or every downstream dataset)."""
+
+    n_train: int
+    n_val: int
+    n_test: int
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_val", "n_test"):
+            value = getattr(self, name)
+            if value < 1:
+                raise SpecError(f"{name} = {value!r} is invalid: expected an integer >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pretrain:
+    """One pre-training run per (upstream dataset, model size): a scratch run on the full upstream set."""
+
+    epochs: int
+    lr: float
+    seed: int = 0
+    eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise SpecError(f"epochs = {self.epochs!r} is invalid: expected an integer >= 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise SpecError(f"lr = {self.lr!r} is invalid: expected a learning rate > 0")
+        if self.seed < 0:
+            raise SpecError(f"seed = {self.seed!r} is invalid: expected an integer >= 0")
+        if self.eval_every < 1:
+            raise SpecError(f"eval_every = {self.eval_every!r} is invalid: expected an integer >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Finetune:
+    """Schedule length of the downstream scratch and transfer runs.
+
+    Either a fixed ``epochs`` (the paper: 500 for every N), or a budget of optimiser ``steps``
+    so that small N still trains long enough: ``epochs(N) = ceil(steps / ceil(N / batch(N)))``
+    clamped to ``[min_epochs, max_epochs]`` with ``batch(N) = min(batch_size, N)``.
+    """
+
+    epochs: int | None = None
+    steps: int | None = None
+    min_epochs: int = 1
+    max_epochs: int | None = None
+    eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        if (self.epochs is None) == (self.steps is None):
+            raise SpecError(f"epochs/steps = {(self.epochs, self.steps)!r} is invalid: give exactly one of "
+                            "epochs (fixed) or steps (optimiser steps per run)")
+        for name in ("epochs", "steps", "max_epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SpecError(f"{name} = {value!r} is invalid: expected an integer >= 1")
+        if self.min_epochs < 1:
+            raise SpecError(f"min_epochs = {self.min_epochs!r} is invalid: expected an integer >= 1")
+        if self.max_epochs is not None and self.max_epochs < self.min_epochs:
+            raise SpecError(f"max_epochs = {self.max_epochs!r} is invalid: expected >= min_epochs ({self.min_epochs})")
+        if self.eval_every < 1:
+            raise SpecError(f"eval_every = {self.eval_every!r} is invalid: expected an integer >= 1")
+
+    def epochs_for(self, n_train: int, batch_size: int) -> int:
+        """Number of epochs of a run on ``n_train`` samples."""
+        if self.epochs is not None:
+            return self.epochs
+        batches = math.ceil(n_train / max(1, min(batch_size, n_train)))
+        epochs = max(self.min_epochs, math.ceil(self.steps / batches))
+        return min(epochs, self.max_epochs) if self.max_epochs is not None else epochs
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shift:
+    """One physics shift: pre-train on ``upstream``, evaluate / fine-tune on ``downstream``.
+
+    Both are dataset labels as printed everywhere else (``poisson(1,5)``, ``advdiff(0.2,1)``,
+    ``helmholtz(1,10)``); ``upstream`` may also be ``mixed`` (PROTOCOL §3 E4).
+    """
+
+    upstream: str
+    downstream: str
+
+    def __post_init__(self) -> None:
+        parse_label(self.upstream, allow_mixed=True, key="upstream")
+        parse_label(self.downstream, allow_mixed=False, key="downstream")
+
+    @property
+    def label(self) -> str:
+        """``"<upstream> -> <downstream>"`` (the ``shift`` tag / column)."""
+        return f"{self.upstream} -> {self.downstream}"
+
+
+def parse_label(label: str, *, allow_mixed: bool, key: str = "label") -> tuple[str, float | None, float | None]:
+    """``"poisson(1,5)"`` -> ``("poisson", 1.0, 5.0)``; ``"mixed"`` -> ``("mixed", None, None)``."""
+    if allow_mixed and label.strip() == "mixed":
+        return ("mixed", None, None)
+    match = _LABEL_RE.match(label)
+    if not match:
+        allowed = "'pde(low,high)' with pde one of " + ", ".join(SINGLE_PDES)
+        raise SpecError(f"{key} = {label!r} is invalid: expected {allowed}" + (", or 'mixed'" if allow_mixed else ""))
+    return (match.group(1), float(match.group(2)), float(match.group(3)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class GridSpec:
+    """A grid: axes × fixed settings.  Built strictly from TOML by :func:`load_grid`."""
+
+    label: str
+    description: str = ""
+    resolution: int
+    models: tuple[str, ...]
+    n_train: tuple[int, ...]
+    arms: tuple[str, ...] = ARMS
+    lrs: tuple[float, ...]
+    seeds: tuple[int, ...] = (0,)
+    #: Above this N only the first seed is run (several seeds matter most at small N).
+    multi_seed_max_n: int | None = None
+    batch_size: int = 128
+    data_seed: int = 0
+    upstream: Sizes
+    downstream: Sizes
+    pretrain: Pretrain
+    finetune: Finetune
+    shifts: tuple[Shift, ...]
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.label):
+            raise SpecError(f"label = {self.label!r} is invalid: expected letters, digits, '-', '_' or '.'")
+        axes = {"models": self.models, "n_train": self.n_train, "arms": self.arms, "lrs": self.lrs,
+                "seeds": self.seeds, "shifts": self.shifts}
+        for name, values in axes.items():
+            if not values:
+                raise SpecError(f"{name} = [] is invalid: an axis needs at least one value")
+            if len(set(values)) != len(values):
+                raise SpecError(f"{name} = {list(values)!r} is invalid: values must be distinct")
+        for model in self.models:
+            if model not in MODEL_LADDER:
+                raise SpecError(f"models = {list(self.models)!r} is invalid: allowed sizes: {', '.join(MODEL_LADDER)}")
+            n_modes = MODEL_LADDER[model][1]
+            if n_modes > self.resolution // 2:
+                raise SpecError(f"models = {list(self.models)!r} is invalid: {model} keeps {n_modes} Fourier modes, "
+                                f"more than resolution {self.resolution} allows (at most {self.resolution // 2})")
+        for arm in self.arms:
+            if arm not in ARMS:
+                raise SpecError(f"arms = {list(self.arms)!r} is invalid: allowed: {', '.join(ARMS)}")
+        for n in self.n_train:
+            if n < 1 or n > self.downstream.n_train:
+                raise SpecError(f"n_train = {list(self.n_train)!r} is invalid: every N must be in "
+                                f"1..downstream.n_train ({self.downstream.n_train})")
+        for lr in self.lrs:
+            if not (math.isfinite(lr) and lr > 0):
+                raise SpecError(f"lrs = {list(self.lrs)!r} is invalid: learning rates must be finite and > 0")
+        for seed in self.seeds:
+            if seed < 0:
+                raise SpecError(f"seeds = {list(self.seeds)!r} is invalid: seeds must be >= 0")
+        if self.resolution < 8 or self.resolution % 2:
+            raise SpecError(f"resolution = {self.resolution!r} is invalid: expected an even grid size >= 8")
+        if self.batch_size < 1:
+            raise SpecError(f"batch_size = {self.batch_size!r} is invalid: expected an integer >= 1")
+        if self.multi_seed_max_n is not None and self.multi_seed_max_n < 1:
+            raise SpecError(f"multi_seed_max_n = {self.multi_seed_max_n!r} is invalid: expected an integer >= 1")
+        # Build every dataset once so that bad ranges fail here, naming the shift.
+        for i, shift in enumerate(self.shifts):
+            for key in ("upstream", "downstream"):
+                try:
+                    self.dataset(getattr(shift, key), key)
+                except SpecError as err:
+                    raise SpecError(f"shifts[{i}].{key} = {getattr(shift, key)!r} is invalid: {err}") from None
+
+    def dataset(self, label: str, role: str) -> DatasetSpec:
+        """The :class:`DatasetSpec` of ``label`` with the ``role``'s (upstream/downstream) split sizes."""
+        pde, low, high = parse_label(label, allow_mixed=(role == "upstream"), key=role)
+        sizes = self.upstream if role == "upstream" else self.downstream
+        return DatasetSpec(pde=pde, low=low, high=high, resolution=self.resolution, n_train=sizes.n_train,
+                           n_val=sizes.n_val, n_test=sizes.n_test, seed=self.data_seed)
+
+    def seeds_for(self, n_train: int) -> tuple[int, ...]:
+        if self.multi_seed_max_n is not None and n_train > self.multi_seed_max_n:
+            return self.seeds[:1]
+        return self.seeds
+
+
+def grid_path(name_or_path: str | Path) -> Path:
+    """A shipped grid name (``quick`` -> ``runs/quick.toml``) or a path to a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists() or len(path.parts) > 1:
+        return path
+    return RUNS_DIR / f"{name_or_path}.toml"
+
+
+def shipped_grids() -> list[str]:
+    return sorted(p.stem for p in RUNS_DIR.glob("*.toml"))
+
+
+def load_grid(name_or_path: str | Path) -> GridSpec:
+    """Read and validate a grid.  Errors are :class:`SpecError` naming the file and the key."""
+    path = grid_path(name_or_path)
+    if not path.is_file():
+        raise SpecError(f"grid {str(name_or_path)!r}: no such file {path}; shipped grids: {', '.join(shipped_grids())}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise SpecError(f"{path}: not valid TOML: {err}") from None
+    return parse_grid(data, where=str(path))
+
+
+def parse_grid(data: dict, *, where: str = "<grid>") -> GridSpec:
+    """Build a :class:`GridSpec` from a parsed TOML mapping; ``where`` names the source in errors."""
+    grid = from_mapping(GridSpec, data, where=where)
+    # Expanding validates every RunSpec (e.g. N vs split sizes); report problems against the file.
+    from repro.grid.plan import expand
+
+    try:
+        expand(grid)
+    except SpecError as err:
+        raise SpecError(f"{where}: {err}") from None
+    return grid

@@ -1,0 +1,301 @@
+"""What MLflow knows about a grid's runs: states, stale RUNNING runs, liveness and heartbeats.
+
+A run stays ``RUNNING`` in MLflow when the process that trained it dies (kill -9, OOM killer,
+lost node).  Such a run is *stale*; the launcher marks it ``KILLED`` (with a
+``failure_reason``) and runs its key again.  How staleness is decided (:func:`stale_reason`):
+
+- every worker tags the RUNNING runs it owns with ``grid.worker`` = ``host:pid:start`` (the
+  process's start time in clock ticks, so a reused pid is not mistaken for it) and refreshes
+  ``grid.heartbeat`` (unix seconds) every few seconds;
+- every launcher tags its parent run the same way (``grid.launcher``, ``grid.heartbeat``);
+- on the same host a run is stale as soon as its worker (or, before the worker's first beat,
+  its launcher) is gone; on another host when its heartbeat is older than ``stale_after``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, TypeVar
+
+from repro import schema
+
+T_WORKER = "grid.worker"
+T_LAUNCHER = "grid.launcher"
+T_HEARTBEAT = "grid.heartbeat"
+T_EXECUTOR = "grid.executor"
+
+#: A RUNNING run whose owner cannot be checked directly is stale after this long without a beat.
+STALE_AFTER_S = 600.0
+HEARTBEAT_S = 20.0
+
+_T = TypeVar("_T")
+
+
+def retrying(fn: Callable[[], _T], *, attempts: int = 12, what: str = "MLflow call") -> _T:
+    """Call ``fn`` again (with backoff) when a shared SQLite store says "database is locked".
+
+    SQLite serialises writers; under many concurrent workers a write can time out even in WAL
+    mode.  Any other error propagates at once.
+    """
+    delay = 0.05
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - only lock contention is retried
+            text = str(err).lower()
+            if attempt == attempts - 1 or not ("database is locked" in text or "database table is locked" in text
+                                               or "busy" in text):
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def prepare_sqlite(uri: str) -> None:
+    """Put a SQLite store in WAL mode (readers never block the writer; persists in the file)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    import sqlite3
+
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    with sqlite3.connect(path, timeout=60) as con:
+        con.execute("PRAGMA journal_mode=WAL")
+
+
+# --- process identity and liveness ------------------------------------------------------------
+
+def _start_ticks(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # Field 22 (starttime) counted after the ')' that closes the command name.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_identity(pid: int | None = None) -> str:
+    """``host:pid:start`` of a process (default: this one)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
+
+
+def identity_alive(identity: str) -> bool | None:
+    """True / False for a process on this host; None when it lives on another host (or is unparsable)."""
+    try:
+        host, pid_s, start = identity.rsplit(":", 2)
+        pid = int(pid_s)
+    except ValueError:
+        return None
+    if host != socket.gethostname():
+        return None
+    if Path("/proc").is_dir():
+        now = _start_ticks(pid)
+        return bool(now) and (not start or now == start)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- states -------------------------------------------------------------------------------------
+
+@dataclass
+class KeyState:
+    """Everything MLflow holds for one run_key."""
+
+    run_key: str
+    runs: list[Any] = field(default_factory=list)  # mlflow.entities.Run
+
+    @property
+    def finished(self) -> Any | None:
+        done = [r for r in self.runs if r.info.status == schema.FINISHED]
+        return max(done, key=lambda r: r.info.start_time or 0) if done else None
+
+    @property
+    def running(self) -> list[Any]:
+        return [r for r in self.runs if r.info.status == schema.RUNNING]
+
+    @property
+    def last_failure(self) -> Any | None:
+        bad = [r for r in self.runs if r.info.status in (schema.FAILED, schema.KILLED)]
+        return max(bad, key=lambda r: r.info.start_time or 0) if bad else None
+
+    @property
+    def status(self) -> str:
+        """FINISHED, RUNNING, FAILED, KILLED or MISSING (newest state wins after FINISHED)."""
+        if self.finished is not None:
+            return schema.FINISHED
+        if self.running:
+            return schema.RUNNING
+        bad = self.last_failure
+        return bad.info.status if bad is not None else "MISSING"
+
+
+def search_runs(uri: str, filter_string: str, *, max_results: int = 5000) -> list[Any]:
+    from repro.train.tracking import experiment_id
+
+    c = client(uri)
+    out: list[Any] = []
+    token = None
+    while True:
+        page = retrying(lambda: c.search_runs([experiment_id(uri)], filter_string=filter_string,
+                                              max_results=max_results, page_token=token))
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def key_states(uri: str, keys: Iterable[str]) -> dict[str, KeyState]:
+    """run_key -> :class:`KeyState` for ``keys`` (every key present, possibly with no runs)."""
+    wanted = list(dict.fromkeys(keys))
+    states = {k: KeyState(k) for k in wanted}
+    if not wanted:
+        return states
+    for run in search_runs(uri, f"tags.{schema.T_RUN_KEY} != ''"):
+        key = run.data.tags.get(schema.T_RUN_KEY)
+        if key in states:
+            states[key].runs.append(run)
+    return states
+
+
+def stale_reason(run: Any, parent: Any | None, *, now: float | None = None,
+                 stale_after: float = STALE_AFTER_S) -> str | None:
+    """Why a RUNNING run is stale (its owner is gone), or None while it may still be alive."""
+    if run.info.status != schema.RUNNING:
+        return None
+    now = time.time() if now is None else now
+    tags = run.data.tags
+
+    def beat_age(t: Mapping[str, str]) -> float | None:
+        try:
+            return now - float(t[T_HEARTBEAT])
+        except (KeyError, ValueError):
+            return None
+
+    worker = tags.get(T_WORKER)
+    if worker:
+        alive = identity_alive(worker)
+        if alive is not None:
+            return None if alive else f"its worker {worker} is gone"
+        age = beat_age(tags)
+        if age is not None and age > stale_after:
+            return f"no heartbeat from its worker {worker} for {age:.0f} s"
+        return None
+    if parent is not None:
+        if parent.info.status != schema.RUNNING:
+            return f"its grid invocation (run {parent.info.run_id}) ended {parent.info.status}"
+        launcher = parent.data.tags.get(T_LAUNCHER)
+        if launcher and parent.data.tags.get(T_EXECUTOR, "local") == "local":
+            alive = identity_alive(launcher)
+            if alive is not None:
+                return None if alive else f"its launcher {launcher} is gone"
+        age = beat_age(parent.data.tags)
+        if age is not None and age > stale_after:
+            return f"no heartbeat from its launcher for {age:.0f} s"
+        if age is not None:
+            return None
+    started = (run.info.start_time or 0) / 1000.0
+    if now - started > stale_after:
+        return f"RUNNING for {now - started:.0f} s with no owner to check"
+    return None
+
+
+def parents_of(uri: str, runs: Iterable[Any]) -> dict[str, Any]:
+    """parent run id -> parent Run for the given child runs (missing parents are left out)."""
+    c = client(uri)
+    out: dict[str, Any] = {}
+    for run in runs:
+        pid = run.data.tags.get(schema.T_PARENT_RUN_ID)
+        if pid and pid not in out:
+            try:
+                out[pid] = retrying(lambda: c.get_run(pid))
+            except Exception:  # noqa: BLE001 - a deleted parent is simply unknown
+                pass
+    return out
+
+
+def mark_killed(uri: str, run_id: str, reason: str) -> None:
+    """End a RUNNING run as KILLED with a ``failure_reason`` (no-op when it already ended)."""
+    c = client(uri)
+    run = retrying(lambda: c.get_run(run_id))
+    if run.info.status != schema.RUNNING:
+        return
+    retrying(lambda: c.set_tag(run_id, schema.T_FAILURE_REASON, reason[:4000]))
+    retrying(lambda: c.set_terminated(run_id, status=schema.KILLED))
+
+
+def reap_stale(uri: str, states: Mapping[str, KeyState], *, stale_after: float = STALE_AFTER_S) -> dict[str, str]:
+    """Mark stale RUNNING runs KILLED; returns {run id: reason} of those reaped."""
+    running = [r for s in states.values() for r in s.running]
+    if not running:
+        return {}
+    parents = parents_of(uri, running)
+    reaped: dict[str, str] = {}
+    now = time.time()
+    for run in running:
+        reason = stale_reason(run, parents.get(run.data.tags.get(schema.T_PARENT_RUN_ID, "")), now=now,
+                              stale_after=stale_after)
+        if reason:
+            mark_killed(uri, run.info.run_id, f"stale RUNNING run: {reason}")
+            reaped[run.info.run_id] = reason
+    return reaped
+
+
+def beat_runs(uri: str, parent_run_id: str | None, keys: Iterable[str], identity: str) -> int:
+    """Tag the RUNNING runs of ``keys`` under ``parent_run_id`` with this worker and a fresh heartbeat."""
+    from mlflow.entities import RunTag
+
+    wanted = set(keys)
+    flt = "attributes.status = 'RUNNING'"
+    if parent_run_id:
+        flt += f" and tags.`{schema.T_PARENT_RUN_ID}` = '{parent_run_id}'"
+    c = client(uri)
+    n = 0
+    now = f"{time.time():.0f}"
+    for run in search_runs(uri, flt):
+        if run.data.tags.get(schema.T_RUN_KEY) in wanted:
+            tags = [RunTag(T_HEARTBEAT, now)]
+            if run.data.tags.get(T_WORKER) != identity:
+                tags.append(RunTag(T_WORKER, identity))
+            retrying(lambda: c.log_batch(run.info.run_id, tags=tags))
+            n += 1
+    return n
+
+
+def record_failed(uri: str, spec: Any, reason: str, *, grid: str, role: str, parent_run_id: str | None) -> str:
+    """Record a run that was never launched (its pre-training or dataset failed) as FAILED.
+
+    Same params and tags as the engine's runs, so analysis lists it among the exclusions.
+    """
+    from mlflow.entities import Param, RunTag
+
+    from repro.config import flatten
+    from repro.train.tracking import experiment_id
+
+    c = client(uri)
+    tags = {schema.T_RUN_KEY: spec.run_key, schema.T_GRID: grid, schema.T_ROLE: role,
+            schema.T_FAILURE_REASON: reason[:4000]}
+    if parent_run_id:
+        tags[schema.T_PARENT_RUN_ID] = parent_run_id
+    run = retrying(lambda: c.create_run(experiment_id(uri),
+                                        run_name=f"{spec.arm}:{spec.data.label}:{spec.model}:N{spec.n_train}",
+                                        tags=tags))
+    rid = run.info.run_id
+    params = [Param(k, str(v)) for k, v in flatten(spec).items()]
+    retrying(lambda: c.log_batch(rid, params=params, tags=[RunTag(k, v) for k, v in tags.items()]))
+    retrying(lambda: c.set_terminated(rid, status=schema.FAILED))
+    return rid

@@ -1,0 +1,173 @@
+"""What a worker does: prepare a dataset, or run one unit through the training engine.
+
+Used by both executors: the local pool's worker processes (:func:`pool_worker`) and the SLURM
+array tasks (:mod:`repro.grid.slurm`).  A unit is re-checked against MLflow just before it
+runs ("pull"): keys that finished meanwhile are dropped, so nothing finished is ever trained
+again.  While the engine trains, a heartbeat thread tags the unit's RUNNING runs with this
+process's identity (see :mod:`repro.grid.store`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from repro import schema
+from repro.config import DatasetSpec, RunSpec
+from repro.grid import store
+
+
+@dataclass(frozen=True)
+class DataTask:
+    """Generate (or verify) every split of one dataset before units that read it start."""
+
+    dataset: DatasetSpec
+
+    @property
+    def task_id(self) -> str:
+        from repro.config import spec_hash
+
+        return f"data:{spec_hash(self.dataset)}"
+
+
+@dataclass(frozen=True)
+class UnitTask:
+    """Run these specs (one batch_key) through the engine."""
+
+    task_id: str
+    specs: tuple[RunSpec, ...]
+    roles: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How every task of one invocation runs."""
+
+    tracking_uri: str
+    data_dir: Path | None
+    device: str
+    fast: bool | None
+    grid: str
+    parent_run_id: str | None
+    max_members: int = 16
+    heartbeat_s: float = store.HEARTBEAT_S
+
+
+def prepare_dataset(dataset: DatasetSpec, data_dir: Path | None) -> None:
+    from repro.data import default_data_dir, ensure_split
+
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    for split in ("train", "val", "test"):
+        ensure_split(dataset, split, root)
+
+
+class _Heartbeat(threading.Thread):
+    """Tags the RUNNING runs of ``keys`` with this worker's identity: soon after start, then periodically."""
+
+    def __init__(self, settings: Settings, keys: Sequence[str]) -> None:
+        super().__init__(daemon=True, name="grid-heartbeat")
+        self.settings, self.keys = settings, list(keys)
+        self.identity = store.process_identity()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        wait = min(1.0, self.settings.heartbeat_s)
+        while not self.stop.wait(wait):
+            try:
+                store.beat_runs(self.settings.tracking_uri, self.settings.parent_run_id, self.keys, self.identity)
+            except Exception:  # noqa: BLE001 - a missed beat is harmless; the next one retries
+                pass
+            wait = self.settings.heartbeat_s
+
+
+def run_unit(task: UnitTask, settings: Settings) -> list[dict[str, Any]]:
+    """Run the unfinished specs of ``task``; returns one outcome dict per spec of the task."""
+    from repro.train.engine import execute
+
+    states = store.key_states(settings.tracking_uri, [s.run_key for s in task.specs])
+    todo = [s for s in task.specs if states[s.run_key].finished is None]
+    out = [{"run_key": s.run_key, "status": schema.FINISHED, "run_id": states[s.run_key].finished.info.run_id,
+            "failure_reason": None, "skipped": True, "test_rel_l2": None, "wall_seconds": 0.0}
+           for s in task.specs if states[s.run_key].finished is not None]
+    if not todo:
+        return out
+    beat = _Heartbeat(settings, [s.run_key for s in todo])
+    beat.start()
+    try:
+        outcomes = execute(todo, tracking_uri=settings.tracking_uri, data_dir=settings.data_dir,
+                           device=settings.device, fast=settings.fast, grid=settings.grid,
+                           parent_run_id=settings.parent_run_id, roles=dict(task.roles), progress=False,
+                           max_members=settings.max_members)
+    finally:
+        beat.stop.set()
+    out.extend({"run_key": o.run_key, "status": o.status, "run_id": o.run_id, "failure_reason": o.failure_reason,
+                "skipped": False, "test_rel_l2": o.test_rel_l2, "wall_seconds": o.wall_seconds} for o in outcomes)
+    return out
+
+
+def run_task(task: DataTask | UnitTask, settings: Settings) -> list[dict[str, Any]]:
+    if isinstance(task, DataTask):
+        prepare_dataset(task.dataset, settings.data_dir)
+        return []
+    return run_unit(task, settings)
+
+
+# --- the local pool's worker process --------------------------------------------------------------
+
+def _die_with_parent() -> None:
+    """Exit when the launcher dies (even by kill -9), so no orphan keeps training."""
+    parent = os.getppid()
+    try:  # Linux: the kernel sends SIGKILL when the parent thread exits
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def pool_worker(conn: Any, env: Mapping[str, str], settings: Settings) -> None:
+    """Entry point of one local worker process: receive tasks on ``conn``, answer with outcomes.
+
+    ``env`` (e.g. ``CUDA_VISIBLE_DEVICES``, thread counts) is applied before torch is imported.
+    Messages in: a task, or None to stop.  Messages out: ``("done", task_id, outcomes)`` or
+    ``("error", task_id, traceback)``.
+    """
+    os.environ.update(env)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides how to stop
+    _die_with_parent()
+    threads = env.get("OMP_NUM_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        try:
+            result = run_task(task, settings)
+            conn.send(("done", task.task_id, result))
+        except BaseException:  # noqa: BLE001 - report anything; the launcher records it
+            conn.send(("error", task.task_id, traceback.format_exc(limit=8)))
+        sys.stdout.flush()
