@@ -25,6 +25,98 @@ def fail(message: str, code: int = 2) -> None:
 
 # --- generate (data layer) ------------------------------------------------------------------
 
+#: DatasetSpec field -> the `repro generate` option that sets it (for one-line errors).
+_GENERATE_OPTIONS = {
+    "pde": "--pde", "low/high": "--range", "low": "--range", "high": "--range", "resolution": "--resolution",
+    "n_train": "--n-train", "n_val": "--n-val", "n_test": "--n-test", "seed": "--seed",
+}
+
+
+def _parse_int(option: str, text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        fail(f"{option} = {text!r} is invalid: expected an integer")
+        raise  # unreachable: fail() exits
+
+
+def _parse_range(text: str | None) -> tuple[float | None, float | None]:
+    if text is None:
+        return None, None
+    parts = text.split(",")
+    if len(parts) != 2:
+        fail(f"--range = {text!r} is invalid: expected two numbers LOW,HIGH (e.g. 5,10)")
+    try:
+        return float(parts[0]), float(parts[1])
+    except ValueError:
+        fail(f"--range = {text!r} is invalid: expected two numbers LOW,HIGH (e.g. 5,10)")
+        raise
+
+
+@app.command()
+def generate(
+    pde: str = typer.Option(..., "--pde", metavar="PDE", help="poisson | advdiff | helmholtz | mixed"),
+    range_: str = typer.Option(None, "--range", metavar="LOW,HIGH",
+                               help="physics-parameter range: e (poisson), Psi (advdiff), integer omega "
+                                    "(helmholtz); leave out for mixed"),
+    n_train: str = typer.Option("32768", "--n-train", metavar="INT", help="training samples"),
+    n_val: str = typer.Option("4096", "--n-val", metavar="INT", help="validation samples"),
+    n_test: str = typer.Option("4096", "--n-test", metavar="INT", help="test samples"),
+    resolution: str = typer.Option("128", "--resolution", metavar="INT", help="grid size n (n x n, even, >= 8)"),
+    seed: str = typer.Option("0", "--seed", metavar="INT", help="dataset seed"),
+    out: str = typer.Option(None, "--out", metavar="DIR", help="data directory [default: $REPRO_DATA_DIR or .repro/data]"),
+) -> None:
+    """Generate (or verify and reuse) the train/val/test splits of one dataset.
+
+    Files are content-addressed and verified by hash; a bad file is reported and rebuilt.
+
+    Example:  repro generate --pde poisson --range 5,10 --n-train 32768 --n-val 4096 --n-test 4096 --resolution 128 --seed 1 --out data/
+    """
+    import os
+    import re
+    from pathlib import Path
+
+    from repro.config import SPLITS, DatasetSpec, SpecError
+
+    low, high = _parse_range(range_)
+    sizes = {name: _parse_int(opt, text) for name, opt, text in (
+        ("n_train", "--n-train", n_train), ("n_val", "--n-val", n_val), ("n_test", "--n-test", n_test),
+        ("resolution", "--resolution", resolution), ("seed", "--seed", seed))}
+    try:
+        spec = DatasetSpec(pde=pde, low=low, high=high, **sizes)
+    except SpecError as err:
+        match = re.match(r"data\.([\w/]+)", str(err))
+        option = _GENERATE_OPTIONS.get(match.group(1), "") if match else ""
+        fail(f"{option}: {err}" if option else str(err))
+        return
+    from repro.data import DataError, default_data_dir, ensure_split
+
+    data_dir = Path(out) if out else default_data_dir()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        fail(f"--out = {str(data_dir)!r} is not a writable directory ({err.strerror or err})")
+    for split in SPLITS:
+        try:
+            path = ensure_split(spec, split, data_dir, progress=True)
+            digest = _hash_of(path)
+        except (DataError, OSError, RuntimeError, ValueError) as err:
+            fail(f"{spec.label} {split}: {err}")
+            return
+        typer.echo(f"{split:5s} {path}  sha256:{digest}")
+
+
+def _hash_of(path: object) -> str:
+    """The content hash recorded in a (just verified) split file."""
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        return str(h5.attrs["content_hash"])
+
+
 
 # --- train (training engine) ----------------------------------------------------------------
 
@@ -125,6 +217,159 @@ def train(
 
 
 # --- run-grid / status / ui (grid launcher) -------------------------------------------------
+
+
+def _load_plan(grid: str):
+    from repro.config import SpecError
+    from repro.grid.plan import expand
+    from repro.grid.spec import load_grid
+
+    try:
+        return expand(load_grid(grid))
+    except SpecError as err:
+        fail(str(err))
+
+
+@app.command("run-grid")
+def run_grid_cmd(
+    grid: str = typer.Option("quick", "--grid", help="shipped grid name (runs/NAME.toml) or path to a TOML file"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, what is finished and the estimated cost; run nothing"),
+    workers: int = typer.Option(None, help="parallel workers (default: CPU cores, or GPUs x --runs-per-gpu)"),
+    device: str = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
+    runs_per_gpu: int = typer.Option(1, help="worker slots per GPU"),
+    max_members: int = typer.Option(16, help="at most this many runs trained together as one ensemble (1: no batching)"),
+    executor: str = typer.Option("local", help="local | slurm"),
+    partition: str = typer.Option(None, help="SLURM partition"),
+    time_limit: int = typer.Option(240, "--time", help="SLURM time limit per array task, minutes"),
+    gpus_per_task: int = typer.Option(1, help="SLURM GPUs per array task"),
+    array_parallelism: int = typer.Option(16, help="SLURM: at most this many array tasks at once"),
+    slurm_tasks: int = typer.Option(None, help="SLURM array size (default: one task per unit, at most 256)"),
+    slurm_folder: str = typer.Option(None, help="SLURM logs and scripts (default: <REPRO_HOME>/slurm)"),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
+    data_dir: str = typer.Option(None, help="dataset cache (default: $REPRO_DATA_DIR or ./.repro/data)"),
+    fast: bool = typer.Option(None, "--fast/--reference", help="spectral path (default: fastest on the device)"),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="dry run: time a few steps per model size for the estimate"),
+    stale_after: float = typer.Option(600.0, help="seconds without a heartbeat before a remote RUNNING run counts as dead"),
+) -> None:
+    """Run a grid of pre-training, fine-tuning, scratch and zero-shot runs, resumably.
+
+    FINISHED runs are skipped; failed, killed, missing and stale runs are run (again).  Exit
+    status 1 when any run failed.
+
+    Examples:
+
+      repro run-grid                                  # the quick CPU grid
+
+      repro run-grid --grid quick --dry-run           # plan, progress so far, estimated cost
+
+      repro run-grid --grid gpu-demo --device cuda --runs-per-gpu 2
+
+      repro run-grid --grid paper-e1 --executor slurm --partition gpu --time 720 --tracking-uri http://head:5000
+    """
+    from pathlib import Path
+
+    from repro.grid import launcher, store
+    from repro.grid.local import cpu_count
+    from repro.train import tracking
+
+    plan = _load_plan(grid)
+    uri = tracking_uri or tracking.default_tracking_uri()
+    device = device or autodetect_device()
+    if executor not in ("local", "slurm"):
+        fail(f"--executor {executor!r} is invalid: allowed: local, slurm")
+    if device != "cpu" and not device.startswith("cuda"):
+        fail(f"--device {device!r} is invalid: allowed: cpu, cuda")
+    if max_members < 1 or runs_per_gpu < 1 or (workers is not None and workers < 1):
+        fail("--max-members, --runs-per-gpu and --workers must be >= 1")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            fail("--device cuda but no CUDA device is visible")
+        slots = workers or torch.cuda.device_count() * runs_per_gpu
+    else:
+        slots = workers or cpu_count()
+    try:
+        if dry_run:
+            from repro.grid import estimate as est_mod
+
+            sv = launcher.survey(plan, uri, reap=False, stale_after=stale_after)
+            est = None
+            if calibrate:
+                done = set(sv.finished)
+                est = est_mod.estimate_units(plan.units(sv.todo, max_members=max_members), device=device, fast=fast,
+                                             finished=est_mod.finished_walls(sv.states),
+                                             finished_units=plan.units(done, max_members=max_members) if done else None)
+            typer.echo(launcher.plan_text(plan, sv, est, slots=slots, device=device))
+            return
+        slurm = None
+        if executor == "slurm":
+            from repro.grid.slurm import SlurmOptions
+
+            slurm = SlurmOptions(partition=partition, time_min=time_limit, gpus_per_task=gpus_per_task,
+                                 array_parallelism=array_parallelism, tasks=slurm_tasks,
+                                 folder=Path(slurm_folder) if slurm_folder else tracking.repro_home() / "slurm")
+        opts = launcher.Options(tracking_uri=uri, data_dir=Path(data_dir) if data_dir else None, device=device,
+                                fast=fast, workers=slots, runs_per_gpu=runs_per_gpu, max_members=max_members,
+                                executor=executor, slurm=slurm, stale_after=stale_after)
+        out = launcher.run_grid(plan, opts)
+    except KeyboardInterrupt:
+        fail("interrupted; running runs were marked KILLED and will run again next time", code=130)
+    except store.StoreError as err:
+        fail(str(err))
+    typer.echo(launcher.outcome_text(out, plan))
+    if not out.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    grid: str = typer.Option("quick", "--grid", help="shipped grid name or path to a TOML file"),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
+) -> None:
+    """Summarise a grid from MLflow: completion per axis, failures with their reasons.
+
+    Example:
+
+      repro status --grid quick
+    """
+    from repro.grid import launcher, store
+    from repro.train import tracking
+
+    plan = _load_plan(grid)
+    try:
+        rep = launcher.grid_status(plan, tracking_uri or tracking.default_tracking_uri())
+    except store.StoreError as err:
+        fail(str(err))
+    typer.echo(launcher.status_text(rep))
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(5000, help="port on 127.0.0.1"),
+    tracking_uri: str = typer.Option(None, help="MLflow store (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
+) -> None:
+    """Open the MLflow UI over the project's store on http://127.0.0.1:PORT.
+
+    Example:
+
+      repro ui --port 5000
+    """
+    import os
+    import shutil
+    import sys
+
+    from repro.train import tracking
+
+    uri = tracking_uri or tracking.default_tracking_uri()
+    if uri.startswith("http"):
+        fail(f"{uri} is already an MLflow server: open it in a browser")
+    tracking.init_store(uri)
+    exe = shutil.which("mlflow")
+    cmd = [exe] if exe else [sys.executable, "-m", "mlflow"]
+    cmd += ["ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    typer.echo(f"MLflow UI on http://127.0.0.1:{port} over {uri}")
+    os.execvp(cmd[0], cmd)
 
 
 # --- fit-laws / report (analysis) -----------------------------------------------------------
