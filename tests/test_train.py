@@ -1,0 +1,241 @@
+"""Training engine: optimiser, loop, arms, MLflow records, failures, batched == sequential."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from repro import schema
+from repro.config import DatasetSpec, RunSpec
+from repro.data import ensure_split, load_split
+from repro.data.normalise import build_inputs
+from repro.data.subsets import nested_subset
+from repro.models import FNO, load_members
+from repro.models.checkpoint import load_checkpoint
+from repro.train import tracking
+from repro.train.engine import batch_key, execute, group_specs
+from repro.train.loop import EnsembleData, Schedule, evaluate, train_ensemble
+from repro.train.optim import EnsembleAdam, cosine_factor
+
+UP = DatasetSpec(pde="poisson", low=1, high=5, resolution=16, n_train=96, n_val=16, n_test=16, seed=3)
+DOWN = DatasetSpec(pde="poisson", low=5, high=10, resolution=16, n_train=64, n_val=16, n_test=16, seed=3)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("engine")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    data_dir = root / "data"
+    pretrain = RunSpec(arm="scratch", data=UP, model="xxs", n_train=96, lr=3e-3, epochs=6, seed=0)
+    (outcome,) = execute([pretrain], tracking_uri=uri, data_dir=data_dir, progress=False)
+    assert outcome.status == schema.FINISHED, outcome.failure_reason
+    return {"uri": uri, "data_dir": data_dir, "pretrain": pretrain, "outcome": outcome}
+
+
+def _split_tensors(spec: DatasetSpec, split: str, data_dir: Path, normaliser=None):
+    ensure_split(spec, split, data_dir)
+    data = load_split(spec, split, data_dir)
+    norm = normaliser or load_split(spec, "train", data_dir).normaliser
+    x = build_inputs(torch.from_numpy(data.source), torch.from_numpy(data.tensor), norm).float()
+    return x, torch.from_numpy(data.solution).float()
+
+
+def test_one_member_adam_matches_torch_adam() -> None:
+    torch.manual_seed(0)
+    p_ours = torch.randn(1, 5, 3, requires_grad=True)
+    p_ref = p_ours.detach().clone().requires_grad_(True)
+    ours = EnsembleAdam([p_ours], [1e-2])
+    ref = torch.optim.Adam([p_ref], lr=1e-2)
+    for step in range(20):
+        target = torch.randn(1, 5, 3, generator=torch.Generator().manual_seed(step))
+        for p, opt in ((p_ours, ours), (p_ref, ref)):
+            opt.zero_grad()
+            ((p - target) ** 2).sum().backward()
+        ours.step()
+        ref.step()
+    torch.testing.assert_close(p_ours, p_ref, rtol=1e-6, atol=1e-7)
+
+
+def test_members_get_their_own_learning_rate() -> None:
+    p = torch.zeros(3, 4, requires_grad=True)
+    opt = EnsembleAdam([p], [1e-3, 1e-2, 0.1])
+    p.sum().backward()
+    opt.step()
+    # Adam's first step moves every coordinate by exactly lr (sign of the gradient).
+    np.testing.assert_allclose(p.detach()[:, 0].numpy(), [-1e-3, -1e-2, -0.1], rtol=1e-5)
+
+
+def test_cosine_schedule_decays_from_one_to_zero() -> None:
+    assert cosine_factor(0, 100) == 1.0
+    assert math.isclose(cosine_factor(50, 100), 0.5, abs_tol=1e-12)
+    assert math.isclose(cosine_factor(100, 100), 0.0, abs_tol=1e-12)
+
+
+def test_tiny_fno_lowers_validation_error_five_fold(tmp_path: Path) -> None:
+    spec = DatasetSpec(pde="poisson", low=1, high=2, resolution=16, n_train=128, n_val=32, n_test=8, seed=5)
+    x, y = _split_tensors(spec, "train", tmp_path)
+    xv, yv = _split_tensors(spec, "val", tmp_path)
+    model = FNO(RunSpec(arm="scratch", data=spec, model="xs", n_train=128, lr=1e-3, epochs=1).model_spec,
+                seeds=[0])
+    before = evaluate(model, xv, yv).mean().item()
+    data = EnsembleData(inputs=x, targets=y, subsets=torch.arange(128).unsqueeze(0))
+    result = train_ensemble(model, data, xv, yv, Schedule(epochs=40, batch_size=16, lrs=(5e-3,)), seeds=[0])
+    after = evaluate(model, xv, yv).mean().item()
+    assert result.failure == [None]
+    assert after == pytest.approx(result.best_val[0], rel=1e-5)
+    assert after * 5 <= before, (before, after)
+
+
+def test_ensemble_training_equals_one_by_one(tmp_path: Path) -> None:
+    spec = DatasetSpec(pde="poisson", low=1, high=2, resolution=16, n_train=32, n_val=8, n_test=8, seed=2)
+    x, y = _split_tensors(spec, "train", tmp_path)
+    xv, yv = _split_tensors(spec, "val", tmp_path)
+    model_spec = RunSpec(arm="scratch", data=spec, model="xxs", n_train=16, lr=1e-3, epochs=1).model_spec
+    seeds, lrs = [0, 1, 2], (1e-3, 3e-3, 1e-2)
+    subsets = torch.from_numpy(np.stack([nested_subset(32, 16, s) for s in seeds])).long()
+    together = FNO(model_spec, members=3, seeds=seeds)
+    res = train_ensemble(together, EnsembleData(x, y, subsets), xv, yv, Schedule(epochs=4, batch_size=8, lrs=lrs),
+                         seeds=seeds)
+    for m, (seed, lr) in enumerate(zip(seeds, lrs)):
+        alone = FNO(model_spec, members=1, seeds=[seed])
+        res1 = train_ensemble(alone, EnsembleData(x, y, subsets[m:m + 1]), xv, yv,
+                              Schedule(epochs=4, batch_size=8, lrs=(lr,)), seeds=[seed])
+        assert res1.best_epoch[0] == res.best_epoch[m]
+        assert res1.best_val[0] == pytest.approx(res.best_val[m], rel=1e-4)
+        for (name, p_all), p_one in zip(together.named_parameters(), alone.parameters()):
+            torch.testing.assert_close(p_all[m:m + 1], p_one, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_nested_subsets_are_nested_and_shared_across_arms() -> None:
+    small, large = nested_subset(1024, 8, seed=4), nested_subset(1024, 16, seed=4)
+    assert list(large[:8]) == list(small)
+    scratch = RunSpec(arm="scratch", data=DOWN, model="xxs", n_train=8, lr=1e-3, epochs=1, seed=4)
+    transfer = RunSpec(arm="transfer", data=DOWN, model="xxs", n_train=8, lr=1e-3, epochs=1, seed=4,
+                       init_from="0123456789abcdef")
+    # The engine draws subsets from (split size, N, seed) only, never from the arm.
+    assert (scratch.data.n_train, scratch.n_train, scratch.seed) == (transfer.data.n_train, transfer.n_train,
+                                                                     transfer.seed)
+
+
+def test_mlflow_round_trip_params_metrics_artifacts(store) -> None:
+    client = MlflowClient(store["uri"])
+    run = client.get_run(store["outcome"].run_id)
+    spec: RunSpec = store["pretrain"]
+    assert run.info.status == schema.FINISHED
+    assert run.data.tags[schema.T_RUN_KEY] == spec.run_key
+    assert run.data.params[schema.P_DATA_PDE] == "poisson"
+    assert float(run.data.params[schema.P_LR]) == spec.lr
+    assert run.data.params[schema.P_MODEL] == "xxs"
+    assert int(run.data.params[schema.P_WIDTH]) == 8
+    for tag in (schema.T_GIT_SHA, schema.T_GIT_DIRTY, schema.T_DEVICE, "version.torch",
+                f"{schema.T_DATA_HASH_PREFIX}train"):
+        assert run.data.tags.get(tag), tag
+    history = client.get_metric_history(run.info.run_id, schema.M_VAL_REL_L2)
+    assert [m.step for m in history] == list(range(1, 7))
+    assert len(client.get_metric_history(run.info.run_id, schema.M_TRAIN_LOSS)) == 6
+    assert run.data.metrics[schema.M_TEST_REL_L2] == pytest.approx(store["outcome"].test_rel_l2)
+    assert run.data.metrics[schema.M_N_PARAMS] > 0
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert schema.A_PREDICTIONS in artifacts
+    local = tracking.resolve_checkpoint(spec.run_key, store["uri"])
+    raw = torch.load(local, weights_only=True)  # plain tensors and primitives only
+    assert isinstance(raw, dict)
+    checkpoint = load_checkpoint(local)
+    assert checkpoint.data_spec["pde"] == "poisson" and checkpoint.model_spec.width == 8
+
+
+def test_zero_shot_equals_evaluating_the_loaded_model(store) -> None:
+    spec = RunSpec(arm="zero_shot", data=DOWN, model="xxs", n_train=0, lr=0.0, epochs=0,
+                   init_from=store["pretrain"].run_key)
+    (outcome,) = execute([spec], tracking_uri=store["uri"], data_dir=store["data_dir"], progress=False)
+    assert outcome.status == schema.FINISHED, outcome.failure_reason
+    checkpoint = load_checkpoint(tracking.resolve_checkpoint(store["pretrain"].run_key, store["uri"]))
+    from repro.data.normalise import Normaliser
+
+    x, y = _split_tensors(DOWN, "test", store["data_dir"], Normaliser.from_dict(checkpoint.normaliser))
+    model = FNO(checkpoint.model_spec, seeds=[99])
+    load_members(model, checkpoint.state)
+    assert outcome.test_rel_l2 == pytest.approx(evaluate(model, x, y).mean().item(), rel=1e-5)
+    run = MlflowClient(store["uri"]).get_run(outcome.run_id)
+    assert run.data.tags[schema.T_SHIFT] == "poisson(1,5) -> poisson(5,10)"
+    assert run.data.params[schema.P_UPSTREAM_LOW] == "1.0"
+
+
+def test_transfer_starts_from_the_checkpoint_predictions(store) -> None:
+    checkpoint = load_checkpoint(tracking.resolve_checkpoint(store["pretrain"].run_key, store["uri"]))
+    single = FNO(checkpoint.model_spec, seeds=[0])
+    load_members(single, checkpoint.state)
+    ensemble = FNO(checkpoint.model_spec, members=3, seeds=[5, 6, 7])
+    load_members(ensemble, checkpoint.state)
+    x = torch.randn(2, checkpoint.model_spec.in_channels, 16, 16)
+    with torch.no_grad():
+        ref = single(x.unsqueeze(0))[0]
+        out = ensemble(x.unsqueeze(0).expand(3, *x.shape))
+    for m in range(3):
+        torch.testing.assert_close(out[m], ref)
+
+
+def test_transfer_beats_scratch_and_batched_runs_are_recorded_separately(store) -> None:
+    common = dict(data=DOWN, model="xxs", n_train=8, epochs=8)
+    transfer = [RunSpec(arm="transfer", lr=lr, seed=0, init_from=store["pretrain"].run_key, **common)
+                for lr in (1e-3, 3e-3)]
+    outcomes = execute(transfer, tracking_uri=store["uri"], data_dir=store["data_dir"], progress=False)
+    assert [o.status for o in outcomes] == [schema.FINISHED] * 2
+    assert len({o.run_id for o in outcomes}) == 2
+    assert len(group_specs(transfer)) == 1 and batch_key(transfer[0]) == batch_key(transfer[1])
+
+
+def test_diverging_run_fails_with_reason_and_others_finish(store) -> None:
+    good = RunSpec(arm="scratch", data=DOWN, model="xxs", n_train=8, lr=1e-3, epochs=3, seed=1)
+    bad = RunSpec(arm="scratch", data=DOWN, model="xxs", n_train=8, lr=1e12, epochs=3, seed=1)
+    out_good, out_bad = execute([good, bad], tracking_uri=store["uri"], data_dir=store["data_dir"], progress=False)
+    assert out_good.status == schema.FINISHED
+    assert out_bad.status == schema.FAILED and "diverged" in out_bad.failure_reason
+    run = MlflowClient(store["uri"]).get_run(out_bad.run_id)
+    assert run.info.status == schema.FAILED
+    assert "diverged" in run.data.tags[schema.T_FAILURE_REASON]
+
+
+def test_missing_checkpoint_fails_the_run_naming_it(store) -> None:
+    spec = RunSpec(arm="transfer", data=DOWN, model="xxs", n_train=8, lr=1e-3, epochs=1,
+                   init_from="ffffffffffffffff")
+    (outcome,) = execute([spec], tracking_uri=store["uri"], data_dir=store["data_dir"], progress=False)
+    assert outcome.status == schema.FAILED
+    assert "ffffffffffffffff" in outcome.failure_reason
+
+
+def _cli(*args: str) -> object:
+    from repro.cli import app
+
+    return CliRunner().invoke(app, ["train", *args])
+
+
+def test_cli_errors_are_one_line_and_name_the_problem(store, tmp_path: Path) -> None:
+    base = ["--tracking-uri", store["uri"], "--data-dir", str(store["data_dir"]), "--resolution", "16",
+            "--sizes", "64,16,16", "--data-seed", "3", "--device", "cpu"]
+    missing = _cli("--pde", "poisson", "--range", "5,10", "--arm", "transfer", "--from", str(tmp_path / "no.pt"),
+                   "--model", "xxs", *base)
+    assert missing.exit_code == 2 and "no.pt" in missing.output
+    too_many = _cli("--pde", "poisson", "--range", "5,10", "--n-train", "1000", "--model", "xxs", *base)
+    assert too_many.exit_code == 2 and "n_train" in too_many.output
+    unknown = _cli("--pde", "poisson", "--range", "5,10", "--model", "huge", *base)
+    assert unknown.exit_code == 2 and "model" in unknown.output and "xs" in unknown.output
+    mismatch = _cli("--pde", "advdiff", "--range", "1,2", "--arm", "transfer", "--from", store["pretrain"].run_key,
+                    "--model", "xxs", *base)
+    assert mismatch.exit_code == 2 and "channels" in mismatch.output
+    for result in (missing, too_many, unknown, mismatch):
+        assert "Traceback" not in result.output
+
+
+def test_cli_trains_a_scratch_run(store) -> None:
+    result = _cli("--pde", "poisson", "--range", "5,10", "--n-train", "8", "--model", "xxs", "--epochs", "2",
+                  "--tracking-uri", store["uri"], "--data-dir", str(store["data_dir"]), "--resolution", "16",
+                  "--sizes", "64,16,16", "--data-seed", "3", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "test rel L2" in result.output
