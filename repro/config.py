@@ -16,10 +16,14 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
+
+from repro import schema
 
 #: PDE systems of PROTOCOL.md §1, plus the mixture used for mixed pre-training (§3 E4).
 PDES: tuple[str, ...] = ("poisson", "advdiff", "helmholtz", "mixed")
@@ -374,3 +378,16 @@ def _coerce(hint: Any, value: Any, *, where: str) -> Any:
             raise SpecError(f"{where}: expected a string, got {value!r}")
         return value
     return value
+
+
+def repro_home() -> Path:
+    """The project's home directory: ``$REPRO_HOME``, else ``./.repro`` (absolute)."""
+    return Path(os.environ.get(schema.ENV_HOME, schema.DEFAULT_HOME)).resolve()
+
+
+def default_tracking_uri() -> str:
+    """``$REPRO_TRACKING_URI``, else the SQLite store ``<home>/mlflow.db``.
+
+    Shared by the writer (training) and the readers (analysis), so both find the same store.
+    """
+    return os.environ.get(schema.ENV_TRACKING_URI) or f"sqlite:///{repro_home() / 'mlflow.db'}"

@@ -31,10 +31,9 @@ import h5py
 import numpy as np
 
 import repro
-from repro.config import COEFFICIENTS, SPLITS, DatasetSpec, canonical_json, spec_hash
+from repro.config import COEFFICIENTS, SPLITS, DatasetSpec, canonical_json, repro_home, spec_hash
 from repro.data.generation import CHUNK, GENERATOR_VERSION, generate_chunk, n_chunks
 from repro.data.normalise import Normaliser, fit_normaliser_from_norms, source_norms
-from repro.schema import DEFAULT_HOME, ENV_HOME
 
 log = logging.getLogger("repro.data")
 
@@ -93,7 +92,7 @@ def default_data_dir() -> Path:
     env = os.environ.get(ENV_DATA_DIR)
     if env:
         return Path(env)
-    return Path(os.environ.get(ENV_HOME) or DEFAULT_HOME) / "data"
+    return repro_home() / "data"
 
 
 def split_key(spec: DatasetSpec, split: str) -> dict[str, Any]:

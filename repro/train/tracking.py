@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from repro import __version__, schema
-from repro.config import RunSpec, flatten
+from repro.config import RunSpec, default_tracking_uri, flatten, repro_home  # noqa: F401 (re-exported)
 
 #: MLflow's limit on one log_batch call (params + metrics + tags), minus headroom.
 _BATCH_LIMIT = 900
@@ -31,18 +31,6 @@ _RUN_KEY_RE = re.compile(r"^[0-9a-f]{16}$")
 
 class CheckpointNotFound(ValueError):
     """``init_from`` names a run_key or path that has no usable checkpoint."""
-
-
-def repro_home() -> Path:
-    return Path(os.environ.get(schema.ENV_HOME, schema.DEFAULT_HOME)).resolve()
-
-
-def default_tracking_uri() -> str:
-    """``$REPRO_TRACKING_URI``, else the SQLite store under the project's home directory."""
-    uri = os.environ.get(schema.ENV_TRACKING_URI)
-    if uri:
-        return uri
-    return f"sqlite:///{repro_home() / 'mlflow.db'}"
 
 
 def _client(uri: str):
