@@ -1,1 +1,24 @@
-"""repro/models package."""
+"""FNO ensembles (PROTOCOL.md §2), the size ladder's parameter count, and checkpoints."""
+
+from repro.models.checkpoint import (Checkpoint, CheckpointError, build_model, load_checkpoint,
+                                     save_checkpoint)
+from repro.models.fno import (FNO, SPECTRAL_PATHS, count_parameters, default_spectral, load_members,
+                              member_state)
+from repro.models.spectral import build_dft_basis, spectral_fast, spectral_reference
+
+__all__ = [
+    "FNO",
+    "SPECTRAL_PATHS",
+    "Checkpoint",
+    "CheckpointError",
+    "build_dft_basis",
+    "build_model",
+    "count_parameters",
+    "default_spectral",
+    "load_checkpoint",
+    "load_members",
+    "member_state",
+    "save_checkpoint",
+    "spectral_fast",
+    "spectral_reference",
+]

@@ -1,0 +1,333 @@
+"""The Fourier Neural Operator of PROTOCOL.md §2, as an ensemble of ``M`` independent members.
+
+Every model is an ensemble of ``M`` FNOs that share data and architecture but not weights
+(several learning-rate / seed runs trained together in one process; one run is ``M = 1``).
+Every parameter therefore has a leading member dimension ``M`` and every activation has shape
+``(M, B, C, ny, nx)``.  Members never interact: member ``i``'s output and gradients depend only
+on member ``i``'s weights and inputs.
+
+Architecture (authors' code, github.com/ShashankSubramanian/neuraloperators-TL-scaling):
+pointwise lift ``C_in -> w``; ``n_layers`` Fourier layers ``x <- SpectralConv(x) + Conv1x1(x)``
+with GELU after all but the last; projection ``w -> 2w -> GELU -> 1``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from repro.config import ModelSpec
+from repro.models.spectral import (DFTBasis, build_dft_basis, check_resolution, spectral_fast,
+                                   spectral_reference)
+
+__all__ = ["FNO", "SPECTRAL_PATHS", "count_parameters", "default_spectral", "load_members",
+           "member_state"]
+
+#: The two implementations of the spectral layer (same function, see repro.models.spectral).
+SPECTRAL_PATHS: tuple[str, ...] = ("reference", "fast")
+
+#: What :func:`default_spectral` returns on CPU.  Measured with benchmarks/bench_train.py on the
+#: 2-core CPU machine (torch 2.13, fp32, training-step samples/s, fast / reference, best of 3-4
+#: interleaved steps on a shared, loaded box): 128² batch 8: xxs 2.5x, xs 1.8x, s 1.9x, m 1.8x
+#: (l 3.8x, xl 6.6x in a noisier run); 64² batch 16: xxs 2.5x, xs 2.4x, s 1.9x, m 1.3x.
+#: Computing only the kept modes wins at every ladder size, so the CPU default is "fast".
+_CPU_DEFAULT = "fast"
+
+
+def count_parameters(spec: ModelSpec) -> int:
+    """Number of real parameters of one member (a complex weight counts as two reals).
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        Architecture.
+
+    Returns
+    -------
+    int
+        ``(C+1) w + L (4 w² m² + w² + w) + (2w² + 2w) + (2w + 1)``: lift, ``L`` Fourier layers
+        (two complex ``w x w x m x m`` corner blocks plus a 1x1 conv with bias), projection.
+    """
+    c, w, m, n_layers = spec.in_channels, spec.width, spec.n_modes, spec.n_layers
+    lift = c * w + w
+    layer = 2 * 2 * w * w * m * m + w * w + w
+    projection = (w * 2 * w + 2 * w) + (2 * w + 1)
+    return lift + n_layers * layer + projection
+
+
+def default_spectral(device: torch.device | str) -> str:
+    """The faster spectral path on ``device``: ``"fast"`` on CUDA and (measured) on CPU.
+
+    Parameters
+    ----------
+    device : torch.device or str
+        Where the model will run.
+
+    Returns
+    -------
+    str
+        One of :data:`SPECTRAL_PATHS`.
+    """
+    return "fast" if torch.device(device).type == "cuda" else _CPU_DEFAULT
+
+
+def _pointwise(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """Per-member 1x1 convolution: ``(M,B,C,ny,nx)`` with ``(M,O,C)``, ``(M,O)`` -> ``(M,B,O,ny,nx)``."""
+    n_members, batch, c, ny, nx = x.shape
+    flat = x.reshape(n_members, batch, c, ny * nx)           # (M, B, C, P)
+    # (M,1,O,C) @ (M,B,C,P) -> (M,B,O,P): channel mixing as GEMMs, one weight per member.
+    out = torch.matmul(weight.unsqueeze(1), flat) + bias[:, None, :, None]
+    return out.view(n_members, batch, -1, ny, nx)            # (M, B, O, ny, nx)
+
+
+class MemberLinear(nn.Module):
+    """Pointwise (1x1) channel map with one ``(out, in)`` weight and bias per member."""
+
+    def __init__(self, members: int, in_channels: int, out_channels: int, *,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(members, out_channels, in_channels, device=device))
+        self.bias = nn.Parameter(torch.empty(members, out_channels, device=device))
+
+    def reset_member(self, i: int, generator: torch.Generator) -> None:
+        """Draw member ``i`` like ``torch.nn.Linear`` does: U(-1/sqrt(in), 1/sqrt(in))."""
+        bound = 1.0 / math.sqrt(self.weight.shape[-1])
+        for p in (self.weight, self.bias):
+            p.data[i] = (torch.rand(p.shape[1:], generator=generator) * 2 - 1) * bound
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _pointwise(x, self.weight, self.bias)
+
+
+class SpectralConv(nn.Module):
+    """Mode mixing on the two kept corner blocks; weights ``(M, 2, m, m, I, O, 2)`` (real/imag last)."""
+
+    def __init__(self, members: int, in_channels: int, out_channels: int, n_modes: int, *,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.n_modes = n_modes
+        # (member, corner block [:m] / [-m:], ky, kx, in, out, re/im): see repro.models.spectral.
+        self.weight = nn.Parameter(torch.empty(members, 2, n_modes, n_modes, in_channels,
+                                               out_channels, 2, device=device))
+
+    def reset_member(self, i: int, generator: torch.Generator) -> None:
+        """Draw member ``i`` as the authors' code: ``U(0, 1) / (in * out)`` for real and imag."""
+        c_in, c_out = self.weight.shape[4:6]
+        self.weight.data[i] = torch.rand(self.weight.shape[1:], generator=generator) / (c_in * c_out)
+
+    def forward(self, x: Tensor, basis: DFTBasis | None) -> Tensor:
+        # basis None selects the reference path (rfft2); the FNO owns and caches the bases.
+        if basis is None:
+            return spectral_reference(x, self.weight)
+        return spectral_fast(x, self.weight, basis)
+
+
+class FourierLayer(nn.Module):
+    """``x <- SpectralConv(x) + Conv1x1(x)`` (activation applied by the caller)."""
+
+    def __init__(self, members: int, width: int, n_modes: int, *,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.spectral = SpectralConv(members, width, width, n_modes, device=device)
+        self.skip = MemberLinear(members, width, width, device=device)
+
+    def forward(self, x: Tensor, basis: DFTBasis | None) -> Tensor:
+        return self.spectral(x, basis) + self.skip(x)
+
+
+class FNO(nn.Module):
+    """Ensemble of ``members`` independent FNOs (PROTOCOL.md §2) trained together.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        Architecture (input channels, width ``w``, kept modes ``m``, Fourier layers).
+    members : int, default 1
+        Ensemble size ``M``; every parameter has leading dimension ``M``.
+    spectral : {"reference", "fast"}, default "reference"
+        Spectral-layer implementation: ``torch.fft`` in fp32, or truncated-DFT GEMMs over the
+        kept modes only.  Same function; on CUDA "fast" also runs the forward under bf16
+        autocast (see ``bf16``).
+    seeds : sequence of int, optional
+        One initialisation seed per member (default ``0..M-1``).  Member ``i`` of an ensemble
+        built with seeds ``(s_0, ..., s_{M-1})`` equals a one-member model built with ``s_i``.
+    bf16 : bool, optional
+        Autocast the forward to bf16 on CUDA.  Default: on for ``spectral="fast"`` on CUDA,
+        never on CPU (the CPU path is always fp32, which the tests compare).
+    device : torch.device or str, optional
+        Where to allocate parameters; ``"meta"`` skips initialisation (shape-only models).
+
+    Notes
+    -----
+    Forward: ``x`` of shape ``(M, B, C_in, ny, nx)`` -> ``(M, B, ny, nx)``, at any resolution
+    with ``ny, nx >= 2 m`` (the same weights serve every grid).
+    """
+
+    def __init__(self, spec: ModelSpec, *, members: int = 1, spectral: str = "reference",
+                 seeds: Sequence[int] | None = None, bf16: bool | None = None,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        if spectral not in SPECTRAL_PATHS:
+            raise ValueError(f"spectral = {spectral!r} is invalid: allowed: {', '.join(SPECTRAL_PATHS)}")
+        if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+            raise ValueError(f"members = {members!r} is invalid: expected an integer >= 1")
+        seeds = list(range(members)) if seeds is None else [int(s) for s in seeds]
+        if len(seeds) != members:
+            raise ValueError(f"seeds has {len(seeds)} entries but members = {members}: give one seed per member")
+        self.spec = spec
+        self.members = members
+        self.spectral = spectral
+        self.bf16 = bf16
+        w = spec.width
+        self.lift = MemberLinear(members, spec.in_channels, w, device=device)
+        self.layers = nn.ModuleList(FourierLayer(members, w, spec.n_modes, device=device)
+                                    for _ in range(spec.n_layers))
+        self.proj1 = MemberLinear(members, w, 2 * w, device=device)
+        self.proj2 = MemberLinear(members, 2 * w, 1, device=device)
+        if torch.device(device or "cpu").type != "meta":
+            self.reset_parameters(seeds)
+
+    @property
+    def n_params_per_member(self) -> int:
+        """Real parameters per member; equals :func:`count_parameters` of ``spec``."""
+        return sum(p[0].numel() for p in self.parameters())
+
+    def _init_order(self) -> Iterable[MemberLinear | SpectralConv]:
+        """Modules in the fixed order in which a member's generator draws their weights."""
+        yield self.lift
+        for layer in self.layers:
+            yield layer.spectral
+            yield layer.skip
+        yield self.proj1
+        yield self.proj2
+
+    @torch.no_grad()
+    def reset_parameters(self, seeds: Sequence[int]) -> None:
+        """Re-draw every member from its own ``torch.Generator`` seeded with ``seeds[i]``.
+
+        Draws happen on CPU in a fixed order so a member's weights depend only on its seed,
+        not on ``M``, the device or the other members.
+        """
+        for i, seed in enumerate(seeds):
+            generator = torch.Generator(device="cpu").manual_seed(int(seed))
+            for module in self._init_order():
+                module.reset_member(i, generator)
+
+    def _basis(self, ny: int, nx: int, device: torch.device, dtype: torch.dtype) -> DFTBasis:
+        """Truncated-DFT matrices for this grid, cached as non-persistent buffers.
+
+        Keyed by (grid, dtype) in the buffer name and checked against the device, so a model
+        moved with ``.to()`` carries its bases along and ``state_dict`` never contains them.
+        """
+        key = f"dft_{ny}x{nx}_{str(dtype).removeprefix('torch.')}"
+        names = [f"{key}_{part}" for part in ("fx", "fy", "iy", "ix")]
+        cached = [self._buffers.get(name) for name in names]
+        if any(t is None or t.device != device for t in cached):
+            basis = build_dft_basis(ny, nx, self.spec.n_modes, device=device, dtype=dtype)
+            for name, t in zip(names, (basis.fx, basis.fy, basis.iy, basis.ix)):
+                self.register_buffer(name, t, persistent=False)
+            return basis
+        return DFTBasis(*cached)
+
+    def _use_bf16(self, x: Tensor) -> bool:
+        if x.device.type != "cuda":
+            return False  # the CPU path is always fp32
+        return self.spectral == "fast" if self.bf16 is None else bool(self.bf16)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply every member to its own batch: ``(M, B, C_in, ny, nx)`` -> ``(M, B, ny, nx)``."""
+        if x.dim() != 5 or x.shape[0] != self.members or x.shape[2] != self.spec.in_channels:
+            raise ValueError(
+                f"FNO input has shape {tuple(x.shape)}; expected (members={self.members}, batch, "
+                f"in_channels={self.spec.in_channels}, ny, nx)"
+            )
+        ny, nx = x.shape[-2:]
+        check_resolution(ny, nx, self.spec.n_modes)
+        if self._use_bf16(x):
+            # bf16 GEMMs on tensor cores; outputs return to fp32 for the loss.
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+                return self._forward(x).float()
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        basis = None
+        if self.spectral == "fast":
+            dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") and x.is_cuda \
+                else x.dtype
+            basis = self._basis(x.shape[-2], x.shape[-1], x.device, dtype)
+        h = self.lift(x)                                     # (M, B, w, ny, nx)
+        last = len(self.layers) - 1
+        for k, layer in enumerate(self.layers):
+            h = layer(h, basis)                              # (M, B, w, ny, nx)
+            if k < last:  # no activation after the last Fourier layer (authors' code)
+                h = F.gelu(h)
+        h = F.gelu(self.proj1(h))                            # (M, B, 2w, ny, nx)
+        return self.proj2(h).squeeze(2)                      # (M, B, 1, ny, nx) -> (M, B, ny, nx)
+
+
+def member_state(model: FNO, i: int) -> dict[str, Tensor]:
+    """Member ``i``'s weights as a one-member state dict (cloned, on CPU).
+
+    Parameters
+    ----------
+    model : FNO
+        An ensemble.
+    i : int
+        Member index, ``0 <= i < model.members``.
+
+    Returns
+    -------
+    dict of str to Tensor
+        Same keys as ``model.state_dict()``, every tensor with leading dimension 1; loadable
+        into a one-member model with ``load_state_dict`` or into any ensemble with
+        :func:`load_members`.
+    """
+    if not 0 <= i < model.members:
+        raise IndexError(f"member {i} out of range for an ensemble of {model.members}")
+    return {name: t[i:i + 1].detach().to("cpu", copy=True) for name, t in model.state_dict().items()}
+
+
+@torch.no_grad()
+def load_members(model: FNO, state: Mapping[str, Tensor], members: Sequence[int] | None = None) -> None:
+    """Copy a one-member state into every member (or the given members) of ``model``.
+
+    Used to start several fine-tuning runs from one pre-trained model.
+
+    Parameters
+    ----------
+    model : FNO
+        Ensemble to write into (in place).
+    state : mapping of str to Tensor
+        One-member state (leading dimension 1), e.g. from :func:`member_state` or a checkpoint.
+    members : sequence of int, optional
+        Member indices to overwrite; default all.
+
+    Raises
+    ------
+    ValueError
+        Missing or unexpected keys, or a parameter whose shape does not match (the message
+        names the parameter and both per-member shapes, e.g. a different channel count).
+    """
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"state does not fit this FNO: missing {missing or 'none'}, unexpected {unexpected or 'none'}")
+    for name, target in own.items():
+        source = state[name]
+        if source.dim() != target.dim() or source.shape[0] != 1 or source.shape[1:] != target.shape[1:]:
+            raise ValueError(
+                f"parameter {name!r}: state has shape {tuple(source.shape)} but the model expects "
+                f"{(1, *target.shape[1:])} per member (spec {model.spec})"
+            )
+    index = list(range(model.members)) if members is None else [int(i) for i in members]
+    bad = [i for i in index if not 0 <= i < model.members]
+    if bad:
+        raise IndexError(f"members {bad} out of range for an ensemble of {model.members}")
+    for name, target in own.items():
+        value = state[name][0].to(device=target.device, dtype=target.dtype)
+        for i in index:
+            target[i].copy_(value)
