@@ -121,16 +121,6 @@ def _hash_of(path: object) -> str:
 # --- train (training engine) ----------------------------------------------------------------
 
 
-def parse_range(text: str, option: str = "--range") -> tuple[float, float]:
-    """``"5,10"`` -> (5.0, 10.0); a one-line error naming the option otherwise."""
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        low, high = (float(p) for p in parts)
-    except ValueError:
-        fail(f"{option} {text!r} is invalid: expected two numbers LOW,HIGH such as 5,10")
-    return low, high
-
-
 def autodetect_device() -> str:
     """``cuda`` when a GPU is visible, else ``cpu`` (only the CLI autodetects)."""
     import torch
@@ -157,7 +147,7 @@ def train(
     data_seed: int = typer.Option(1, help="dataset seed"),
     device: str = typer.Option(None, help="cpu | cuda | cuda:K (default: cuda if available)"),
     fast: bool = typer.Option(None, "--fast/--reference", help="spectral path (default: fastest on the device)"),
-    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
     data_dir: str = typer.Option(None, help="dataset cache (default: $REPRO_DATA_DIR or ./.repro/data)"),
 ) -> None:
     """Train (or evaluate) one FNO run and record it in MLflow.
@@ -180,7 +170,7 @@ def train(
         n_tr, n_va, n_te = (int(x) for x in sizes.split(","))
     except ValueError:
         fail(f"--sizes {sizes!r} is invalid: expected three integers TRAIN,VAL,TEST such as 512,64,64")
-    low, high = parse_range(range_) if range_ else (None, None)
+    low, high = _parse_range(range_)
     checkpoint = None
     if arm != "scratch":
         if not from_:
@@ -245,7 +235,7 @@ def run_grid_cmd(
     array_parallelism: int = typer.Option(16, help="SLURM: at most this many array tasks at once"),
     slurm_tasks: int = typer.Option(None, help="SLURM array size (default: one task per unit, at most 256)"),
     slurm_folder: str = typer.Option(None, help="SLURM logs and scripts (default: <REPRO_HOME>/slurm)"),
-    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
     data_dir: str = typer.Option(None, help="dataset cache (default: $REPRO_DATA_DIR or ./.repro/data)"),
     fast: bool = typer.Option(None, "--fast/--reference", help="spectral path (default: fastest on the device)"),
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="dry run: time a few steps per model size for the estimate"),
@@ -325,7 +315,7 @@ def run_grid_cmd(
 @app.command()
 def status(
     grid: str = typer.Option("quick", "--grid", help="shipped grid name or path to a TOML file"),
-    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
 ) -> None:
     """Summarise a grid from MLflow: completion per axis, failures with their reasons.
 
@@ -347,7 +337,7 @@ def status(
 @app.command()
 def ui(
     port: int = typer.Option(5000, help="port on 127.0.0.1"),
-    tracking_uri: str = typer.Option(None, help="MLflow store (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
 ) -> None:
     """Open the MLflow UI over the project's store on http://127.0.0.1:PORT.
 
@@ -373,6 +363,68 @@ def ui(
 
 
 # --- fit-laws / report (analysis) -----------------------------------------------------------
+
+from pathlib import Path  # noqa: E402  - kept in this section; typer resolves the annotations below
+from typing import Optional  # noqa: E402
+
+_GRID_HELP = "Only runs of this grid (the MLflow 'grid' tag). Default: every grid in the store."
+_URI_HELP = "MLflow tracking URI. Default: $REPRO_TRACKING_URI, else sqlite:///<$REPRO_HOME or ./.repro>/mlflow.db."
+_BOOT_HELP = "Bootstrap replicates per fitted curve (0: no intervals)."
+
+
+def _analysis_command(which: str, grid: str | None, tracking_uri: str | None, out: Path | None,
+                      n_boot: int) -> None:
+    import analysis  # noqa: F401  - first, so its BLAS thread setting precedes numpy
+    from analysis import commands
+    from analysis.collect import StoreError, default_tracking_uri
+
+    try:
+        getattr(commands, which)(tracking_uri or default_tracking_uri(), grid, out, n_boot=n_boot)
+    except StoreError as err:
+        fail(str(err))
+
+
+@app.command("fit-laws")
+def fit_laws(
+    grid: Optional[str] = typer.Option(None, "--grid", help=_GRID_HELP),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=_URI_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder. Default: reports/<grid or 'all'>."),
+    n_boot: int = typer.Option(200, "--n-boot", min=0, help=_BOOT_HELP),
+) -> None:
+    """Fit scaling laws, transfer metrics and the paper's claims; print tables, write CSV/JSON.
+
+    Picks the learning rate per (task, shift, model, N, arm, seed) on validation error and fits err(N) = E + A*N^-alpha per curve with bootstrap intervals (and the joint N x P law where >= 3 model sizes exist).
+
+    Writes fits.csv, joint_fits.csv, multiplier.csv, d_t.csv, transfer_summary.csv, benefit.csv, zero_shot.csv, mixed.csv, selected_runs.csv, exclusions.csv and analysis.json. Cells with too few points are listed as skipped; the rest is still fitted.
+
+    Examples:
+
+        repro fit-laws --grid quick
+
+        repro fit-laws --tracking-uri sqlite:///runs/mlflow.db --out reports/e1
+    """
+    _analysis_command("fit_laws", grid, tracking_uri, out, n_boot)
+
+
+@app.command("report")
+def report(
+    grid: Optional[str] = typer.Option(None, "--grid", help=_GRID_HELP),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=_URI_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder for index.html. Default: reports/<grid or 'all'>."),
+    n_boot: int = typer.Option(200, "--n-boot", min=0, help=_BOOT_HELP),
+) -> None:
+    """Render one self-contained HTML report (figures embedded; opens without network).
+
+    Sections: the paper's claims beside ours, error vs N per shift and model size with fitted curves and bands, multiplier vs error level, D_T(N), benefit vs model size, the OOD ladder, mixed pre-training, the fit table, and provenance (grids, commits, exclusions with reasons, the MLflow run behind every point).
+
+    Examples:
+
+        repro report --grid quick
+
+        repro report --grid paper-e1 --out reports/paper-e1
+    """
+    _analysis_command("report", grid, tracking_uri, out, n_boot)
+
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -74,8 +74,12 @@ def survey(plan: Plan, uri: str, *, reap: bool = True, stale_after: float = stor
     """Read every run of ``plan`` from MLflow; with ``reap``, mark stale RUNNING runs KILLED first."""
     from repro.train.tracking import init_store
 
-    init_store(uri)
-    states = store.key_states(uri, plan.keys)
+    try:
+        init_store(uri)
+        states = store.key_states(uri, plan.keys)
+    except Exception as err:  # noqa: BLE001 - any store problem is one clear line for the CLI
+        text = str(err).strip().splitlines()
+        raise store.StoreError(f"MLflow store {uri} cannot be read: {text[0] if text else type(err).__name__}") from err
     reaped: dict[str, str] = {}
     if reap:
         reaped = store.reap_stale(uri, states, stale_after=stale_after)
@@ -396,3 +400,74 @@ def grid_status(plan: Plan, uri: str) -> StatusReport:
     failures = [(k, describe_run(plan[k]), st, reason) for k, st, reason in sv.failures()]
     return StatusReport(grid=plan.grid.label, total=len(plan), counts=counts, per_axis=per_axis,
                         failures=failures, running=sv.running)
+
+
+# --- text for the CLI -----------------------------------------------------------------------------
+
+def _axis_lines(per_axis: dict[str, Any], fmt: Callable[[Any], str]) -> list[str]:
+    lines = []
+    for axis, values in per_axis.items():
+        items = ", ".join(f"{_fmt_value(v)}: {fmt(c)}" for v, c in values.items())
+        lines.append(f"  {axis:<8} {items}")
+    return lines
+
+
+def _fmt_value(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def plan_text(plan: Plan, sv: Survey, est: Any = None, *, slots: int = 1, device: str = "cpu") -> str:
+    """The ``--dry-run`` summary: counts per axis, finished / running / to do, estimated cost."""
+    grid = plan.grid
+    todo = sv.todo
+    lines = [f"grid {grid.label}: {len(plan)} runs ({len(plan.pretrain)} pre-training, "
+             f"{len(plan.downstream)} downstream) in {len(plan.units())} units"
+             + (f" — {grid.description}" if grid.description else ""),
+             "runs per axis (to do / all):"]
+    all_counts = plan.axis_counts()
+    todo_counts = plan.axis_counts(todo)
+    for axis, counter in all_counts.items():
+        items = ", ".join(f"{_fmt_value(v)}: {todo_counts[axis].get(v, 0)}/{n}" for v, n in counter.items())
+        lines.append(f"  {axis:<8} {items}")
+    lines.append(f"finished {len(sv.finished)}, running elsewhere {len(sv.running)}, to do {len(todo)}"
+                 + (f" (of which {sum(1 for k in todo if sv.states[k].status != 'MISSING')} failed/killed before)"))
+    if sv.reaped:
+        lines.append(f"stale RUNNING runs marked KILLED: {len(sv.reaped)}")
+    if est is not None:
+        hours = est.device_hours
+        wall = est.wall_seconds(slots if device.startswith("cuda") else 1)
+        lines.append(f"estimated cost: {hours:.3f} {device}-hours ({est.source}); "
+                     f"wall time about {_hms(wall)} with {slots} {'GPU slot' if device.startswith('cuda') else 'worker'}"
+                     f"{'s' if slots != 1 else ''}")
+        for key, tp in sorted(est.throughput.items()):
+            model, res, ch = key
+            lines.append(f"  throughput {model} at {res}x{res} ({ch} channels): "
+                         f"{1 / tp.per_sample:,.0f} samples/s, {tp.latency * 1e3:.1f} ms per step")
+    return "\n".join(lines)
+
+
+def outcome_text(out: GridOutcome, plan: Plan) -> str:
+    lines = [f"grid {out.grid}: {out.complete}/{out.total} runs finished "
+             f"({len(out.finished)} now, {out.finished_before} before), {len(out.failed)} failed, "
+             f"{len(out.running_elsewhere)} running elsewhere, in {_hms(out.wall_seconds)}"
+             + (f"; MLflow parent run {out.parent_run_id}" if out.parent_run_id else "")]
+    if out.reaped:
+        lines.append(f"stale RUNNING runs marked KILLED and run again: {len(out.reaped)}")
+    if out.failed:
+        lines.append("failed runs:")
+        for key, reason in out.failed:
+            lines.append(f"  {key}  {describe_run(plan[key])}: {reason}")
+    return "\n".join(lines)
+
+
+def status_text(rep: StatusReport) -> str:
+    c = rep.counts
+    lines = [f"grid {rep.grid}: {c.get(schema.FINISHED, 0)}/{rep.total} finished, {c.get(schema.RUNNING, 0)} running, "
+             f"{c.get(schema.FAILED, 0)} failed, {c.get(schema.KILLED, 0)} killed, {c.get('MISSING', 0)} not started",
+             "completion per axis (finished/all):"]
+    lines += _axis_lines(rep.per_axis, lambda cnt: f"{cnt.get(schema.FINISHED, 0)}/{sum(cnt.values())}")
+    if rep.failures:
+        lines.append(f"failures ({len(rep.failures)}):")
+        for key, desc, st, reason in rep.failures:
+            lines.append(f"  {key}  {st:<6} {desc}: {reason}")
+    return "\n".join(lines)

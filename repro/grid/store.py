@@ -35,6 +35,10 @@ HEARTBEAT_S = 20.0
 _T = TypeVar("_T")
 
 
+class StoreError(RuntimeError):
+    """The tracking store cannot be read or written (unreachable server, bad URI)."""
+
+
 def retrying(fn: Callable[[], _T], *, attempts: int = 12, what: str = "MLflow call") -> _T:
     """Call ``fn`` again (with backoff) when a shared SQLite store says "database is locked".
 

@@ -1,0 +1,185 @@
+"""Cost estimate of a plan in device-hours, from measured throughput.
+
+Model of one unit (an ensemble of ``k`` runs sharing data, model size and schedule)::
+
+    steps  = epochs * ceil(N / b)                          b = min(batch_size, N)
+    train  = steps * (latency + k * b * per_sample)        one optimiser step of the ensemble
+    evals  = ceil(epochs / eval_every) * k * n_val * eval_per_sample + k * n_test * eval_per_sample
+    unit   = unit_overhead + k * run_overhead + train + evals
+
+``latency`` and ``per_sample`` come from a short calibration on the current device (a few timed
+forward/backward/Adam steps of the real FNO at batch 1 and at a larger batch, per model size
+and resolution).  When the store already holds finished runs of the plan, their measured wall
+times rescale the remaining estimate (``scale`` = measured / predicted over the finished units).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from repro.config import RunSpec
+
+#: Fixed costs measured on the CPU machines (MLflow run records, checkpoint + figure; data load).
+RUN_OVERHEAD_S = 0.6
+UNIT_OVERHEAD_S = 1.0
+#: An evaluation pass (no backward, no optimiser) costs about this fraction of a training step.
+EVAL_FRACTION = 0.35
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Measured step cost of one model size at one resolution on one device."""
+
+    latency: float  # seconds per optimiser step, independent of batch size
+    per_sample: float  # seconds per (sample x member) in a training step
+    eval_per_sample: float = 0.0  # seconds per (sample x member) in an evaluation pass
+
+    def step(self, batch: int, members: int = 1) -> float:
+        return self.latency + members * batch * self.per_sample
+
+
+def calibrate(spec: RunSpec, *, device: str = "cpu", fast: bool | None = None, batch: int = 32,
+              repeats: int = 3) -> Throughput:
+    """Time a few training steps of ``spec``'s model at ``spec``'s resolution (batch 1 and ``batch``)."""
+    import torch
+
+    from repro.models import FNO, default_spectral
+
+    spectral = ("fast" if fast else "reference") if fast is not None else default_spectral(device)
+    model_spec = spec.model_spec
+    res = spec.data.resolution
+    model = FNO(model_spec, members=1, spectral=spectral, seeds=[0]).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+
+    def timed(b: int) -> float:
+        x = torch.randn(1, b, model_spec.in_channels, res, res, generator=gen).to(device)
+        y = torch.randn(1, b, res, res, generator=gen).to(device)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            pred = model(x)
+            loss = ((pred.reshape(y.shape) - y) ** 2).sum()
+            loss.backward()
+            opt.step()
+
+        step()  # warm-up (allocations, DFT bases)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            step()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    t1 = timed(1)
+    tb = timed(batch)
+    per_sample = max((tb - t1) / (batch - 1), 1e-9)
+    x = torch.randn(1, 4 * batch, model_spec.in_channels, res, res, generator=gen).to(device)
+    with torch.no_grad():
+        model(x)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            model(x)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    eval_per_sample = (time.perf_counter() - t0) / repeats / x.shape[1]
+    return Throughput(latency=max(t1 - per_sample, 0.0), per_sample=per_sample, eval_per_sample=eval_per_sample)
+
+
+def unit_seconds(specs: list[RunSpec], tp: Throughput) -> float:
+    """Predicted wall time of one unit (the engine trains ``specs`` as one ensemble)."""
+    head = specs[0]
+    k = len(specs)
+    data = head.data
+    cost = UNIT_OVERHEAD_S + k * RUN_OVERHEAD_S
+    eval_cost = (tp.eval_per_sample or EVAL_FRACTION * tp.per_sample) * k
+    if head.arm == "zero_shot":
+        return cost + (data.n_val + data.n_test) * eval_cost + 2 * tp.latency
+    b = head.effective_batch_size
+    steps = head.epochs * math.ceil(head.n_train / b)
+    cost += steps * tp.step(b, k)
+    n_evals = math.ceil(head.epochs / head.eval_every)
+    cost += n_evals * data.n_val * eval_cost + data.n_test * eval_cost
+    return cost
+
+
+@dataclass
+class Estimate:
+    """Device-seconds per unit and in total; ``scale`` applied from finished runs."""
+
+    unit_seconds: dict[str, float] = field(default_factory=dict)  # unit task id -> seconds (scaled)
+    throughput: dict[tuple, Throughput] = field(default_factory=dict)
+    scale: float = 1.0
+    source: str = "calibration"
+
+    @property
+    def device_seconds(self) -> float:
+        return sum(self.unit_seconds.values())
+
+    @property
+    def device_hours(self) -> float:
+        return self.device_seconds / 3600.0
+
+    def wall_seconds(self, slots: int) -> float:
+        """Lower bound on wall time with ``slots`` parallel GPU slots (CPU slots share the cores: 1)."""
+        return self.device_seconds / max(1, slots)
+
+
+def _tp_key(spec: RunSpec) -> tuple:
+    return (spec.model, spec.data.resolution, spec.model_spec.in_channels)
+
+
+def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = None,
+                   cache: dict[tuple, Throughput] | None = None,
+                   finished: Mapping[str, float] | None = None,
+                   finished_units: Iterable | None = None) -> Estimate:
+    """Estimate ``units`` (objects with ``.specs`` and ``.keys``, e.g. :class:`repro.grid.plan.Unit`).
+
+    ``finished`` maps run_key -> measured seconds (:func:`finished_walls`; an ensemble's
+    members run concurrently, so a unit's time is its slowest member's) for runs already in the store; ``finished_units`` are the plan's
+    units over those keys, used to rescale the prediction.
+    """
+    cache = {} if cache is None else cache
+    units = list(units)
+
+    def tp_for(spec: RunSpec) -> Throughput:
+        key = _tp_key(spec)
+        if key not in cache:
+            cache[key] = calibrate(spec, device=device, fast=fast)
+        return cache[key]
+
+    est = Estimate(throughput=cache)
+    if finished and finished_units:
+        predicted = measured = 0.0
+        for unit in finished_units:
+            walls = [finished[k] for k in unit.keys if k in finished]
+            if not walls:
+                continue
+            predicted += unit_seconds(list(unit.specs), tp_for(unit.specs[0]))
+            measured += max(walls)
+        if predicted > 0 and measured > 0:
+            est.scale = min(5.0, max(0.2, measured / predicted))
+            est.source = f"calibration rescaled by {len(finished)} finished runs (x{est.scale:.2f})"
+    from repro.grid.launcher import unit_task_id
+
+    for unit in units:
+        est.unit_seconds[unit_task_id(unit)] = est.scale * unit_seconds(list(unit.specs), tp_for(unit.specs[0]))
+    return est
+
+
+def finished_walls(states: Mapping) -> dict[str, float]:
+    """run_key -> measured seconds of its FINISHED run (MLflow start to end: training, evaluation
+    and recording), from a survey's states."""
+    out = {}
+    for key, st in states.items():
+        run = st.finished
+        if run is not None and run.info.end_time and run.info.start_time:
+            out[key] = (run.info.end_time - run.info.start_time) / 1000.0
+    return out

@@ -1,0 +1,165 @@
+"""SLURM executor: submitit job arrays, one phase per dependency level.
+
+Phases: (1) datasets, (2) pre-training units, (3) downstream units.  Each phase is one job
+array; array task ``i`` of ``T`` pulls units ``i, i+T, i+2T, ...`` and, before each, re-reads
+MLflow and drops keys that finished meanwhile (so a resubmitted or overlapping array never
+trains a finished key again).  Between phases the launcher records the dependants of failed
+pre-training runs as FAILED, naming the pre-training run, without submitting them.
+
+The array tasks write to MLflow directly; for many hosts point ``--tracking-uri`` at an
+``mlflow server`` (PostgreSQL backend) — never SQLite on a network filesystem.  Without a
+cluster, ``cluster="debug"`` (in-process) or ``"local"`` (subprocesses) run the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from repro import schema
+from repro.grid import store
+from repro.grid.worker import DataTask, Settings, UnitTask, run_task
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    partition: str | None = None
+    time_min: int = 240
+    gpus_per_task: int = 1
+    cpus_per_task: int | None = None
+    array_parallelism: int = 16
+    tasks: int | None = None  # array size per phase (default: one per unit, at most max_tasks)
+    max_tasks: int = 256
+    folder: Path = Path(".repro/slurm")
+    cluster: str | None = None  # None: slurm; "debug" / "local" for tests without a cluster
+    setup: tuple[str, ...] = ()  # shell lines run before each task (module load, venv activate)
+    additional: dict[str, Any] = field(default_factory=dict)
+
+
+def _executor(opts: SlurmOptions, name: str):
+    import submitit
+
+    cluster = opts.cluster or "slurm"
+    ex = submitit.AutoExecutor(folder=str(opts.folder / "%j"), cluster=cluster)
+    params: dict[str, Any] = {"timeout_min": opts.time_min, "name": name}
+    if cluster == "slurm":
+        params.update(slurm_partition=opts.partition, slurm_gpus_per_task=opts.gpus_per_task or None,
+                      slurm_array_parallelism=opts.array_parallelism, slurm_setup=list(opts.setup),
+                      slurm_additional_parameters=dict(opts.additional))
+        if opts.cpus_per_task:
+            params["slurm_cpus_per_task"] = opts.cpus_per_task
+        params = {k: v for k, v in params.items() if v is not None}
+    ex.update_parameters(**params)
+    return ex
+
+
+def sbatch_script(opts: SlurmOptions, n_tasks: int, *, name: str = "repro-grid") -> str:
+    """The sbatch script a phase with ``n_tasks`` array tasks is submitted with (for inspection/tests)."""
+    import submitit
+
+    ex = submitit.SlurmExecutor(folder=str(opts.folder / "%j"))
+    params: dict[str, Any] = {"time": opts.time_min, "job_name": name, "array_parallelism": opts.array_parallelism,
+                              "gpus_per_task": opts.gpus_per_task or None, "setup": list(opts.setup),
+                              "additional_parameters": dict(opts.additional)}
+    if opts.partition:
+        params["partition"] = opts.partition
+    if opts.cpus_per_task:
+        params["cpus_per_task"] = opts.cpus_per_task
+    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    ex.parameters["map_count"] = n_tasks
+    return ex._make_submission_file_text(ex._submitit_command_str, "uid")
+
+
+def array_task(tasks: list[DataTask | UnitTask], settings: Settings) -> list[tuple[str, list[dict] | None, str | None]]:
+    """Body of one array task: run its share of the phase; never raises for one task's failure."""
+    import traceback
+
+    out = []
+    for task in tasks:
+        try:
+            out.append((task.task_id, run_task(task, settings), None))
+        except Exception:  # noqa: BLE001 - recorded by the launcher
+            out.append((task.task_id, None, traceback.format_exc(limit=5).strip().splitlines()[-1]))
+    return out
+
+
+def _run_phase(tasks: list[DataTask | UnitTask], settings: Settings, opts: SlurmOptions, name: str,
+               console: Any) -> dict[str, tuple[list[dict] | None, str | None]]:
+    if not tasks:
+        return {}
+    n = min(len(tasks), opts.tasks or opts.max_tasks)
+    shares = [tasks[i::n] for i in range(n)]
+    ex = _executor(opts, name)
+    jobs = ex.map_array(array_task, shares, [settings] * n)
+    if console is not None:
+        console.print(f"submitted {name}: {n} array tasks ({jobs[0].job_id.split('_')[0]})", highlight=False)
+    results: dict[str, tuple[list[dict] | None, str | None]] = {}
+    for job, share in zip(jobs, shares):
+        try:
+            for task_id, outcomes, error in job.result():
+                results[task_id] = (outcomes, error)
+        except Exception as err:  # noqa: BLE001 - a lost array task: its share failed
+            reason = f"SLURM array task {job.job_id} failed: {str(err).strip().splitlines()[-1] if str(err).strip() else err}"
+            for task in share:
+                results.setdefault(task.task_id, (None, reason))
+    return results
+
+
+def run_slurm(plan, todo: list[str], finished: set[str], settings: Settings, opts: SlurmOptions | None,
+              outcome, *, console: Any = None) -> None:
+    """Run ``todo`` keys of ``plan`` as three dependent SLURM array phases; fills ``outcome``."""
+    from repro.grid.launcher import _pretrain_reason, build_tasks
+    from repro.grid.local import kill_orphans
+
+    opts = opts or SlurmOptions()
+    uri = settings.tracking_uri
+    data_tasks, pairs, deps = build_tasks(plan, todo, finished=finished, max_members=settings.max_members)
+    describe = _pretrain_reason(plan)
+    done = set(finished)
+    failed: dict[str, str] = {}
+    bad_data: dict[str, str] = {}
+    data_results = _run_phase(list(data_tasks), settings, opts, f"{plan.grid.label}-data", console)
+    for t in data_tasks:
+        err = data_results.get(t.task_id, (None, "no result"))[1]
+        if err:
+            bad_data[t.task_id] = f"dataset {t.dataset.label} could not be prepared: {err}"
+
+    for phase in ("pretrain", "downstream"):
+        runnable = []
+        for unit, task in pairs:
+            if unit.role != phase:
+                continue
+            reason = None
+            for dep in deps[task.task_id]:
+                if dep in bad_data:
+                    reason = bad_data[dep]
+                elif dep in failed:
+                    reason = describe(dep, failed[dep])
+                elif not dep.startswith("data:") and dep not in done:
+                    reason = describe(dep, "it did not finish")
+                if reason:
+                    break
+            if reason:
+                for spec in task.specs:
+                    store.record_failed(uri, spec, reason, grid=plan.grid.label, role=unit.role,
+                                        parent_run_id=settings.parent_run_id)
+                    failed[spec.run_key] = reason
+                    outcome.failed.append((spec.run_key, reason))
+            else:
+                runnable.append(task)
+        results = _run_phase(runnable, settings, opts, f"{plan.grid.label}-{phase}", console)
+        for task in runnable:
+            outcomes, error = results.get(task.task_id, (None, "no result"))
+            got = {r["run_key"]: r for r in outcomes or []}
+            if error:
+                kill_orphans(uri, settings.parent_run_id, [s.run_key for s in task.specs], error)
+            for spec in task.specs:
+                r = got.get(spec.run_key)
+                if r is not None and r["status"] == schema.FINISHED:
+                    done.add(spec.run_key)
+                    outcome.finished.append(spec.run_key)
+                else:
+                    why = (r or {}).get("failure_reason") or error or "no outcome reported"
+                    failed[spec.run_key] = why
+                    outcome.failed.append((spec.run_key, why))

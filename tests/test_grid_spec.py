@@ -1,0 +1,224 @@
+"""Grid specifications and expansion: strict loading, stable keys, dependencies, golden counts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from repro.config import SpecError
+from repro.grid.plan import ROLE_DOWNSTREAM, ROLE_PRETRAIN, expand
+from repro.grid.spec import Finetune, load_grid, parse_grid, parse_label, shipped_grids
+
+#: Runs per shipped grid (pre-training + downstream, after deduplication).  A change here is a
+#: change of the science plan: update deliberately.
+GOLDEN = {"quick": 52, "gpu-demo": 392, "paper-e1": 292, "paper-e2": 2920, "paper-e3": 2331, "paper-e4": 2623}
+
+TINY = """
+label = "tiny"
+resolution = 16
+models = ["xxs"]
+n_train = [8, 16]
+lrs = [1e-3, 3e-3]
+seeds = [0, 1]
+[upstream]
+n_train = 64
+n_val = 16
+n_test = 16
+[downstream]
+n_train = 16
+n_val = 16
+n_test = 16
+[pretrain]
+epochs = 2
+lr = 1e-3
+[finetune]
+epochs = 3
+[[shifts]]
+upstream = "poisson(1,5)"
+downstream = "poisson(5,10)"
+[[shifts]]
+upstream = "poisson(1,2.5)"
+downstream = "poisson(5,10)"
+"""
+
+
+def _tiny(tmp_path: Path, text: str = TINY) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_shipped_grids_load_with_golden_counts():
+    assert set(GOLDEN) <= set(shipped_grids())
+    for name, count in GOLDEN.items():
+        plan = expand(load_grid(name))
+        assert len(plan) == count, name
+        assert len(set(plan.keys)) == len(plan)
+        assert plan.grid.label == name
+
+
+def test_paper_grids_follow_protocol():
+    from repro.config import PAPER_LRS
+
+    for e in (1, 2, 3, 4):
+        g = load_grid(f"paper-e{e}")
+        assert g.resolution == 128
+        assert (g.upstream.n_train, g.upstream.n_val, g.upstream.n_test) == (2**15, 2**12, 2**12)
+        assert g.lrs == PAPER_LRS
+        assert g.n_train == tuple(2**k for k in range(3, 16))
+        assert g.finetune.epochs == 500 and g.pretrain.epochs == 500
+        assert set(g.arms) == {"scratch", "transfer", "zero_shot"}
+    assert load_grid("paper-e2").models == ("xs", "s", "m", "l", "xl")
+    assert any(s.upstream == "mixed" for s in load_grid("paper-e4").shifts)
+    e3 = {s.label for s in load_grid("paper-e3").shifts}
+    assert "poisson(1,5) -> poisson(10,20)" in e3 and "helmholtz(1,10) -> helmholtz(10,20)" in e3
+
+
+def test_gpu_demo_meets_its_brief():
+    g = load_grid("gpu-demo")
+    assert len(g.models) >= 2 and len(g.n_train) >= 8 and len(g.shifts) == 2
+    assert set(g.arms) == {"scratch", "transfer", "zero_shot"} and len(g.lrs) == 3 and len(g.seeds) == 2
+    assert g.resolution in (64, 128)
+
+
+def test_expansion_is_deterministic_across_processes(tmp_path):
+    path = _tiny(tmp_path)
+    keys = expand(load_grid(path)).keys
+    assert keys == expand(load_grid(path)).keys
+    code = f"from repro.grid.spec import load_grid; from repro.grid.plan import expand; print(','.join(expand(load_grid({str(path)!r})).keys))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert other.split(",") == list(keys)
+    quick = subprocess.run([sys.executable, "-c", code.replace(repr(str(path)), "'quick'")], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert quick.split(",") == list(expand(load_grid("quick")).keys)
+
+
+def test_plan_structure(tmp_path):
+    plan = expand(load_grid(_tiny(tmp_path)))
+    roles = [r.role for r in plan]
+    # pre-training first, one per (upstream, model)
+    assert roles == sorted(roles, key=lambda r: r != ROLE_PRETRAIN)
+    pre = plan.pretrain
+    assert len(pre) == 2 and {r.spec.data.label for r in pre} == {"poisson(1,5)", "poisson(1,2.5)"}
+    assert all(r.spec.arm == "scratch" and r.spec.n_train == 64 and r.spec.epochs == 2 for r in pre)
+    arms = Counter(r.spec.arm for r in plan.downstream)
+    # scratch is shared by the two shifts that end at poisson(5,10): 2 N x 2 lr x 2 seeds
+    assert arms == {"scratch": 8, "transfer": 16, "zero_shot": 2}
+    scratch = [r for r in plan.downstream if r.spec.arm == "scratch"]
+    assert all(len(r.shifts) == 2 for r in scratch)
+    pre_keys = {r.run_key for r in pre}
+    for r in plan.downstream:
+        if r.spec.arm in ("transfer", "zero_shot"):
+            assert r.depends_on in pre_keys and len(r.shifts) == 1
+            assert plan[r.depends_on].spec.data.label == r.shifts[0].split(" -> ")[0]
+        else:
+            assert r.depends_on is None
+    zs = [r for r in plan.downstream if r.spec.arm == "zero_shot"]
+    assert all((r.spec.n_train, r.spec.epochs, r.spec.lr) == (0, 0, 0.0) for r in zs)
+    assert plan.dependants(pre[0].run_key)
+    assert all(r.role == ROLE_DOWNSTREAM for r in plan.downstream)
+
+
+def test_units_group_by_batch_key(tmp_path):
+    plan = expand(load_grid(_tiny(tmp_path)))
+    units = plan.units()
+    assert sorted(k for u in units for k in u.keys) == sorted(plan.keys)
+    for u in units:
+        heads = {(s.arm, s.n_train, s.init_from, s.model, s.epochs) for s in u.specs}
+        assert len(heads) == 1
+    # scratch N=8: 2 lr x 2 seeds in one unit; max_members=1 splits them
+    assert max(len(u.runs) for u in units) == 4
+    assert all(len(u.runs) == 1 for u in plan.units(max_members=1))
+    assert len(plan.units(max_members=1)) == len(plan)
+    assert units[0].role == ROLE_PRETRAIN
+
+
+def test_mixed_upstream_uses_mixed_layout_and_shared_native_scratch():
+    plan = expand(load_grid("paper-e4"))
+    for r in plan.downstream:
+        up = r.shifts[0].split(" -> ")[0] if r.spec.arm != "scratch" else None
+        if r.spec.arm == "scratch":
+            assert r.spec.layout == "native"
+        else:
+            assert r.spec.layout == ("mixed" if up == "mixed" else "native")
+    mixed_pre = [r for r in plan.pretrain if r.spec.data.pde == "mixed"]
+    assert len(mixed_pre) == 1 and mixed_pre[0].spec.layout == "mixed"
+
+
+def test_steps_rule_and_seed_rule():
+    ft = Finetune(steps=100, min_epochs=5, max_epochs=60)
+    assert ft.epochs_for(8, 32) == 60  # 1 batch per epoch -> 100 epochs, capped at 60
+    assert ft.epochs_for(64, 32) == 50  # 2 batches per epoch
+    assert ft.epochs_for(4096, 32) == 5  # floor
+    assert Finetune(epochs=7).epochs_for(8, 32) == 7
+    g = load_grid("paper-e1")
+    assert g.seeds_for(8) == (0, 1, 2) and g.seeds_for(32768) == (0,)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    ("models = [\"xxs\"]\nbogus = 1\n", "unknown key(s) bogus"),
+    ("models = \"xxs\"\n", "models: expected a list"),
+    ("models = []\n", "models = [] is invalid"),
+    ("models = [\"huge\"]\n", "allowed sizes"),
+    ("models = [\"l\"]\n", "Fourier modes"),
+    ("models = [\"xxs\"]\nn_train = [8, 999]\n", "downstream.n_train (16)"),
+    ("models = [\"xxs\"]\nlrs = [-1.0]\n", "lrs"),
+    ("models = [\"xxs\"]\narms = [\"finetune\"]\n", "allowed: scratch, transfer, zero_shot"),
+    ("models = [\"xxs\"]\nseeds = [0, 0]\n", "distinct"),
+    ("models = [\"xxs\"]\nresolution = \"16\"\n", "resolution: expected an integer"),
+])
+def test_bad_grids_name_file_key_and_allowed(tmp_path, edit, needle):
+    text = textwrap.dedent(TINY).replace('models = ["xxs"]\n', edit)
+    if "n_train = [8, 999]" in edit:
+        text = text.replace("n_train = [8, 16]\n", "", 1)
+    if "lrs = [-1.0]" in edit:
+        text = text.replace("lrs = [1e-3, 3e-3]\n", "", 1)
+    if "seeds = [0, 0]" in edit:
+        text = text.replace("seeds = [0, 1]\n", "", 1)
+    if "resolution = \"16\"" in edit:
+        text = text.replace("resolution = 16\n", "", 1)
+    path = _tiny(tmp_path, text)
+    with pytest.raises(SpecError) as err:
+        load_grid(path)
+    assert str(path) in str(err.value)
+    assert needle in str(err.value)
+
+
+def test_bad_shift_and_sections(tmp_path):
+    bad_range = TINY.replace('downstream = "poisson(5,10)"\n[[shifts]]', 'downstream = "poisson(10,5)"\n[[shifts]]')
+    with pytest.raises(SpecError, match=r"shifts\[0\]\.downstream.*low < high"):
+        load_grid(_tiny(tmp_path, bad_range))
+    with pytest.raises(SpecError, match=r"downstream = 'mixed' is invalid"):
+        load_grid(_tiny(tmp_path, TINY.replace('downstream = "poisson(5,10)"', 'downstream = "mixed"', 1)))
+    with pytest.raises(SpecError, match=r"finetune.*exactly one of epochs"):
+        load_grid(_tiny(tmp_path, TINY.replace("epochs = 3", "epochs = 3\nsteps = 10")))
+    with pytest.raises(SpecError, match=r"missing required key\(s\) pretrain"):
+        load_grid(_tiny(tmp_path, TINY.replace("[pretrain]\nepochs = 2\nlr = 1e-3\n", "")))
+    with pytest.raises(SpecError, match="not valid TOML"):
+        load_grid(_tiny(tmp_path, "label = \n"))
+    with pytest.raises(SpecError, match="shipped grids: .*quick"):
+        load_grid("no-such-grid")
+
+
+def test_parse_label():
+    assert parse_label("poisson(1,5)", allow_mixed=False) == ("poisson", 1.0, 5.0)
+    assert parse_label(" advdiff(0.2, 1) ", allow_mixed=False) == ("advdiff", 0.2, 1.0)
+    assert parse_label("mixed", allow_mixed=True) == ("mixed", None, None)
+    with pytest.raises(SpecError):
+        parse_label("stokes(1,2)", allow_mixed=True)
+
+
+def test_parse_grid_from_mapping():
+    import tomllib
+
+    data = tomllib.loads(textwrap.dedent(TINY))
+    g = parse_grid(data, where="inline")
+    assert g.label == "tiny" and len(g.shifts) == 2
+    data["pretrain"]["lr"] = "fast"
+    with pytest.raises(SpecError, match=r"inline\.pretrain\.lr: expected a number"):
+        parse_grid(data, where="inline")
