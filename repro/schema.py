@@ -90,3 +90,4 @@ C_FAILURE_REASON = T_FAILURE_REASON
 C_GIT_SHA = T_GIT_SHA
 C_TEST_REL_L2 = M_TEST_REL_L2
 C_VAL_REL_L2 = M_BEST_VAL_REL_L2
+C_PARENT_RUN_ID = "parent_run_id"  # MLflow id of the grid's parent run
