@@ -147,7 +147,7 @@ def train(
     data_seed: int = typer.Option(1, help="dataset seed"),
     device: str = typer.Option(None, help="cpu | cuda | cuda:K (default: cuda if available)"),
     fast: bool = typer.Option(None, "--fast/--reference", help="spectral path (default: fastest on the device)"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
     data_dir: str = typer.Option(None, help="dataset cache (default: $REPRO_DATA_DIR or ./.repro/data)"),
 ) -> None:
     """Train (or evaluate) one FNO run and record it in MLflow.
@@ -235,7 +235,7 @@ def run_grid_cmd(
     array_parallelism: int = typer.Option(16, help="SLURM: at most this many array tasks at once"),
     slurm_tasks: int = typer.Option(None, help="SLURM array size (default: one task per unit, at most 256)"),
     slurm_folder: str = typer.Option(None, help="SLURM logs and scripts (default: <REPRO_HOME>/slurm)"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
     data_dir: str = typer.Option(None, help="dataset cache (default: $REPRO_DATA_DIR or ./.repro/data)"),
     fast: bool = typer.Option(None, "--fast/--reference", help="spectral path (default: fastest on the device)"),
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="dry run: time a few steps per model size for the estimate"),
@@ -315,7 +315,7 @@ def run_grid_cmd(
 @app.command()
 def status(
     grid: str = typer.Option("quick", "--grid", help="shipped grid name or path to a TOML file"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
 ) -> None:
     """Summarise a grid from MLflow: completion per axis, failures with their reasons.
 
@@ -337,7 +337,7 @@ def status(
 @app.command()
 def ui(
     port: int = typer.Option(5000, help="port on 127.0.0.1"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
+    tracking_uri: str = typer.Option(None, help="MLflow store (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
 ) -> None:
     """Open the MLflow UI over the project's store on http://127.0.0.1:PORT.
 
