@@ -25,6 +25,7 @@ import torch
 
 from repro.config import MODEL_LADDER, ModelSpec
 from repro.models import FNO, SPECTRAL_PATHS, count_parameters
+from repro.train.loop import EnsembleData, Schedule, train_ensemble
 
 #: Rungs timed by default on CPU (xl at 128² needs minutes per step on 2 cores).
 CPU_DEFAULT_SIZES: tuple[str, ...] = ("xxs", "xs", "s", "m")
@@ -122,6 +123,81 @@ def print_ladder_row(r: LadderResult, flush: bool = False) -> None:
           f"{r.samples_per_s['fast']:>11.1f} {r.ratio:>8.2f}x", flush=flush)
 
 
+# --- section "batched": 16 small runs as one ensemble vs one by one ---------------------------
+
+
+def _ensemble_inputs(runs: int, n_train: int, channels: int, resolution: int,
+                     device: torch.device) -> tuple[EnsembleData, torch.Tensor, torch.Tensor]:
+    """Random resident data for ``runs`` members with disjoint subsets (throughput only)."""
+    gen = torch.Generator().manual_seed(0)
+    pool = runs * n_train
+    x = torch.randn(pool, channels, resolution, resolution, generator=gen).to(device)
+    y = torch.randn(pool, resolution, resolution, generator=gen).to(device)
+    subsets = torch.arange(pool).view(runs, n_train).to(device)  # (M, N) member m's samples
+    return EnsembleData(inputs=x, targets=y, subsets=subsets), x[:64], y[:64]
+
+
+def bench_batched(device: torch.device, *, runs: int, n_train: int, size: str, resolution: int,
+                  epochs: int, spectral: str) -> tuple[float, float]:
+    """Wall seconds of ``runs`` runs trained together (one ensemble) and one after another.
+
+    Both go through the engine's own loop (``train_ensemble``): same data, seeds and LRs.
+    """
+    spec = ModelSpec.from_ladder(size, in_channels=4)
+    data, xv, yv = _ensemble_inputs(runs, n_train, 4, resolution, device)
+    lrs = tuple(1e-3 * (1 + m % 4) for m in range(runs))
+    seeds = list(range(runs))
+    schedule = Schedule(epochs=epochs, batch_size=128, lrs=lrs, eval_every=epochs)
+
+    start = time.perf_counter()
+    model = FNO(spec, members=runs, spectral=spectral, seeds=seeds).to(device)
+    train_ensemble(model, data, xv, yv, schedule, seeds=seeds)
+    _sync(device)
+    together = time.perf_counter() - start
+
+    start = time.perf_counter()
+    for m in range(runs):
+        one = FNO(spec, members=1, spectral=spectral, seeds=[m]).to(device)
+        single = EnsembleData(inputs=data.inputs, targets=data.targets, subsets=data.subsets[m:m + 1])
+        train_ensemble(one, single, xv, yv, Schedule(epochs=epochs, batch_size=128, lrs=(lrs[m],),
+                                                       eval_every=epochs), seeds=[m])
+    _sync(device)
+    return together, time.perf_counter() - start
+
+
+# --- section "accuracy": fast vs reference after the same short training ------------------------
+
+
+def bench_accuracy(device: torch.device, *, size: str, resolution: int, n_train: int,
+                   epochs: int) -> dict[str, float]:
+    """Validation relative L2 of both spectral paths after identical short training on a real
+    Poisson dataset (same init, data order and LR)."""
+    import tempfile
+    from pathlib import Path
+
+    from repro.config import DatasetSpec
+    from repro.data import build_inputs, ensure_split, load_split
+
+    spec = DatasetSpec(pde="poisson", low=1, high=5, resolution=resolution, n_train=n_train, n_val=128,
+                       n_test=8, seed=11)
+    tensors = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for split in ("train", "val"):
+            ensure_split(spec, split, Path(tmp))
+            d = load_split(spec, split, Path(tmp))
+            norm = load_split(spec, "train", Path(tmp)).normaliser
+            tensors[split] = (build_inputs(torch.from_numpy(d.source), torch.from_numpy(d.tensor), norm).float().to(device),
+                              torch.from_numpy(d.solution).float().to(device))
+    (x, y), (xv, yv) = tensors["train"], tensors["val"]
+    data = EnsembleData(inputs=x, targets=y, subsets=torch.arange(n_train, device=device).unsqueeze(0))
+    out = {}
+    for spectral in SPECTRAL_PATHS:
+        model = FNO(ModelSpec.from_ladder(size, in_channels=4), spectral=spectral, seeds=[0]).to(device)
+        res = train_ensemble(model, data, xv, yv, Schedule(epochs=epochs, batch_size=32, lrs=(1e-3,)), seeds=[0])
+        out[spectral] = res.best_val[0]
+    return out
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -130,6 +206,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sizes", default=None,
                         help=f"comma-separated ladder names; default: all on CUDA, {','.join(CPU_DEFAULT_SIZES)} on CPU")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per path; default: 20 on CUDA, 3 on CPU")
+    parser.add_argument("--sections", default="ladder,batched,accuracy", help="comma-separated sections to run")
     return parser.parse_args(argv)
 
 
@@ -143,8 +220,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = [s for s in sizes if s not in MODEL_LADDER]
     if unknown:
         raise SystemExit(f"unknown ladder size(s) {unknown}; allowed: {', '.join(MODEL_LADDER)}")
-    print_ladder_header(device, args.resolution, batch, steps)
-    bench_ladder(device, resolution=args.resolution, batch=batch, sizes=sizes, steps=steps)
+    sections = args.sections.split(",")
+    if "ladder" in sections:
+        print_ladder_header(device, args.resolution, batch, steps)
+        bench_ladder(device, resolution=args.resolution, batch=batch, sizes=sizes, steps=steps)
+    spectral = "fast"
+    if "batched" in sections:
+        # Small-N cell of a grid: 16 runs (4 LRs x 4 seeds), N = 64, one model size.
+        res, size, epochs = (64, "s", 20) if on_cuda else (32, "xxs", 5)
+        together, alone = bench_batched(device, runs=16, n_train=64, size=size, resolution=res, epochs=epochs,
+                                        spectral=spectral)
+        samples = 16 * 64 * epochs
+        print(f"\nbatched small runs: 16 runs, N=64, model {size}, {res}^2, {epochs} epochs, {spectral} path")
+        print(f"{'':>12} {'seconds':>10} {'samples/s':>12}")
+        print(f"{'sequential':>12} {alone:10.2f} {samples / alone:12.0f}")
+        print(f"{'ensemble':>12} {together:10.2f} {samples / together:12.0f}")
+        print(f"ensemble / sequential throughput: {alone / together:.2f}x")
+    if "accuracy" in sections:
+        res, size, n, epochs = (128, "l", 1024, 10) if on_cuda else (32, "xs", 256, 10)
+        errs = bench_accuracy(device, size=size, resolution=res, n_train=n, epochs=epochs)
+        diff = abs(errs["fast"] - errs["reference"]) / errs["reference"]
+        print(f"\naccuracy after {epochs} epochs, model {size}, {res}^2, N={n}: val rel L2 reference "
+              f"{errs['reference']:.4f}, fast {errs['fast']:.4f} (relative difference {100 * diff:.2f}%)")
 
 
 if __name__ == "__main__":
