@@ -1,0 +1,465 @@
+"""The analysis pipeline: collected runs -> filters -> LR selection -> fits -> metrics -> claims.
+
+:func:`analyze` is pure over the collected DataFrame (no MLflow here): it returns one frozen
+:class:`AnalysisResult` that ``repro fit-laws`` prints and writes, and that
+:func:`analysis.report.render_report` renders.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from repro import schema
+from analysis import claims as claims_mod
+from analysis.filters import FilterReport, apply_filters, exclusions
+from analysis.fits import (N_BOOT, N_BOOT_JOINT, FitSkipped, JointFit, PowerLawFit, fit_joint, fit_saturating,
+                           single_thread_blas)
+from analysis.selection import C_MEDIAN_LR_TEST, C_N_LRS, select_lr
+from analysis.transfer import TransferMetrics, shift_magnitude, transfer_metrics
+
+#: Below this many fits the process pool costs more than it saves.
+_PARALLEL_MIN_JOBS = 12
+
+
+class CurveKey(NamedTuple):
+    """One fitted curve: scratch curves have ``shift == ""`` (shared by all shifts to the task)."""
+
+    task: str
+    shift: str
+    model: str
+    arm: str
+
+    @property
+    def label(self) -> str:
+        where = self.shift or self.task
+        return f"{where} | {self.model} | {self.arm}"
+
+
+class JointKey(NamedTuple):
+    task: str
+    shift: str
+    arm: str
+
+
+class PairKey(NamedTuple):
+    task: str
+    shift: str
+    model: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Provenance:
+    """Where the numbers come from (shown in the report)."""
+
+    tracking_uri: str
+    grids: tuple[str, ...]
+    n_runs: int
+    n_used: int
+    status_counts: dict[str, int]
+    arm_counts: dict[str, int]
+    commits: dict[str, int]  # "sha (dirty)" -> runs
+    created: str
+    n_boot: int
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class AnalysisResult:
+    """Everything ``fit-laws`` prints and ``report`` renders.
+
+    Tables (pandas) are documented where they are built: :func:`pointwise_table`,
+    :func:`benefit_table`, :func:`zero_shot_table`, :func:`mixed_table`, :func:`fit_table`.
+    """
+
+    runs: pd.DataFrame
+    filter_reports: list[FilterReport]
+    exclusions: pd.DataFrame
+    selected: pd.DataFrame
+    curves: dict[CurveKey, PowerLawFit]
+    joint: dict[JointKey, JointFit]
+    skipped: list[str]
+    transfer: dict[PairKey, TransferMetrics]
+    pointwise: pd.DataFrame
+    benefit: pd.DataFrame
+    zero_shot: pd.DataFrame
+    mixed: pd.DataFrame
+    claims: list[claims_mod.Claim]
+    provenance: Provenance
+    model_params: dict[str, float] = field(default_factory=dict)
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+
+def _geo_mean(x: pd.Series) -> float:
+    return float(np.exp(np.mean(np.log(x)))) if len(x) else math.nan
+
+
+def _pde(label: str) -> str:
+    return label.split("(")[0]
+
+
+def zero_shot_table(selected: pd.DataFrame) -> pd.DataFrame:
+    """Zero-shot error per (task, shift, model): geometric mean over runs, shift magnitude."""
+    zs = selected[selected[schema.P_ARM] == "zero_shot"]
+    cols = [schema.C_TASK, schema.C_SHIFT, schema.C_UPSTREAM, schema.P_MODEL]
+    if zs.empty:
+        return pd.DataFrame(columns=[*cols, "zero_shot", "n_runs", "magnitude"])
+    out = zs.groupby(cols, sort=True).agg(zero_shot=(schema.C_TEST_REL_L2, _geo_mean),
+                                          n_runs=(schema.C_RUN_ID, "size")).reset_index()
+    out["magnitude"] = [_magnitude(r) for r in _range_rows(zs, out)]
+    return out
+
+
+def _range_rows(runs: pd.DataFrame, table: pd.DataFrame) -> list[tuple[Any, Any]]:
+    """(upstream range, downstream range) for each row of ``table`` (by shift)."""
+    first = runs.drop_duplicates(schema.C_SHIFT).set_index(schema.C_SHIFT)
+    out = []
+    for shift in table[schema.C_SHIFT]:
+        r = first.loc[shift]
+        up = "mixed" if r[schema.P_UPSTREAM_PDE] == "mixed" else (r[schema.P_UPSTREAM_PDE], r[schema.P_UPSTREAM_LOW],
+                                                                   r[schema.P_UPSTREAM_HIGH])
+        out.append((up, (r[schema.P_DATA_PDE], r[schema.P_DATA_LOW], r[schema.P_DATA_HIGH])))
+    return out
+
+
+def _magnitude(pair: tuple[Any, Any]) -> float:
+    up, down = pair
+    if up == "mixed" or any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (*up, *down)):
+        return math.nan
+    return shift_magnitude((str(up[0]), float(up[1]), float(up[2])), (str(down[0]), float(down[1]), float(down[2])))
+
+
+def pointwise_table(selected: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, shift, model, N): geometric-mean test error of scratch and transfer over seeds.
+
+    ``ratio`` = scratch / transfer (> 1: transfer is better).  Only N present in both arms.
+    """
+    trained = selected[selected[schema.P_ARM].isin(["scratch", "transfer"])]
+    cols = [schema.C_TASK, schema.C_SHIFT, schema.C_UPSTREAM, schema.P_MODEL, schema.P_N_TRAIN]
+    g = trained.groupby([schema.C_TASK, schema.C_SHIFT, schema.C_UPSTREAM, schema.P_MODEL, schema.P_N_TRAIN,
+                         schema.P_ARM], sort=True)[schema.C_TEST_REL_L2].agg([_geo_mean, "size"]).reset_index()
+    scratch = g[g[schema.P_ARM] == "scratch"].rename(columns={"_geo_mean": "scratch", "size": "n_scratch"})
+    transfer = g[g[schema.P_ARM] == "transfer"].rename(columns={"_geo_mean": "transfer", "size": "n_transfer"})
+    if scratch.empty or transfer.empty:
+        return pd.DataFrame(columns=[*cols, "scratch", "transfer", "ratio", "n_scratch", "n_transfer"])
+    out = transfer.drop(columns=schema.P_ARM).merge(
+        scratch.drop(columns=[schema.P_ARM, schema.C_SHIFT, schema.C_UPSTREAM]),
+        on=[schema.C_TASK, schema.P_MODEL, schema.P_N_TRAIN], how="inner")
+    out["ratio"] = out["scratch"] / out["transfer"]
+    return out[[*cols, "scratch", "transfer", "ratio", "n_scratch", "n_transfer"]].reset_index(drop=True)
+
+
+def benefit_table(pointwise: pd.DataFrame, zero_shot: pd.DataFrame, selected: pd.DataFrame,
+                  model_params: dict[str, float]) -> pd.DataFrame:
+    """Per (task, shift, model): the transfer benefit = geometric mean over N of scratch/transfer.
+
+    Model-free (observed errors), so it exists even where a fit was skipped; with the shift
+    magnitude, the model's parameter count and the zero-shot error beside it.
+    """
+    keys = [schema.C_TASK, schema.C_SHIFT, schema.C_UPSTREAM, schema.P_MODEL]
+    if pointwise.empty:
+        return pd.DataFrame(columns=[*keys, "benefit", "n_common", "n_params", "magnitude", "zero_shot", "pde"])
+    out = pointwise.groupby(keys, sort=True).agg(benefit=("ratio", _geo_mean), n_common=("ratio", "size")).reset_index()
+    out["n_params"] = out[schema.P_MODEL].map(model_params).astype(float)
+    transfer_runs = selected[selected[schema.P_ARM] == "transfer"]
+    out["magnitude"] = [_magnitude(r) for r in _range_rows(transfer_runs, out)]
+    zs = zero_shot.set_index([schema.C_SHIFT, schema.P_MODEL])["zero_shot"] if len(zero_shot) else pd.Series(dtype=float)
+    out["zero_shot"] = [zs.get((s, m), math.nan) for s, m in zip(out[schema.C_SHIFT], out[schema.P_MODEL])]
+    out["pde"] = out[schema.C_TASK].map(_pde)
+    return out
+
+
+def mixed_table(selected: pd.DataFrame) -> pd.DataFrame:
+    """E4: per (task, model, N) on tasks that have a mixture-pretrained model.
+
+    Columns: scratch, transfer_mixed, transfer_single (best single-system pre-training),
+    zero_shot_mixed, zero_shot_single (geometric means over seeds).
+    """
+    cols = [schema.C_TASK, schema.P_MODEL, schema.P_N_TRAIN, "scratch", "transfer_mixed", "transfer_single",
+            "zero_shot_mixed", "zero_shot_single"]
+    is_mixed = selected[schema.C_UPSTREAM] == "mixed"
+    tasks = sorted(selected.loc[is_mixed, schema.C_TASK].unique())
+    if not tasks:
+        return pd.DataFrame(columns=cols)
+    sel = selected[selected[schema.C_TASK].isin(tasks)]
+    kind = np.select([sel[schema.P_ARM] == "scratch", is_mixed[sel.index]], ["scratch", "mixed"], "single")
+    sel = sel.assign(kind=kind)
+    g = sel.groupby([schema.C_TASK, schema.P_MODEL, schema.P_ARM, "kind", schema.P_N_TRAIN])[schema.C_TEST_REL_L2]
+    means = g.agg(_geo_mean).reset_index()
+    trained = means[means[schema.P_ARM] != "zero_shot"]
+    wide = trained.pivot_table(index=[schema.C_TASK, schema.P_MODEL, schema.P_N_TRAIN], columns="kind",
+                               values=schema.C_TEST_REL_L2, aggfunc="min").reset_index()
+    wide = wide.rename(columns={"mixed": "transfer_mixed", "single": "transfer_single"})
+    zero = means[means[schema.P_ARM] == "zero_shot"].pivot_table(
+        index=[schema.C_TASK, schema.P_MODEL], columns="kind", values=schema.C_TEST_REL_L2, aggfunc="min")
+    zero = zero.rename(columns={"mixed": "zero_shot_mixed", "single": "zero_shot_single"}).reset_index()
+    out = wide.merge(zero, on=[schema.C_TASK, schema.P_MODEL], how="left")
+    for c in cols:
+        if c not in out:
+            out[c] = math.nan
+    return out[cols].sort_values([schema.C_TASK, schema.P_MODEL, schema.P_N_TRAIN]).reset_index(drop=True)
+
+
+def fit_table(result: AnalysisResult) -> pd.DataFrame:
+    """One row per fitted curve: parameters with intervals, AIC vs pure power law, held-out check."""
+    rows = []
+    for key, fit in result.curves.items():
+        row: dict[str, Any] = {"task": key.task, "shift": key.shift, "model": key.model, "arm": key.arm,
+                               "law": fit.law, "n_points": fit.n_points, "n_sizes": fit.n_sizes,
+                               "n_min": fit.n_range[0], "n_max": fit.n_range[1]}
+        for name, value in fit.params.items():
+            row[name] = value
+            row[f"{name}_lo"], row[f"{name}_hi"] = fit.intervals[name]
+        row.update(aic=fit.aic, aic_pure=fit.pure.aic if fit.pure else math.nan, delta_aic=fit.delta_aic,
+                   pure_A=fit.pure.params["A"] if fit.pure else math.nan,
+                   pure_alpha=fit.pure.params["alpha"] if fit.pure else math.nan,
+                   rms_log_residual=float(np.sqrt(np.mean(fit.residuals ** 2))),
+                   heldout_n=fit.heldout.n if fit.heldout else math.nan,
+                   heldout_rel_error=fit.heldout.rel_error if fit.heldout else math.nan,
+                   converged=fit.converged, method=fit.method)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def joint_table(result: AnalysisResult) -> pd.DataFrame:
+    """One row per joint N x P fit."""
+    rows = []
+    for key, fit in result.joint.items():
+        row: dict[str, Any] = {"task": key.task, "shift": key.shift, "arm": key.arm, "n_points": fit.n_points,
+                               "n_models": fit.n_models}
+        for name, value in fit.params.items():
+            row[name] = value
+            row[f"{name}_lo"], row[f"{name}_hi"] = fit.intervals[name]
+        row.update(aic=fit.aic, converged=fit.converged, method=fit.method)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def transfer_tables(result: AnalysisResult) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(multiplier per eps, D_T per N, summary per pair with catch-up and the claim-1 multiplier)."""
+    if not result.transfer:
+        return pd.DataFrame(), pd.DataFrame(), pd.DataFrame()
+    eps = pd.concat([m.eps_frame() for m in result.transfer.values()], ignore_index=True)
+    dts = pd.concat([m.n_frame() for m in result.transfer.values()], ignore_index=True)
+    rows = []
+    for key, m in result.transfer.items():
+        # eps* = what scratch reaches at its largest observed N: the claim-1 comparison point
+        n_max = result.curves[CurveKey(key.task, "", key.model, "scratch")].n_range[1]
+        i = int(np.argmin(np.abs(np.log(m.n) - math.log(n_max))))
+        rows.append({"task": key.task, "shift": key.shift, "model": key.model, "eps_star": m.eps[i],
+                     "n_scratch": m.n_scratch[i], "n_transfer": m.n_transfer[i], "multiplier": m.multiplier[i],
+                     "multiplier_lo": m.multiplier_lo[i], "multiplier_hi": m.multiplier_hi[i],
+                     "extrapolated": bool(m.transfer_extrapolated[i]), "d_t_nmin": m.d_t[0], "d_t_nmin_lo": m.d_t_lo[0],
+                     "d_t_nmin_hi": m.d_t_hi[0], "n_min": m.n[0], "catch_up": m.catch_up,
+                     "catch_up_lo": m.catch_up_lo, "catch_up_hi": m.catch_up_hi})
+    return eps, dts, pd.DataFrame(rows)
+
+
+def lr_table(selected: pd.DataFrame) -> pd.DataFrame:
+    """Transfer cells that compared >= 2 LRs: tuned error vs the sweep's median (untuned) error."""
+    t = selected[(selected[schema.P_ARM] == "transfer") & (selected[C_N_LRS] >= 2)]
+    out = t[[schema.C_TASK, schema.C_SHIFT, schema.P_MODEL, schema.P_N_TRAIN, schema.P_SEED, schema.P_LR,
+             schema.C_TEST_REL_L2, C_MEDIAN_LR_TEST, C_N_LRS]].copy()
+    out["untuned_ratio"] = out[C_MEDIAN_LR_TEST] / out[schema.C_TEST_REL_L2]
+    return out.reset_index(drop=True)
+
+
+# --- fitting -----------------------------------------------------------------------------------
+
+
+def _points(selected: pd.DataFrame, key: CurveKey) -> pd.DataFrame:
+    sel = selected
+    mask = ((sel[schema.C_TASK] == key.task) & (sel[schema.C_SHIFT] == key.shift) & (sel[schema.P_MODEL] == key.model)
+            & (sel[schema.P_ARM] == key.arm))
+    # Sorted by (N, seed) so two arms with one design get the same (paired) bootstrap resamples.
+    return sel[mask].sort_values([schema.P_N_TRAIN, schema.P_SEED])
+
+
+def _fit_job(job: tuple[str, Any, dict[str, np.ndarray], dict[str, Any]]) -> tuple[Any, Any]:
+    """Run one fit; a cell with too few points returns its message instead of raising."""
+    kind, key, arrays, kwargs = job
+    try:
+        if kind == "curve":
+            return key, fit_saturating(arrays["n"], arrays["err"], **kwargs)
+        return key, fit_joint(arrays["n"], arrays["p"], arrays["err"], **kwargs)
+    except FitSkipped as err:
+        return key, f"{_label(key)}: skipped, {err}"
+
+
+def _label(key: Any) -> str:
+    if isinstance(key, CurveKey):
+        return key.label
+    return f"{key.shift or key.task} | joint N x P | {key.arm}"
+
+
+def _run_jobs(jobs: list[Any], workers: int) -> list[tuple[Any, Any]]:
+    """Map :func:`_fit_job` over ``jobs``, in ``workers`` forked processes when it pays."""
+    if workers > 1 and len(jobs) >= _PARALLEL_MIN_JOBS and "fork" in multiprocessing.get_all_start_methods():
+        # fork: workers inherit the imported scipy/numpy, so start-up is milliseconds.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_fit_job, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+    return [_fit_job(j) for j in jobs]
+
+
+def default_workers() -> int:
+    """Processes for fitting: the CPUs this process may use, at most 8."""
+    try:
+        return max(1, min(8, len(os.sched_getaffinity(0))))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, min(8, os.cpu_count() or 1))
+
+
+def analyze(runs: pd.DataFrame, *, tracking_uri: str = "", n_boot: int = N_BOOT, n_boot_joint: int = N_BOOT_JOINT,
+            seed: int = 0, workers: int | None = None) -> AnalysisResult:
+    """Filter, select LRs, fit every curve and joint law, compute transfer metrics and claims.
+
+    Parameters
+    ----------
+    runs
+        The frame of :func:`analysis.collect.collect_runs`.
+    tracking_uri
+        Recorded in the provenance only.
+    n_boot, n_boot_joint
+        Bootstrap replicates per curve / per joint N x P fit.
+    seed
+        Bootstrap seed (the same for every curve, so matching designs are resampled alike).
+    workers
+        Fitting processes (default: available CPUs, at most 8).
+
+    Returns
+    -------
+    AnalysisResult
+    """
+    kept, reports = apply_filters(runs)
+    selected = select_lr(kept)
+    model_params = _model_params(selected)
+    trained = selected[selected[schema.P_ARM].isin(["scratch", "transfer"])]
+    keys = sorted({CurveKey(*k) for k in trained[[schema.C_TASK, schema.C_SHIFT, schema.P_MODEL, schema.P_ARM]]
+                   .itertuples(index=False, name=None)})
+    jobs: list[Any] = []
+    skipped: list[str] = []
+    opts = {"n_boot": n_boot, "seed": seed}
+    for key in keys:
+        pts = _points(selected, key)
+        jobs.append(("curve", key, {"n": pts[schema.P_N_TRAIN].to_numpy(float),
+                                    "err": pts[schema.C_TEST_REL_L2].to_numpy(float)}, opts))
+    jkeys = sorted({JointKey(t, s, a) for t, s, _, a in keys})
+    for jk in jkeys:
+        pts = trained[(trained[schema.C_TASK] == jk.task) & (trained[schema.C_SHIFT] == jk.shift)
+                      & (trained[schema.P_ARM] == jk.arm)].sort_values([schema.P_MODEL, schema.P_N_TRAIN, schema.P_SEED])
+        p = pts[schema.P_MODEL].map(model_params).to_numpy(float)
+        if pts[schema.P_MODEL].nunique() < 3 or not np.all(np.isfinite(p)):
+            continue  # the joint law needs >= 3 sizes; nothing to report otherwise
+        jobs.append(("joint", jk, {"n": pts[schema.P_N_TRAIN].to_numpy(float), "p": p,
+                                   "err": pts[schema.C_TEST_REL_L2].to_numpy(float)},
+                     {"n_boot": n_boot_joint, "seed": seed}))
+    curves: dict[CurveKey, PowerLawFit] = {}
+    joint: dict[JointKey, JointFit] = {}
+    with single_thread_blas():
+        done = _run_jobs(jobs, default_workers() if workers is None else workers)
+    for key, out in done:
+        if isinstance(out, str):
+            skipped.append(out)
+        elif isinstance(key, CurveKey):
+            curves[key] = out
+        else:
+            joint[key] = out
+    transfer = _transfer(curves, skipped)
+    zero_shot = zero_shot_table(selected)
+    pointwise = pointwise_table(selected)
+    benefit = benefit_table(pointwise, zero_shot, selected, model_params)
+    mixed = mixed_table(selected)
+    partial = AnalysisResult(runs=runs, filter_reports=reports, exclusions=exclusions(reports), selected=selected,
+                             curves=curves, joint=joint, skipped=skipped, transfer=transfer, pointwise=pointwise,
+                             benefit=benefit, zero_shot=zero_shot, mixed=mixed, claims=[],
+                             provenance=_provenance(runs, kept, tracking_uri, n_boot), model_params=model_params)
+    eps, dts, summary = transfer_tables(partial)
+    found = claims_mod.evaluate_claims(summary=summary, pointwise=pointwise, benefit=benefit, mixed=mixed,
+                                       lr=lr_table(selected))
+    return AnalysisResult(**{**partial.__dict__, "claims": found})
+
+
+def _transfer(curves: dict[CurveKey, PowerLawFit], skipped: list[str]) -> dict[PairKey, TransferMetrics]:
+    out: dict[PairKey, TransferMetrics] = {}
+    for key, fit in curves.items():
+        if key.arm != "transfer":
+            continue
+        base = curves.get(CurveKey(key.task, "", key.model, "scratch"))
+        if base is None:
+            skipped.append(f"{key.shift} | {key.model}: no scratch fit on {key.task}, transfer metrics skipped")
+            continue
+        out[PairKey(key.task, key.shift, key.model)] = transfer_metrics(base, fit, task=key.task, shift=key.shift,
+                                                                        model=key.model)
+    return out
+
+
+def _model_params(selected: pd.DataFrame) -> dict[str, float]:
+    """Parameter count per model size (the ``n_params`` metric, median over runs)."""
+    x = selected.dropna(subset=[schema.M_N_PARAMS])
+    return {str(k): float(v) for k, v in x.groupby(schema.P_MODEL)[schema.M_N_PARAMS].median().items()}
+
+
+def _provenance(runs: pd.DataFrame, kept: pd.DataFrame, uri: str, n_boot: int) -> Provenance:
+    sha = runs[schema.C_GIT_SHA].fillna("unknown").astype(str).str[:12]
+    dirty = runs[schema.T_GIT_DIRTY].fillna("unknown").astype(str)
+    commits = (sha + np.where(dirty == "true", " (dirty)", "")).value_counts()
+    return Provenance(tracking_uri=uri, grids=tuple(sorted(runs[schema.C_GRID].dropna().astype(str).unique())),
+                      n_runs=len(runs), n_used=len(kept),
+                      status_counts={str(k): int(v) for k, v in runs[schema.C_STATUS].value_counts().items()},
+                      arm_counts={str(k): int(v) for k, v in runs[schema.P_ARM].value_counts().items()},
+                      commits={str(k): int(v) for k, v in commits.items()},
+                      created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), n_boot=n_boot)
+
+
+# --- outputs -----------------------------------------------------------------------------------
+
+
+def write_outputs(result: AnalysisResult, out_dir: Path) -> list[Path]:
+    """Write the fit-laws files: fits.csv, joint_fits.csv, multiplier.csv, d_t.csv,
+    transfer_summary.csv, benefit.csv, zero_shot.csv, mixed.csv, selected_runs.csv,
+    exclusions.csv and analysis.json (claims, skipped cells, provenance)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    eps, dts, summary = transfer_tables(result)
+    tables = {"fits": fit_table(result), "joint_fits": joint_table(result), "multiplier": eps, "d_t": dts,
+              "transfer_summary": summary, "benefit": result.benefit, "zero_shot": result.zero_shot,
+              "mixed": result.mixed, "exclusions": result.exclusions,
+              "selected_runs": result.selected[[c for c in SELECTED_COLUMNS if c in result.selected]]}
+    paths = []
+    for name, table in tables.items():
+        path = out_dir / f"{name}.csv"
+        table.to_csv(path, index=False)
+        paths.append(path)
+    doc = {"claims": [c.to_dict() for c in result.claims], "skipped": result.skipped,
+           "provenance": result.provenance.__dict__,
+           "filters": [{"name": r.name, "description": r.description, "before": r.before, "after": r.after}
+                       for r in result.filter_reports]}
+    path = out_dir / "analysis.json"
+    path.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
+    paths.append(path)
+    return paths
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return None if not np.isfinite(x) else float(x)
+    return str(x)
+
+
+#: Columns of selected_runs.csv / the report's run table (the MLflow run behind every point).
+SELECTED_COLUMNS: tuple[str, ...] = (
+    schema.C_TASK, schema.C_SHIFT, schema.P_MODEL, schema.P_ARM, schema.P_N_TRAIN, schema.P_SEED, schema.P_LR,
+    C_N_LRS, schema.C_TEST_REL_L2, schema.C_VAL_REL_L2, schema.C_RUN_ID, schema.C_RUN_KEY, schema.C_GRID,
+)

@@ -1,0 +1,108 @@
+"""What ``repro fit-laws`` and ``repro report`` do, as library functions (the CLI only parses).
+
+Both read MLflow once (:func:`analysis.collect.collect_runs`), run :func:`analysis.analyze.analyze`,
+then either print + write tables or render the HTML report.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from analysis.analyze import AnalysisResult, analyze, transfer_tables, write_outputs
+from analysis.claims import FAIL, NOT_ENOUGH, PASS
+from analysis.collect import collect_runs
+from analysis.fits import N_BOOT
+from analysis.report import render_report
+
+_VERDICT_STYLE = {PASS: "bold green", FAIL: "bold red", NOT_ENOUGH: "dim"}
+
+
+def default_out_dir(grid: str | None) -> Path:
+    """``reports/<grid>`` (``reports/all`` without a grid filter)."""
+    return Path("reports") / (grid or "all")
+
+
+def _g(x: Any) -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if math.isnan(v):
+        return "n/a"
+    if math.isinf(v):
+        return "inf"
+    return f"{v:.3g}"
+
+
+def _ci(lo: Any, hi: Any) -> str:
+    return f"[{_g(lo)}, {_g(hi)}]"
+
+
+def load(tracking_uri: str, grid: str | None, n_boot: int = N_BOOT, workers: int | None = None) -> AnalysisResult:
+    """Collect and analyse (raises :class:`analysis.collect.StoreError` for an empty store / unknown grid)."""
+    runs = collect_runs(tracking_uri, grid)
+    return analyze(runs, tracking_uri=tracking_uri, n_boot=n_boot, workers=workers)
+
+
+def print_result(result: AnalysisResult, console: Console) -> None:
+    """Rich tables: fits, transfer metrics, claims; then the skipped cells."""
+    fits = Table(title="Fitted laws: err(N) = E + A·N^-α (95% bootstrap intervals)", show_lines=False)
+    for col in ("task / shift", "model", "arm", "pts", "E", "E CI", "α", "α CI", "ΔAIC", "held-out err"):
+        fits.add_column(col, overflow="fold")
+    for key, fit in result.curves.items():
+        held = f"{fit.heldout.rel_error:+.1%}" if fit.heldout else "-"
+        fits.add_row(key.shift or key.task, key.model, key.arm, str(fit.n_points), _g(fit.params["E"]),
+                     _ci(*fit.intervals["E"]), _g(fit.params["alpha"]), _ci(*fit.intervals["alpha"]),
+                     _g(fit.delta_aic), held)
+    console.print(fits)
+    _, _, summary = transfer_tables(result)
+    if len(summary):
+        tm = Table(title="Transfer metrics (multiplier at ε* = scratch's error at its largest N)")
+        for col in ("shift", "model", "ε*", "multiplier", "95% CI", "D_T(N_min)", "catch-up N"):
+            tm.add_column(col, overflow="fold")
+        for row in summary.itertuples(index=False):
+            tm.add_row(row.shift, row.model, _g(row.eps_star), _g(row.multiplier),
+                       _ci(row.multiplier_lo, row.multiplier_hi), _g(row.d_t_nmin), _g(row.catch_up))
+        console.print(tm)
+    claims = Table(title="The paper's findings on these runs")
+    for col in ("#", "verdict", "deciding numbers"):
+        claims.add_column(col, overflow="fold")
+    for c in result.claims:
+        claims.add_row(str(c.id), f"[{_VERDICT_STYLE[c.verdict]}]{c.verdict}[/]", c.summary)
+    console.print(claims)
+    for message in result.skipped:
+        console.print(f"[yellow]skipped:[/] {message}")
+    excluded = sum(r.n_excluded for r in result.filter_reports)
+    console.print(f"{result.provenance.n_runs} runs, {excluded} excluded ("
+                  + ", ".join(f"{r.name} {r.n_excluded}" for r in result.filter_reports) + ")")
+
+
+def fit_laws(tracking_uri: str, grid: str | None, out_dir: Path | None, *, n_boot: int = N_BOOT,
+             workers: int | None = None, console: Console | None = None) -> list[Path]:
+    """``repro fit-laws``: analyse, print tables, write CSV + JSON files; returns their paths."""
+    console = console or Console()
+    t0 = time.perf_counter()
+    result = load(tracking_uri, grid, n_boot, workers)
+    print_result(result, console)
+    paths = write_outputs(result, out_dir or default_out_dir(grid))
+    console.print(f"wrote {len(paths)} files to {paths[0].parent} in {time.perf_counter() - t0:.1f} s")
+    return paths
+
+
+def report(tracking_uri: str, grid: str | None, out_dir: Path | None, *, n_boot: int = N_BOOT,
+           workers: int | None = None, console: Console | None = None) -> Path:
+    """``repro report``: analyse and render ``index.html``; returns its path."""
+    console = console or Console()
+    t0 = time.perf_counter()
+    result = load(tracking_uri, grid, n_boot, workers)
+    for message in result.skipped:
+        console.print(f"[yellow]skipped:[/] {message}")
+    path = render_report(result, out_dir or default_out_dir(grid))
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
+    return path

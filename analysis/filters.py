@@ -1,0 +1,121 @@
+"""Named run filters that say what they removed and why (DESIGN.md "failures are data").
+
+Each filter takes the collected frame and returns the kept rows plus a :class:`FilterReport`
+(before/after counts and one exclusion row per removed run with its reason).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from repro import schema
+
+#: A trained run whose best validation relative L2 exceeds this did worse than predicting
+#: u = 0 (relative L2 = 1): it diverged, whatever its status says.
+DIVERGED_REL_L2 = 1.0
+
+#: Columns of the exclusion table.
+EXCLUSION_COLUMNS: tuple[str, ...] = (
+    schema.C_RUN_ID, schema.C_RUN_KEY, "filter", "reason", schema.P_ARM, schema.C_TASK, schema.C_SHIFT,
+    schema.P_MODEL, schema.P_N_TRAIN, schema.P_LR, schema.P_SEED,
+)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class FilterReport:
+    """What one filter did: counts before and after, and the excluded runs with reasons."""
+
+    name: str
+    description: str
+    before: int
+    after: int
+    excluded: pd.DataFrame
+
+    @property
+    def n_excluded(self) -> int:
+        return self.before - self.after
+
+
+def _report(name: str, description: str, df: pd.DataFrame, drop: pd.Series,
+            reasons: pd.Series | str) -> tuple[pd.DataFrame, FilterReport]:
+    removed = df.loc[drop].copy()
+    removed["filter"] = name
+    removed["reason"] = reasons[drop] if isinstance(reasons, pd.Series) else reasons
+    kept = df.loc[~drop]
+    return kept, FilterReport(name=name, description=description, before=len(df), after=len(kept),
+                              excluded=removed[list(EXCLUSION_COLUMNS)].reset_index(drop=True))
+
+
+def drop_unfinished(df: pd.DataFrame) -> tuple[pd.DataFrame, FilterReport]:
+    """Runs still RUNNING, or KILLED / SCHEDULED (no final metrics to use)."""
+    drop = ~df[schema.C_STATUS].isin([schema.FINISHED, schema.FAILED])
+    return _report("unfinished", "status is neither FINISHED nor FAILED", df, drop,
+                   "status " + df[schema.C_STATUS].astype(str))
+
+
+def drop_failed(df: pd.DataFrame) -> tuple[pd.DataFrame, FilterReport]:
+    """Runs that ended FAILED; the reason is their ``failure_reason`` tag."""
+    drop = df[schema.C_STATUS] == schema.FAILED
+    reason = df[schema.C_FAILURE_REASON].fillna("no failure_reason tag").astype(str)
+    return _report("failed", "status FAILED (reason from the failure_reason tag)", df, drop, reason)
+
+
+def drop_diverged(df: pd.DataFrame, threshold: float = DIVERGED_REL_L2) -> tuple[pd.DataFrame, FilterReport]:
+    """FINISHED runs without a finite test/validation error, or trained runs with val error > threshold."""
+    test, val = df[schema.C_TEST_REL_L2].to_numpy(float), df[schema.C_VAL_REL_L2].to_numpy(float)
+    missing = ~np.isfinite(test) | ~np.isfinite(val)
+    trained = (df[schema.P_ARM] != "zero_shot").to_numpy()
+    worse = trained & ~missing & (val > threshold)
+    drop = pd.Series(missing | worse, index=df.index)
+    reason = pd.Series(np.where(missing, "test or validation error missing / not finite",
+                                [f"best val rel L2 {v:.3g} > {threshold:g} (worse than predicting 0)" for v in val]),
+                       index=df.index)
+    return _report("diverged", f"no finite error, or a trained run with val rel L2 > {threshold:g}", df, drop, reason)
+
+
+def drop_duplicates(df: pd.DataFrame) -> tuple[pd.DataFrame, FilterReport]:
+    """Several runs with one ``run_key`` (a re-run): keep the newest."""
+    newest = df.sort_values(schema.C_START_TIME, kind="stable").groupby(schema.C_RUN_KEY, dropna=False).tail(1)
+    drop = ~df.index.isin(newest.index)
+    newest_id = df[schema.C_RUN_KEY].map(newest.set_index(schema.C_RUN_KEY)[schema.C_RUN_ID])
+    reason = "superseded by newer run " + newest_id.astype(str)
+    return _report("duplicate", "same run_key as a newer run (keep the newest)", df, pd.Series(drop, index=df.index),
+                   reason)
+
+
+#: Filters in the order they apply: a FAILED run is "failed", not "duplicate" of its re-run.
+FILTERS: dict[str, Callable[[pd.DataFrame], tuple[pd.DataFrame, FilterReport]]] = {
+    "unfinished": drop_unfinished,
+    "failed": drop_failed,
+    "diverged": drop_diverged,
+    "duplicate": drop_duplicates,
+}
+
+
+def apply_filters(df: pd.DataFrame, names: tuple[str, ...] = tuple(FILTERS)) -> tuple[pd.DataFrame, list[FilterReport]]:
+    """Apply the named filters in order.
+
+    Returns
+    -------
+    (kept, reports)
+        The surviving runs and one :class:`FilterReport` per filter.
+    """
+    reports = []
+    for name in names:
+        if name not in FILTERS:
+            raise KeyError(f"unknown filter {name!r}; known: {', '.join(FILTERS)}")
+        df, rep = FILTERS[name](df)
+        reports.append(rep)
+    return df, reports
+
+
+def exclusions(reports: list[FilterReport]) -> pd.DataFrame:
+    """All excluded runs of ``reports`` in one table."""
+    frames = [r.excluded for r in reports if len(r.excluded)]
+    if not frames:
+        return pd.DataFrame(columns=list(EXCLUSION_COLUMNS))
+    return pd.concat(frames, ignore_index=True)

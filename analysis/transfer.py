@@ -1,0 +1,188 @@
+"""Transfer metrics (PROTOCOL.md §4): N_arm(eps), multiplier, D_T(N), catch-up N, OOD shift size."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+
+from analysis import laws
+
+if TYPE_CHECKING:  # pragma: no cover
+    from analysis.fits import PowerLawFit
+
+#: Points of the numerical integral in :func:`shift_magnitude`.
+_SHIFT_GRID = 513
+
+
+def shift_magnitude(upstream: tuple[str, float, float] | str, downstream: tuple[str, float, float]) -> float:
+    """Size of an out-of-distribution shift between two physics-parameter ranges.
+
+    The mean, over the downstream range, of the distance in log parameter from the upstream
+    range (0 inside it).  Log because the physics parameters are scale-like (anisotropy e,
+    advection ratio Psi, wavenumber omega).  Orders the E3 ladder as
+    (1,5)->(2.5,7.5) 0.11 < (1,2.5)->(1,5) 0.24 < (1,5)->(5,10) 0.39 < (1,5)->(10,20) 1.08.
+
+    Returns ``nan`` for a mixed upstream or a change of PDE (no common parameter).
+    """
+    if isinstance(upstream, str) or upstream[0] != downstream[0]:
+        return math.nan
+    tiny = 1e-3  # Helmholtz omega and Psi may start at 0
+    _, ul, uh = upstream
+    _, dl, dh = downstream
+    x = np.log(np.maximum(np.linspace(dl, dh, _SHIFT_GRID), tiny))
+    lo, hi = math.log(max(ul, tiny)), math.log(max(uh, tiny))
+    dist = np.clip(lo - x, 0, None) + np.clip(x - hi, 0, None)
+    return float(np.mean(dist))
+
+
+#: Catch-up is searched up to this many downstream samples (far beyond any grid).
+CATCH_UP_MAX = 1e9
+_CATCH_UP_GRID = 1200
+
+
+def multiplier(eps: ArrayLike, scratch: Sequence[ArrayLike], transfer: Sequence[ArrayLike]) -> np.ndarray:
+    """Data-efficiency multiplier N_scratch(eps) / N_transfer(eps).
+
+    ``scratch`` and ``transfer`` are (E, A, alpha) of the saturating law, scalars or arrays
+    that broadcast with ``eps`` (e.g. bootstrap columns of shape (B, 1)).  ``inf`` where only
+    transfer reaches ``eps``; ``nan`` where neither does.
+    """
+    n_s = laws.n_at_error(eps, *scratch)
+    n_t = laws.n_at_error(eps, *transfer)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return n_s / n_t
+
+
+def data_transferred(n: ArrayLike, scratch: Sequence[ArrayLike], transfer: Sequence[ArrayLike]) -> np.ndarray:
+    """Effective data transferred D_T(N) = N_scratch(err_transfer(N)) - N (Hernandez et al. 2021).
+
+    ``inf`` where the transfer error at N is below anything scratch can reach.
+    """
+    n = np.asarray(n, dtype=float)
+    return laws.n_at_error(laws.saturating(n, *transfer), *scratch) - n
+
+
+def catch_up(scratch: Sequence[ArrayLike], transfer: Sequence[ArrayLike], n_min: float,
+             n_max: float = CATCH_UP_MAX) -> np.ndarray:
+    """Smallest N in [n_min, n_max] where scratch error <= transfer error; ``inf`` if none.
+
+    Vectorised over parameter arrays of shape (R,): a log-spaced scan finds the first sign
+    change of err_scratch - err_transfer and linear interpolation in log N places it (grid
+    spacing 1.5 % in N).  ``n_min`` means scratch is already as good at the smallest N.
+    """
+    s = [np.atleast_1d(np.asarray(x, dtype=float))[:, None] for x in scratch]  # (R, 1)
+    t = [np.atleast_1d(np.asarray(x, dtype=float))[:, None] for x in transfer]
+    log_n = np.linspace(math.log(n_min), math.log(n_max), _CATCH_UP_GRID)  # (G,)
+    gap = laws.saturating(np.exp(log_n), *s) - laws.saturating(np.exp(log_n), *t)  # (R, G)
+    below = gap <= 0
+    first = below.argmax(axis=1)
+    found = below.any(axis=1)
+    prev = np.maximum(first - 1, 0)
+    rows = np.arange(gap.shape[0])
+    g0, g1 = gap[rows, prev], gap[rows, first]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(first > 0, g0 / (g0 - g1), 0.0)
+    out = np.exp(log_n[prev] + frac * (log_n[first] - log_n[prev]))
+    return np.where(found, out, np.inf)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class TransferMetrics:
+    """Transfer vs scratch for one (task, shift, model size), with bootstrap intervals.
+
+    Arrays over ``eps``: the errors scratch reaches at its observed N (so N_scratch is an
+    interpolation, never an extrapolation); arrays over ``n``: the observed N.
+    ``*_lo`` / ``*_hi`` are percentile intervals over paired bootstrap replicates.
+    """
+
+    task: str
+    shift: str
+    model: str
+    eps: np.ndarray
+    n_scratch: np.ndarray
+    n_transfer: np.ndarray
+    multiplier: np.ndarray
+    multiplier_lo: np.ndarray
+    multiplier_hi: np.ndarray
+    transfer_extrapolated: np.ndarray  # N_transfer(eps) below the smallest observed N
+    n: np.ndarray
+    d_t: np.ndarray
+    d_t_lo: np.ndarray
+    d_t_hi: np.ndarray
+    catch_up: float
+    catch_up_lo: float
+    catch_up_hi: float
+    confidence: float
+
+    def eps_frame(self) -> pd.DataFrame:
+        """One row per eps: N_scratch, N_transfer, multiplier and its interval."""
+        return pd.DataFrame({"task": self.task, "shift": self.shift, "model": self.model, "eps": self.eps,
+                             "n_scratch": self.n_scratch, "n_transfer": self.n_transfer,
+                             "multiplier": self.multiplier, "multiplier_lo": self.multiplier_lo,
+                             "multiplier_hi": self.multiplier_hi, "extrapolated": self.transfer_extrapolated})
+
+    def n_frame(self) -> pd.DataFrame:
+        """One row per observed N: D_T(N) and its interval."""
+        return pd.DataFrame({"task": self.task, "shift": self.shift, "model": self.model, "n_train": self.n,
+                             "d_t": self.d_t, "d_t_lo": self.d_t_lo, "d_t_hi": self.d_t_hi})
+
+
+def _columns(params: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return params[:, 0:1], params[:, 1:2], params[:, 2:3]
+
+
+def transfer_metrics(scratch: "PowerLawFit", transfer: "PowerLawFit", *, task: str, shift: str, model: str,
+                     n: ArrayLike | None = None, eps: ArrayLike | None = None) -> TransferMetrics:
+    """Multiplier, D_T and catch-up N of one transfer curve against its scratch curve.
+
+    Parameters
+    ----------
+    scratch, transfer
+        Fits of the two arms on the same task and model size.  Their bootstrap replicates
+        are paired by index (both resample the same seeds when the designs match).
+    task, shift, model
+        Labels carried into the result.
+    n
+        N values for D_T (default: the union of the two fits' N ranges on a log2 grid).
+    eps
+        Error levels for the multiplier (default: the scratch curve's fitted error at each n).
+    """
+    from analysis.fits import _quantiles
+
+    lo_n = min(scratch.n_range[0], transfer.n_range[0])
+    hi_n = max(scratch.n_range[1], transfer.n_range[1])
+    if n is None:
+        n = np.unique(np.exp2(np.arange(math.floor(math.log2(lo_n)), math.ceil(math.log2(hi_n)) + 1)))
+    n = np.asarray(n, dtype=float)
+    s, t = _point(scratch), _point(transfer)
+    eps = scratch.predict(n) if eps is None else np.asarray(eps, dtype=float)
+    conf = min(scratch.confidence, transfer.confidence)
+    m = multiplier(eps, s, t)
+    d = data_transferred(n, s, t)
+    c = float(catch_up(s, t, lo_n)[0])
+    B = min(len(scratch.bootstrap), len(transfer.bootstrap))
+    if B > 0:
+        bs, bt = _columns(scratch.bootstrap[:B]), _columns(transfer.bootstrap[:B])
+        m_lo, m_hi = _quantiles(np.nan_to_num(multiplier(eps[None, :], bs, bt), nan=0.0), conf)
+        d_lo, d_hi = _quantiles(data_transferred(n[None, :], bs, bt), conf)
+        c_boot = catch_up([x[:, 0] for x in bs], [x[:, 0] for x in bt], lo_n)
+        c_lo, c_hi = (float(v) for v in _quantiles(c_boot, conf))
+    else:
+        nan = np.full(eps.shape, np.nan)
+        m_lo = m_hi = nan
+        d_lo = d_hi = np.full(n.shape, np.nan)
+        c_lo = c_hi = math.nan
+    n_t = laws.n_at_error(eps, *t)
+    return TransferMetrics(task=task, shift=shift, model=model, eps=eps, n_scratch=laws.n_at_error(eps, *s),
+                           n_transfer=n_t, multiplier=m, multiplier_lo=m_lo, multiplier_hi=m_hi,
+                           transfer_extrapolated=n_t < transfer.n_range[0], n=n, d_t=d, d_t_lo=d_lo, d_t_hi=d_hi,
+                           catch_up=c, catch_up_lo=c_lo, catch_up_hi=c_hi, confidence=conf)
+
+
+def _point(fit: "PowerLawFit") -> tuple[float, float, float]:
+    return fit.params["E"], fit.params["A"], fit.params["alpha"]
