@@ -1,0 +1,188 @@
+"""End to end on a real SQLite MLflow store of quick-grid shape: collect -> fit-laws -> report.
+
+The store is written once per module through ``MlflowClient`` with the training engine's
+layout (:mod:`analysis.synthetic`): scratch / transfer / zero-shot, 2 shifts, 2 model sizes,
+N = 8 .. 256, 3 LRs, 2 seeds, pre-training runs, one FAILED run (re-run FINISHED), plus a
+tiny second grid whose curves have too few N to fit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from repro import schema
+from repro.cli import app
+from analysis.analyze import CurveKey, analyze
+from analysis.collect import COLUMNS, StoreError, collect_runs, default_tracking_uri, list_grids
+from analysis.synthetic import QUICK_SHIFTS, SyntheticGrid, plan, write_store
+
+QUICK = SyntheticGrid(name="quick")
+TINY = SyntheticGrid(name="tiny", shifts=QUICK_SHIFTS[:1], models=("xxs",), n_values=(8, 16), lrs=(1e-3,),
+                     seeds=(0,), n_failed=0)
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    write_store(uri, QUICK)
+    write_store(uri, TINY)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def runs(store: str):
+    return collect_runs(store, "quick")
+
+
+def test_collect_round_trips_the_store(store: str, runs) -> None:
+    planned = plan(QUICK)
+    assert len(runs) == len(planned)
+    assert list(runs.columns) == list(COLUMNS)
+    assert list_grids(store) == ["quick", "tiny"]
+    assert set(runs[schema.P_ARM]) == {"scratch", "transfer", "zero_shot"}
+    assert runs[schema.P_N_TRAIN].dtype.name == "Int64" and runs[schema.P_LR].dtype == float
+    failed = runs[runs[schema.C_STATUS] == schema.FAILED]
+    assert len(failed) == 1 and failed[schema.C_FAILURE_REASON].iloc[0].startswith("diverged")
+    scratch = runs[runs[schema.P_ARM] == "scratch"]
+    assert (scratch[schema.C_SHIFT] == "").all() and (scratch[schema.C_UPSTREAM] == "").all()
+    transfer = runs[runs[schema.P_ARM] == "transfer"]
+    assert set(transfer[schema.C_SHIFT]) == {"poisson(1,5) -> poisson(2.5,7.5)", "poisson(1,5) -> poisson(5,10)"}
+    assert set(transfer[schema.C_TASK]) == {"poisson(2.5,7.5)", "poisson(5,10)"}
+    assert runs[schema.C_PARENT_RUN_ID].notna().all()
+    # a planted value survives the round trip
+    one = planned[-1]
+    row = runs[runs[schema.C_RUN_KEY] == one.spec.run_key].iloc[-1]
+    assert row[schema.C_TEST_REL_L2] == pytest.approx(one.metrics[schema.M_TEST_REL_L2])
+    assert len(collect_runs(store)) == len(planned) + len(plan(TINY))
+
+
+def test_client_and_sql_readers_agree(store: str, runs, monkeypatch: pytest.MonkeyPatch) -> None:
+    import analysis.collect as collect
+
+    monkeypatch.setattr(collect, "_is_sql", lambda uri: False)
+    slow = collect.collect_runs(store, "quick")
+    key = [schema.C_RUN_ID]
+    a, b = runs.sort_values(key).reset_index(drop=True), slow.sort_values(key).reset_index(drop=True)
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_store_errors_are_clear(tmp_path: Path, store: str) -> None:
+    with pytest.raises(StoreError, match="no MLflow store"):
+        collect_runs(f"sqlite:///{tmp_path / 'missing.db'}")
+    with pytest.raises(StoreError, match="recorded grids: quick, tiny"):
+        collect_runs(store, "nope")
+
+
+def test_default_tracking_uri(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(schema.ENV_TRACKING_URI, "sqlite:///x.db")
+    assert default_tracking_uri() == "sqlite:///x.db"
+    monkeypatch.delenv(schema.ENV_TRACKING_URI)
+    monkeypatch.setenv(schema.ENV_HOME, str(tmp_path))
+    assert default_tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+
+
+def test_analysis_recovers_the_planted_truth(runs) -> None:
+    result = analyze(runs, n_boot=50, workers=1)
+    assert [r.n_excluded for r in result.filter_reports] == [0, 1, 0, 0]
+    assert len(result.curves) == 2 * 2 * 2  # (scratch per task + transfer per shift) x 2 models
+    fit = result.curves[CurveKey("poisson(5,10)", "", "xs", "scratch")]
+    assert fit.params["alpha"] == pytest.approx(QUICK.alpha, abs=0.1)
+    # planted multiplier b^(1/alpha), b = benefit * growth^size / (1 + 2 * shift)
+    from analysis.transfer import shift_magnitude
+
+    b = QUICK.benefit * QUICK.growth / (1 + 2 * shift_magnitude(*QUICK_SHIFTS[1]))
+    metrics = next(m for k, m in result.transfer.items() if k.model == "xs" and k.task == "poisson(5,10)")
+    assert np.median(metrics.multiplier) == pytest.approx(b ** (1 / QUICK.alpha), rel=0.35)
+    assert result.selected.loc[result.selected[schema.P_ARM] == "transfer", schema.P_LR].eq(1e-4).mean() > 0.8
+    verdicts = {c.id: c.verdict for c in result.claims}
+    assert verdicts == {1: "PASS", 2: "PASS", 3: "PASS", 4: "PASS", 5: "NOT ENOUGH DATA", 6: "PASS"}
+
+
+def test_fit_laws_cli(store: str, tmp_path: Path) -> None:
+    out = tmp_path / "fits"
+    res = CliRunner().invoke(app, ["fit-laws", "--grid", "quick", "--tracking-uri", store, "--out", str(out),
+                                   "--n-boot", "50"])
+    assert res.exit_code == 0, res.output
+    assert "Fitted laws" in res.output and "PASS" in res.output
+    doc = json.loads((out / "analysis.json").read_text())
+    assert [c["id"] for c in doc["claims"]] == [1, 2, 3, 4, 5, 6]
+    for name in ("fits", "multiplier", "d_t", "transfer_summary", "selected_runs", "exclusions"):
+        assert (out / f"{name}.csv").stat().st_size > 0
+    import pandas as pd
+
+    fits = pd.read_csv(out / "fits.csv")
+    assert len(fits) == 8 and {"E_lo", "alpha_hi", "delta_aic", "heldout_rel_error"} <= set(fits.columns)
+
+
+def test_fit_laws_cli_reports_skipped_cells_and_carries_on(store: str, tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["fit-laws", "--grid", "tiny", "--tracking-uri", store, "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "skipped" in res.output and "2 distinct N (need >= 4" in res.output
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grid", "nope"], "no runs of grid 'nope'"),
+    ([], "no MLflow store"),
+])
+def test_cli_errors_are_one_line(store: str, tmp_path: Path, args: list[str], message: str) -> None:
+    uri = store if args else f"sqlite:///{tmp_path / 'none.db'}"
+    res = CliRunner().invoke(app, ["fit-laws", "--tracking-uri", uri, *args])
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output
+
+
+@pytest.fixture(scope="module")
+def report_path(store: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    res = CliRunner().invoke(app, ["report", "--grid", "quick", "--tracking-uri", store, "--out", str(out),
+                                   "--n-boot", "50"])
+    assert res.exit_code == 0, res.output
+    return out / "index.html"
+
+
+def test_report_is_self_contained(report_path: Path) -> None:
+    html = report_path.read_text()
+    assert 'id="claims-table"' in html
+    assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
+    assert html.count("data:image/png;base64,") >= 5
+    for section in ("error-vs-n", "multiplier", "model-size", "ood", "mixed", "fits", "provenance"):
+        assert f'id="{section}"' in html
+    assert "diverged: train/loss is NaN" in html  # the exclusion and its reason
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed at /usr/bin/chromium")
+def test_report_in_headless_chromium(report_path: Path, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(report_path.as_uri())
+            page.wait_for_load_state("load")
+            widths = page.evaluate("Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+            rows = page.locator("#claims-table tr").count()
+            shot = tmp_path / "report.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert widths and min(widths) > 0, widths
+    assert rows == 7  # header + six findings
+    assert errors == []
+    assert shot.stat().st_size > 10_000

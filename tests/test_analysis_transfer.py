@@ -1,0 +1,62 @@
+"""Transfer metrics against closed forms for an analytic pair of curves."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from analysis import laws
+from analysis.fits import fit_saturating
+from analysis.synthetic import E3_SHIFTS
+from analysis.transfer import catch_up, data_transferred, multiplier, shift_magnitude, transfer_metrics
+
+# Same exponent and floor, transfer's coefficient 9x smaller: N_t(eps) = N_s(eps) / 9^(1/alpha).
+SCRATCH = (0.01, 2.0, 0.5)
+TRANSFER = (0.01, 2.0 / 9.0, 0.5)
+
+
+def test_n_at_error_inverts_the_law() -> None:
+    n = np.array([8.0, 100.0, 5000.0])
+    assert laws.n_at_error(laws.saturating(n, *SCRATCH), *SCRATCH) == pytest.approx(n)
+    assert np.isinf(laws.n_at_error(0.005, *SCRATCH))  # below the floor: never reached
+
+
+def test_multiplier_is_exact_for_the_analytic_pair() -> None:
+    eps = np.array([0.5, 0.1, 0.02])
+    assert multiplier(eps, SCRATCH, TRANSFER) == pytest.approx(np.full(3, 81.0))
+
+
+def test_data_transferred_is_exact_for_the_analytic_pair() -> None:
+    n = np.array([8.0, 64.0, 1024.0])
+    # err_t(N) = E + (A/9) N^-1/2 = E + A (81 N)^-1/2  =>  N_scratch(err_t(N)) = 81 N
+    assert data_transferred(n, SCRATCH, TRANSFER) == pytest.approx(80.0 * n)
+
+
+def test_catch_up_is_where_the_curves_cross() -> None:
+    scratch = (0.01, 2.0, 0.5)
+    transfer = (0.03, 0.5, 0.5)  # better at small N, worse floor
+    # 0.01 + 2/sqrt(N) = 0.03 + 0.5/sqrt(N)  =>  sqrt(N) = 1.5 / 0.02 = 75
+    assert catch_up(scratch, transfer, 8.0)[0] == pytest.approx(75.0 ** 2, rel=0.02)
+    assert np.isinf(catch_up(SCRATCH, TRANSFER, 8.0)[0])
+
+
+def test_transfer_metrics_propagate_bootstrap_intervals() -> None:
+    rng = np.random.default_rng(0)
+    n = np.repeat(2.0 ** np.arange(3, 12), 4)
+    noise = np.exp(0.02 * rng.standard_normal((2, n.size)))
+    s = fit_saturating(n, laws.saturating(n, *SCRATCH) * noise[0], n_boot=100)
+    t = fit_saturating(n, laws.saturating(n, *TRANSFER) * noise[1], n_boot=100)
+    m = transfer_metrics(s, t, task="poisson(5,10)", shift="poisson(1,5) -> poisson(5,10)", model="xs")
+    inside = (m.multiplier_lo <= m.multiplier) & (m.multiplier <= m.multiplier_hi)
+    assert inside.all()
+    assert np.median(m.multiplier) == pytest.approx(81.0, rel=0.3)
+    assert len(m.eps_frame()) == len(m.eps) and len(m.n_frame()) == len(m.n)
+
+
+def test_shift_magnitude_orders_the_e3_ladder() -> None:
+    mags = [shift_magnitude(u, d) for u, d in E3_SHIFTS[:4]]
+    assert mags[1] < mags[0] < mags[2] < mags[3]
+    assert shift_magnitude(("poisson", 1, 5), ("poisson", 2, 4)) == 0.0  # inside: no shift
+    assert math.isnan(shift_magnitude("mixed", ("poisson", 5, 10)))
