@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -387,7 +388,7 @@ def analyze(runs: pd.DataFrame, *, tracking_uri: str = "", n_boot: int = N_BOOT,
     eps, dts, summary = transfer_tables(partial)
     found = claims_mod.evaluate_claims(summary=summary, pointwise=pointwise, benefit=benefit, mixed=mixed,
                                        lr=lr_table(selected))
-    return AnalysisResult(**{**partial.__dict__, "claims": found})
+    return dataclasses.replace(partial, claims=found)
 
 
 def _transfer(curves: dict[CurveKey, PowerLawFit], skipped: list[str]) -> dict[PairKey, TransferMetrics]:

@@ -65,10 +65,12 @@ def drop_failed(df: pd.DataFrame) -> tuple[pd.DataFrame, FilterReport]:
 
 
 def drop_diverged(df: pd.DataFrame, threshold: float = DIVERGED_REL_L2) -> tuple[pd.DataFrame, FilterReport]:
-    """FINISHED runs without a finite test/validation error, or trained runs with val error > threshold."""
+    """Runs without a finite test error (trained runs: also validation error), or trained runs
+    whose best validation error exceeds ``threshold``."""
     test, val = df[schema.C_TEST_REL_L2].to_numpy(float), df[schema.C_VAL_REL_L2].to_numpy(float)
-    missing = ~np.isfinite(test) | ~np.isfinite(val)
     trained = (df[schema.P_ARM] != "zero_shot").to_numpy()
+    # zero-shot runs are judged on their test error alone (they select nothing on validation)
+    missing = ~np.isfinite(test) | (trained & ~np.isfinite(val))
     worse = trained & ~missing & (val > threshold)
     drop = pd.Series(missing | worse, index=df.index)
     reason = pd.Series(np.where(missing, "test or validation error missing / not finite",

@@ -164,7 +164,7 @@ class PowerLawFit:
         """Pointwise bootstrap interval of the fitted error at ``n`` (lower, upper)."""
         b = self.bootstrap
         curves = laws.saturating(np.asarray(n, dtype=float)[None, :], b[:, :1], b[:, 1:2], b[:, 2:3])  # (B, n)
-        lo, hi = _quantiles(curves, self.confidence)
+        lo, hi = percentile_interval(curves, self.confidence)
         return lo, hi
 
     @property
@@ -202,8 +202,12 @@ class _Solution:
     converged: bool
 
 
-def _quantiles(x: np.ndarray, confidence: float, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval; ``inverted_cdf`` never interpolates between +inf and a number."""
+def percentile_interval(x: np.ndarray, confidence: float, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap percentile interval along ``axis``.
+
+    ``inverted_cdf`` picks observed values, so it never interpolates between +inf (a curve that
+    never reaches an error level) and a number.
+    """
     tail = (1.0 - confidence) / 2.0
     lo, hi = np.quantile(x, [tail, 1.0 - tail], axis=axis, method="inverted_cdf")
     return lo, hi
@@ -428,7 +432,7 @@ def _intervals(names: tuple[str, ...], boot: np.ndarray, confidence: float,
                params: dict[str, float]) -> dict[str, tuple[float, float]]:
     if boot.shape[0] == 0:
         return {k: (math.nan, math.nan) for k in names}
-    lo, hi = _quantiles(boot, confidence)
+    lo, hi = percentile_interval(boot, confidence)
     return {k: (float(lo[i]), float(hi[i])) for i, k in enumerate(names)}
 
 

@@ -41,6 +41,11 @@ def select_lr(df: pd.DataFrame) -> pd.DataFrame:
         ``worst_lr_test_rel_l2``.
     """
     runs = downstream(df)
+    # A zero-shot cell has a single run and nothing to select; if it logged no validation
+    # error, its test error stands in so that the cell is not lost.
+    zero_shot = runs[schema.P_ARM] == "zero_shot"
+    val = runs[schema.C_VAL_REL_L2].where(~zero_shot | runs[schema.C_VAL_REL_L2].notna(), runs[schema.C_TEST_REL_L2])
+    runs = runs.assign(**{schema.C_VAL_REL_L2: val})
     runs = runs[np.isfinite(runs[schema.C_VAL_REL_L2].to_numpy(float))]
     if runs.empty:
         return runs.assign(**{C_N_LRS: pd.Series(dtype=int), C_MEDIAN_LR_TEST: pd.Series(dtype=float),

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
 from analysis import laws
-
-if TYPE_CHECKING:  # pragma: no cover
-    from analysis.fits import PowerLawFit
+from analysis.fits import PowerLawFit, percentile_interval
 
 #: Points of the numerical integral in :func:`shift_magnitude`.
 _SHIFT_GRID = 513
@@ -136,7 +134,7 @@ def _columns(params: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return params[:, 0:1], params[:, 1:2], params[:, 2:3]
 
 
-def transfer_metrics(scratch: "PowerLawFit", transfer: "PowerLawFit", *, task: str, shift: str, model: str,
+def transfer_metrics(scratch: PowerLawFit, transfer: PowerLawFit, *, task: str, shift: str, model: str,
                      n: ArrayLike | None = None, eps: ArrayLike | None = None) -> TransferMetrics:
     """Multiplier, D_T and catch-up N of one transfer curve against its scratch curve.
 
@@ -152,8 +150,6 @@ def transfer_metrics(scratch: "PowerLawFit", transfer: "PowerLawFit", *, task: s
     eps
         Error levels for the multiplier (default: the scratch curve's fitted error at each n).
     """
-    from analysis.fits import _quantiles
-
     lo_n = min(scratch.n_range[0], transfer.n_range[0])
     hi_n = max(scratch.n_range[1], transfer.n_range[1])
     if n is None:
@@ -168,10 +164,10 @@ def transfer_metrics(scratch: "PowerLawFit", transfer: "PowerLawFit", *, task: s
     B = min(len(scratch.bootstrap), len(transfer.bootstrap))
     if B > 0:
         bs, bt = _columns(scratch.bootstrap[:B]), _columns(transfer.bootstrap[:B])
-        m_lo, m_hi = _quantiles(np.nan_to_num(multiplier(eps[None, :], bs, bt), nan=0.0), conf)
-        d_lo, d_hi = _quantiles(data_transferred(n[None, :], bs, bt), conf)
+        m_lo, m_hi = percentile_interval(np.nan_to_num(multiplier(eps[None, :], bs, bt), nan=0.0), conf)
+        d_lo, d_hi = percentile_interval(data_transferred(n[None, :], bs, bt), conf)
         c_boot = catch_up([x[:, 0] for x in bs], [x[:, 0] for x in bt], lo_n)
-        c_lo, c_hi = (float(v) for v in _quantiles(c_boot, conf))
+        c_lo, c_hi = (float(v) for v in percentile_interval(c_boot, conf))
     else:
         nan = np.full(eps.shape, np.nan)
         m_lo = m_hi = nan
@@ -184,5 +180,5 @@ def transfer_metrics(scratch: "PowerLawFit", transfer: "PowerLawFit", *, task: s
                            catch_up=c, catch_up_lo=c_lo, catch_up_hi=c_hi, confidence=conf)
 
 
-def _point(fit: "PowerLawFit") -> tuple[float, float, float]:
+def _point(fit: PowerLawFit) -> tuple[float, float, float]:
     return fit.params["E"], fit.params["A"], fit.params["alpha"]

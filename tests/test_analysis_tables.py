@@ -1,0 +1,61 @@
+"""Filters and learning-rate selection on small hand-made run tables."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from repro import schema
+from analysis.collect import runs_to_frame
+from analysis.filters import apply_filters, exclusions
+from analysis.selection import C_N_LRS, select_lr
+
+
+def _run(i: int, **kw) -> dict:
+    row = {schema.C_RUN_ID: f"r{i}", schema.C_STATUS: schema.FINISHED, schema.C_START_TIME: 1_000 + i,
+           schema.T_RUN_KEY: f"k{i}", schema.T_GRID: "g", schema.T_ROLE: "downstream", schema.P_ARM: "scratch",
+           schema.P_MODEL: "xs", schema.P_N_TRAIN: "8", schema.P_LR: "0.001", schema.P_SEED: "0",
+           schema.P_DATA_PDE: "poisson", schema.P_DATA_LOW: "5.0", schema.P_DATA_HIGH: "10.0",
+           schema.M_TEST_REL_L2: 0.3, schema.M_BEST_VAL_REL_L2: 0.3}
+    row.update(kw)
+    return row
+
+
+def test_filters_count_and_explain() -> None:
+    df = runs_to_frame([
+        _run(0),
+        _run(1, **{schema.C_STATUS: schema.FAILED, schema.T_FAILURE_REASON: "CUDA out of memory",
+                   schema.M_TEST_REL_L2: None, schema.M_BEST_VAL_REL_L2: None}),
+        _run(2, **{schema.C_STATUS: schema.RUNNING}),
+        _run(3, **{schema.M_BEST_VAL_REL_L2: 3.0}),
+        _run(4, **{schema.M_TEST_REL_L2: float("nan")}),
+        _run(5, **{schema.T_RUN_KEY: "k0"}),  # newer re-run of k0
+    ])
+    kept, reports = apply_filters(df)
+    assert [(r.name, r.before, r.after) for r in reports] == [
+        ("unfinished", 6, 5), ("failed", 5, 4), ("diverged", 4, 2), ("duplicate", 2, 1)]
+    assert list(kept[schema.C_RUN_ID]) == ["r5"]
+    ex = exclusions(reports).set_index(schema.C_RUN_ID)
+    assert ex.loc["r1", "reason"] == "CUDA out of memory"
+    assert "3 > 1" in ex.loc["r3", "reason"]
+    assert ex.loc["r0", "reason"] == "superseded by newer run r5"
+
+
+def test_lr_selection_uses_validation_not_test() -> None:
+    df = runs_to_frame([
+        _run(0, **{schema.P_LR: "0.001", schema.M_BEST_VAL_REL_L2: 0.20, schema.M_TEST_REL_L2: 0.25}),
+        _run(1, **{schema.P_LR: "0.0001", schema.M_BEST_VAL_REL_L2: 0.22, schema.M_TEST_REL_L2: 0.10}),
+        _run(2, **{schema.P_LR: "0.0001", schema.P_SEED: "1", schema.M_BEST_VAL_REL_L2: 0.1}),
+        _run(3, **{schema.P_ARM: "zero_shot", schema.P_N_TRAIN: "0", schema.P_LR: "0.0",
+                   schema.P_UPSTREAM_PDE: "poisson", schema.P_UPSTREAM_LOW: "1.0", schema.P_UPSTREAM_HIGH: "5.0",
+                   schema.M_BEST_VAL_REL_L2: None, schema.M_TEST_REL_L2: 0.4}),
+        _run(4, **{schema.T_ROLE: "pretrain", schema.M_BEST_VAL_REL_L2: 0.01}),
+    ])
+    kept, _ = apply_filters(df)
+    sel = select_lr(kept).set_index([schema.P_ARM, schema.P_SEED])
+    assert sel.loc[("scratch", 0), schema.C_RUN_ID] == "r0"  # lower val error, although worse on test
+    assert sel.loc[("scratch", 0), C_N_LRS] == 2
+    assert sel.loc[("zero_shot", 0), schema.C_SHIFT] == "poisson(1,5) -> poisson(5,10)"
+    assert math.isclose(sel.loc[("zero_shot", 0), schema.C_TEST_REL_L2], 0.4)
+    assert "r4" not in set(sel[schema.C_RUN_ID])  # pre-training runs are not downstream results
