@@ -13,6 +13,7 @@ exception ends the affected runs FAILED with a ``failure_reason`` tag; other gro
 
 from __future__ import annotations
 
+import functools
 import math
 import tempfile
 import time
@@ -26,7 +27,7 @@ import torch
 
 from repro import schema
 from repro.config import DatasetSpec, RunSpec, to_dict
-from repro.data import default_data_dir, ensure_split, load_split, to_layout
+from repro.data import DataError, SplitData, default_data_dir, ensure_split, load_split, to_layout
 from repro.data.normalise import Normaliser, build_inputs, fit_normaliser
 from repro.data.subsets import nested_subset
 from repro.models import FNO, default_spectral, load_members, member_state
@@ -176,16 +177,16 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
             for rec in recorders:
                 rec.log_params(upstream)
                 rec.set_tags({schema.T_SHIFT: shift})
-        normaliser, splits = _load_splits(head, source, data_dir, device)
+        normaliser, splits, subsets, hashes = _load_splits(group, source, data_dir, device)
         for rec in recorders:
-            rec.set_tags({f"{schema.T_DATA_HASH_PREFIX}{name}": s.content_hash for name, s in splits.items()})
+            rec.set_tags({f"{schema.T_DATA_HASH_PREFIX}{name}": digest for name, digest in hashes.items()})
         model = FNO(head.model_spec, members=len(group), spectral=spectral, seeds=[s.seed for s in group]).to(device)
         if source is not None:
             load_members(model, source.checkpoint.state)
         if head.arm == "zero_shot":
             results = _zero_shot(model, splits)
         else:
-            results = _train(group, model, splits, recorders, progress=progress)
+            results = _train(group, model, splits, subsets, recorders, progress=progress)
         test_err = evaluate(model, splits["test"].inputs, splits["test"].targets).mean(dim=1).tolist()
         wall = time.perf_counter() - started
         for m, (spec, rec) in enumerate(zip(group, recorders)):
@@ -242,19 +243,55 @@ def _load_source(spec: RunSpec, tracking_uri: str) -> _Source:
     return _Source(checkpoint=checkpoint, upstream=upstream)
 
 
-def _load_splits(spec: RunSpec, source: _Source | None, data_dir: Path,
-                 device: torch.device) -> tuple[Normaliser, dict[str, _Split]]:
-    """Train/val/test inputs on the device, normalised with the model's normaliser.
+@functools.lru_cache(maxsize=4)
+def _read_split(data: DatasetSpec, split: str, data_dir: Path) -> SplitData:
+    """A verified split, cached per process: the many small runs of a grid worker share it.
+
+    ``load_split`` verifies the content hash; a missing or bad file is (re)generated first.
+    """
+    try:
+        return load_split(data, split, data_dir)
+    except DataError:
+        ensure_split(data, split, data_dir)
+        return load_split(data, split, data_dir)
+
+
+def _subsets(group: Sequence[RunSpec]) -> np.ndarray:
+    """(M, N) training-sample indices per member.
+
+    Nested subsets: N = 2^k is a prefix of 2^(k+1) for the same seed, and the draw depends on
+    (split size, N, seed) only, never on the arm, so scratch and transfer see the same examples.
+    """
+    head = group[0]
+    return np.stack([nested_subset(head.data.n_train, head.n_train, spec.seed) for spec in group])
+
+
+def _to_device(spec: RunSpec, data: SplitData, normaliser: Normaliser, device: torch.device,
+               rows: np.ndarray | None = None) -> _Split:
+    """Network inputs and targets of ``data`` (only ``rows`` if given) on the device."""
+    source, tensor, solution = data.source, data.tensor, data.solution
+    if rows is not None:
+        source, tensor, solution = source[rows], tensor[rows], solution[rows]
+    source_t = torch.from_numpy(np.ascontiguousarray(source)).to(device)
+    tensor_t = torch.from_numpy(np.ascontiguousarray(to_layout(spec.data.pde, tensor, spec.layout))).to(device)
+    return _Split(inputs=build_inputs(source_t, tensor_t, normaliser).float(),
+                  targets=torch.from_numpy(np.ascontiguousarray(solution)).to(device).float(),
+                  content_hash=data.content_hash)
+
+
+def _load_splits(group: Sequence[RunSpec], source: _Source | None, data_dir: Path,
+                 device: torch.device) -> tuple[Normaliser, dict[str, _Split], torch.Tensor | None, dict[str, str]]:
+    """Inputs on the device, normalised with the model's normaliser, and the members' subsets.
 
     A model carries its normaliser: transfer and zero-shot use the pre-training data's
-    statistics (from the checkpoint); scratch uses this dataset's training split.
+    statistics (from the checkpoint); scratch uses this dataset's full training split.  Of the
+    training split only the samples some member trains on go to the device (N=8 out of 2^15
+    should not cost gigabytes); the returned subsets (M, N) index into those.
     """
-    raw = {}
-    for split in ("train", "val", "test"):
-        if split == "train" and spec.arm == "zero_shot":
-            continue
-        ensure_split(spec.data, split, data_dir)
-        raw[split] = load_split(spec.data, split, data_dir)
+    spec = group[0]
+    raw = {split: _read_split(spec.data, split, data_dir) for split in ("val", "test")}
+    if spec.arm != "zero_shot":
+        raw["train"] = _read_split(spec.data, "train", data_dir)
     if source is not None:
         normaliser = Normaliser.from_dict(source.checkpoint.normaliser)
     elif spec.layout == "native" or spec.data.pde == "mixed":
@@ -262,14 +299,15 @@ def _load_splits(spec: RunSpec, source: _Source | None, data_dir: Path,
     else:  # native data fed in the mixed layout: statistics of the converted coefficients
         train = raw["train"]
         normaliser = fit_normaliser(train.source, to_layout(spec.data.pde, train.tensor, spec.layout))
-    splits = {}
-    for split, data in raw.items():
-        source_t = torch.from_numpy(np.ascontiguousarray(data.source)).to(device)
-        tensor_t = torch.from_numpy(np.ascontiguousarray(to_layout(spec.data.pde, data.tensor, spec.layout))).to(device)
-        inputs = build_inputs(source_t, tensor_t, normaliser).float()
-        targets = torch.from_numpy(np.ascontiguousarray(data.solution)).to(device).float()
-        splits[split] = _Split(inputs=inputs, targets=targets, content_hash=data.content_hash)
-    return normaliser, splits
+    splits = {split: _to_device(spec, raw[split], normaliser, device) for split in ("val", "test")}
+    subsets = None
+    if spec.arm != "zero_shot":
+        member_rows = _subsets(group)  # (M, N) indices into the training split
+        rows, positions = np.unique(member_rows, return_inverse=True)  # used rows; (M, N) positions in them
+        splits["train"] = _to_device(spec, raw["train"], normaliser, device, rows)
+        subsets = torch.from_numpy(positions.reshape(member_rows.shape)).long().to(device)
+    hashes = {split: data.content_hash for split, data in raw.items()}
+    return normaliser, splits, subsets, hashes
 
 
 @dataclass
@@ -288,15 +326,10 @@ def _zero_shot(model: FNO, splits: Mapping[str, _Split]) -> _Results:
                     samples_seen=0)
 
 
-def _train(group: list[RunSpec], model: FNO, splits: Mapping[str, _Split],
+def _train(group: list[RunSpec], model: FNO, splits: Mapping[str, _Split], subsets: torch.Tensor,
            recorders: Sequence[tracking.RunRecorder], *, progress: bool) -> _Results:
     head = group[0]
-    train = splits["train"]
-    # Nested subsets: N = 2^k is a prefix of 2^(k+1) for the same seed, and the same draw is
-    # used by every arm, so scratch and transfer see identical examples.
-    subsets = np.stack([nested_subset(head.data.n_train, head.n_train, spec.seed) for spec in group])  # (M, N)
-    data = EnsembleData(inputs=train.inputs, targets=train.targets,
-                        subsets=torch.from_numpy(subsets).long().to(train.inputs.device))
+    data = EnsembleData(inputs=splits["train"].inputs, targets=splits["train"].targets, subsets=subsets)
     schedule = Schedule(epochs=head.epochs, batch_size=head.batch_size, lrs=tuple(s.lr for s in group),
                         eval_every=head.eval_every)
     with _progress_bar(head, len(group), enabled=progress) as advance:
