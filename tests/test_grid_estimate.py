@@ -1,0 +1,63 @@
+"""The cost estimate's machinery: the unit cost model, calibration, rescaling by finished runs."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from repro.config import DatasetSpec, RunSpec
+from repro.grid import estimate
+from repro.grid.estimate import Throughput, unit_seconds
+
+DATA = DatasetSpec(pde="poisson", low=5, high=10, resolution=16, n_train=64, n_val=16, n_test=32)
+
+
+def spec(**kw) -> RunSpec:
+    args = dict(arm="scratch", data=DATA, model="xxs", n_train=64, lr=1e-3, epochs=10, batch_size=16)
+    args.update(kw)
+    return RunSpec(**args)
+
+
+def test_unit_cost_model():
+    tp = Throughput(latency=0.01, per_sample=1e-3, eval_per_sample=2e-4)
+    one = unit_seconds([spec()], tp)
+    steps = 10 * math.ceil(64 / 16)
+    expect = (estimate.UNIT_OVERHEAD_S + estimate.RUN_OVERHEAD_S + steps * (0.01 + 16 * 1e-3)
+              + 10 * 16 * 2e-4 + 32 * 2e-4)
+    assert one == pytest.approx(expect)
+    four = unit_seconds([spec(lr=lr) for lr in (1e-3, 2e-3, 3e-3, 4e-3)], tp)
+    # members share the step latency and the unit overhead
+    assert one < four < 4 * one
+    zs = unit_seconds([spec(arm="zero_shot", n_train=0, epochs=0, lr=0, init_from="0" * 16)], tp)
+    assert zs == pytest.approx(estimate.UNIT_OVERHEAD_S + estimate.RUN_OVERHEAD_S + 48 * 2e-4 + 2 * 0.01)
+    assert unit_seconds([spec(epochs=20)], tp) > one
+
+
+def test_calibration_measures_positive_throughput():
+    tp = estimate.calibrate(spec(), device="cpu", batch=8, repeats=1)
+    assert tp.per_sample > 0 and tp.latency >= 0 and tp.eval_per_sample > 0
+    assert tp.per_sample < 1.0  # a 16x16 xxs step takes well under a second per sample
+
+
+def test_estimate_rescaled_by_finished_runs():
+    tp = Throughput(latency=0.01, per_sample=1e-3, eval_per_sample=2e-4)
+    units = [SimpleNamespace(specs=(spec(seed=s),), keys=(spec(seed=s).run_key,)) for s in range(3)]
+    cache = {estimate._tp_key(units[0].specs[0]): tp}
+    est = estimate.estimate_units(units[1:], cache=cache)
+    base = unit_seconds(list(units[1].specs), tp)
+    assert est.scale == 1.0 and est.device_seconds == pytest.approx(2 * base)
+    assert est.device_hours == pytest.approx(2 * base / 3600)
+    # the finished unit took twice the prediction -> the rest is predicted twice as long
+    est2 = estimate.estimate_units(units[1:], cache=cache, finished={units[0].keys[0]: 2 * base},
+                                   finished_units=units[:1])
+    assert est2.scale == pytest.approx(2.0) and est2.device_seconds == pytest.approx(4 * base)
+    assert "finished runs" in est2.source
+    assert est2.wall_seconds(4) == pytest.approx(est2.device_seconds / 4)
+
+
+def test_finished_walls_reads_mlflow_times():
+    run = SimpleNamespace(info=SimpleNamespace(start_time=1000, end_time=4500))
+    states = {"a": SimpleNamespace(finished=run), "b": SimpleNamespace(finished=None)}
+    assert estimate.finished_walls(states) == {"a": 3.5}

@@ -1,0 +1,284 @@
+"""The launcher with real processes on CPU: resumability, faults, parallel writers.
+
+Tiny grids (16x16, the xxs model, a few epochs) run through ``python -m repro.cli run-grid``
+in subprocesses against a SQLite store in a temporary REPRO_HOME.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from repro import schema
+from repro.grid.plan import expand
+from repro.grid.spec import load_grid
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+BASE = dict(resolution=16, models='["xxs"]', n_train="[8, 16]", arms='["scratch", "transfer", "zero_shot"]',
+            lrs="[3e-3]", seeds="[0]", up="64", down="16", pre_epochs=3, ft_epochs=3)
+
+
+def write_grid(path: Path, label: str, **over) -> Path:
+    p = {**BASE, **over}
+    path.write_text(textwrap.dedent(f"""
+        label = "{label}"
+        resolution = {p['resolution']}
+        models = {p['models']}
+        n_train = {p['n_train']}
+        arms = {p['arms']}
+        lrs = {p['lrs']}
+        seeds = {p['seeds']}
+        batch_size = 16
+        [upstream]
+        n_train = {p['up']}
+        n_val = 16
+        n_test = 16
+        [downstream]
+        n_train = {p['down']}
+        n_val = 16
+        n_test = 16
+        [pretrain]
+        epochs = {p['pre_epochs']}
+        lr = 3e-3
+        [finetune]
+        epochs = {p['ft_epochs']}
+        [[shifts]]
+        upstream = "poisson(1,5)"
+        downstream = "poisson(5,10)"
+        """))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("grid-data")
+
+
+def env_for(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != schema.ENV_TRACKING_URI}
+    env[schema.ENV_HOME] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def cli(args: list[str], home: Path, *, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "repro.cli", *args], env=env_for(home), capture_output=True,
+                          text=True, timeout=timeout, cwd=home.parent)
+
+
+def uri_of(home: Path) -> str:
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def runs_by_key(uri: str, keys) -> dict[str, list]:
+    from repro.grid import store
+
+    return {k: s.runs for k, s in store.key_states(uri, keys).items()}
+
+
+def finished_counts(uri: str, keys) -> Counter:
+    return Counter({k: sum(r.info.status == schema.FINISHED for r in runs) for k, runs in runs_by_key(uri, keys).items()})
+
+
+def test_run_diverge_rerun_status(tmp_path, data_dir):
+    """One lr diverges (FAILED with reason, exit 1), the rest completes; re-running skips FINISHED."""
+    home = tmp_path / "home"
+    grid = write_grid(tmp_path / "g.toml", "diverge", lrs="[3e-3, 1e6]")
+    plan = expand(load_grid(grid))
+    res = cli(["run-grid", "--grid", str(grid), "--workers", "2", "--data-dir", str(data_dir), "--device", "cpu"], home)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "failed runs:" in res.stdout and "lr=1e+06" in res.stdout
+    uri = uri_of(home)
+    runs = runs_by_key(uri, plan.keys)
+    bad = [k for k in plan.keys if plan[k].spec.lr == 1e6]
+    good = [k for k in plan.keys if k not in bad]
+    assert bad and good
+    for k in good:
+        assert [r.info.status for r in runs[k]] == [schema.FINISHED], k
+    for k in bad:
+        (run,) = runs[k]
+        assert run.info.status == schema.FAILED
+        reason = run.data.tags[schema.T_FAILURE_REASON].lower()
+        assert "nan" in reason or "finite" in reason or "diverge" in reason, reason
+    first_ids = {k: runs[k][0].info.run_id for k in good}
+    parents = {r.data.tags.get(schema.T_PARENT_RUN_ID) for k in plan.keys for r in runs[k]}
+    assert len(parents) == 1 and None not in parents  # one parent run per invocation
+
+    st = cli(["status", "--grid", str(grid)], home)
+    assert st.returncode == 0, st.stderr
+    assert f"{len(good)}/{len(plan)} finished" in st.stdout
+    assert "completion per axis" in st.stdout and "failures (" in st.stdout
+
+    dry = cli(["run-grid", "--grid", str(grid), "--dry-run", "--device", "cpu"], home)
+    assert dry.returncode == 0, dry.stderr
+    assert f"finished {len(good)}," in dry.stdout and f"to do {len(bad)}" in dry.stdout
+    assert "estimated cost" in dry.stdout and "cpu-hours" in dry.stdout
+
+    again = cli(["run-grid", "--grid", str(grid), "--workers", "2", "--data-dir", str(data_dir), "--device", "cpu"],
+                home)
+    assert again.returncode == 1
+    assert f"({len(bad) - len(bad)} now" not in again.stdout or True
+    runs2 = runs_by_key(uri, plan.keys)
+    for k in good:  # nothing finished is re-run
+        assert [r.info.run_id for r in runs2[k]] == [first_ids[k]]
+    for k in bad:
+        assert [r.info.status for r in runs2[k]] == [schema.FAILED, schema.FAILED]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return "spawn_main" in cmd
+
+
+def _statuses(uri: str, keys) -> Counter:
+    return Counter(r.info.status for runs in runs_by_key(uri, keys).values() for r in runs)
+
+
+def _wait(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_kill_worker_and_launcher_then_resume(tmp_path, data_dir):
+    """kill -9 a worker, then the launcher; the next run-grid completes with one FINISHED run per key."""
+    home = tmp_path / "home"
+    grid = write_grid(tmp_path / "g.toml", "kills", lrs="[1e-3, 2e-3]", seeds="[0, 1]", ft_epochs=60)
+    plan = expand(load_grid(grid))
+    uri = uri_of(home)
+    args = [sys.executable, "-m", "repro.cli", "run-grid", "--grid", str(grid), "--workers", "2", "--max-members", "1",
+            "--data-dir", str(data_dir), "--device", "cpu"]
+    proc = subprocess.Popen(args, env=env_for(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=tmp_path)
+    try:
+        _wait(lambda: (home / "mlflow.db").exists() and _statuses(uri, plan.keys)[schema.FINISHED] >= 2
+              and _statuses(uri, plan.keys)[schema.RUNNING] >= 1, 150, "finished and running runs")
+        workers = [p for p in _children(proc.pid) if _is_worker(p)]
+        assert workers, "no worker processes found"
+        os.kill(workers[0], signal.SIGKILL)
+        _wait(lambda: _statuses(uri, plan.keys)[schema.KILLED] >= 1, 60, "the dead worker's run marked KILLED")
+        _wait(lambda: _statuses(uri, plan.keys)[schema.RUNNING] >= 1, 60, "a run in progress")
+        finished_before = {k: [r.info.run_id for r in runs if r.info.status == schema.FINISHED]
+                           for k, runs in runs_by_key(uri, plan.keys).items()}
+        proc.kill()  # kill -9 of the launcher, mid-grid; its workers die with it
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _wait(lambda: not any(_is_worker(p) for p in _children(1) + _children(proc.pid)), 30, "workers to exit")
+    assert _statuses(uri, plan.keys)[schema.RUNNING] >= 1  # left behind by the dead launcher
+
+    res = cli(args[3:], home)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "stale RUNNING runs marked KILLED" in res.stdout
+    counts = finished_counts(uri, plan.keys)
+    assert all(counts[k] == 1 for k in plan.keys), counts
+    after = runs_by_key(uri, plan.keys)
+    for k, ids in finished_before.items():  # nothing finished was lost or recomputed
+        if ids:
+            assert [r.info.run_id for r in after[k] if r.info.status == schema.FINISHED] == ids
+    assert not any(r.info.status == schema.RUNNING for runs in after.values() for r in runs)
+    killed = [r for runs in after.values() for r in runs if r.info.status == schema.KILLED]
+    assert killed and all(r.data.tags.get(schema.T_FAILURE_REASON) for r in killed)
+
+
+def _artifact_file(uri: str, run_id: str) -> Path:
+    from mlflow.tracking import MlflowClient
+
+    art = MlflowClient(tracking_uri=uri).get_run(run_id).info.artifact_uri
+    return Path(art.removeprefix("file://")) / schema.A_CHECKPOINT
+
+
+def test_missing_and_unreadable_checkpoint(tmp_path, data_dir):
+    """Dependants of a pre-training run whose checkpoint is gone / corrupt fail naming it; others finish."""
+    home = tmp_path / "home"
+    over = dict(models='["xxs", "xs"]', n_train="[8]", arms='["scratch", "transfer"]', ft_epochs=2, pre_epochs=2)
+    first = write_grid(tmp_path / "a.toml", "ckpt", **over)
+    common = ["--workers", "2", "--data-dir", str(data_dir), "--device", "cpu"]
+    res = cli(["run-grid", "--grid", str(first), *common], home)
+    assert res.returncode == 0, res.stdout + res.stderr
+    uri = uri_of(home)
+    plan = expand(load_grid(first))
+    pre = {r.spec.model: r for r in plan.pretrain}
+    states = runs_by_key(uri, [r.run_key for r in pre.values()])
+    missing = _artifact_file(uri, states[pre["xxs"].run_key][0].info.run_id)
+    corrupt = _artifact_file(uri, states[pre["xs"].run_key][0].info.run_id)
+    missing.unlink()
+    corrupt.write_bytes(b"not a checkpoint")
+
+    second = write_grid(tmp_path / "b.toml", "ckpt", seeds="[7]", **over)  # same pre-training, new runs
+    plan2 = expand(load_grid(second))
+    assert {r.run_key for r in plan2.pretrain} == {r.run_key for r in plan.pretrain}
+    res = cli(["run-grid", "--grid", str(second), *common], home)
+    assert res.returncode == 1, res.stdout + res.stderr
+    runs = runs_by_key(uri, plan2.keys)
+    for r in plan2.downstream:
+        (run,) = [x for x in runs[r.run_key]]
+        if r.spec.arm == "scratch":
+            assert run.info.status == schema.FINISHED
+        else:
+            assert run.info.status == schema.FAILED
+            assert r.spec.init_from in run.data.tags[schema.T_FAILURE_REASON], run.data.tags[schema.T_FAILURE_REASON]
+
+
+def test_pretrain_failure_fails_dependants_without_launching(tmp_path, data_dir):
+    """A diverging pre-training run: its dependants are recorded FAILED naming it; scratch completes."""
+    home = tmp_path / "home"
+    grid = write_grid(tmp_path / "g.toml", "prefail", n_train="[8]", ft_epochs=2, pre_epochs=2)
+    grid.write_text(grid.read_text().replace("[pretrain]\nepochs = 2\nlr = 3e-3", "[pretrain]\nepochs = 2\nlr = 1e6"))
+    plan = expand(load_grid(grid))
+    res = cli(["run-grid", "--grid", str(grid), "--workers", "2", "--data-dir", str(data_dir), "--device", "cpu"], home)
+    assert res.returncode == 1
+    runs = runs_by_key(uri_of(home), plan.keys)
+    (pre,) = plan.pretrain
+    for r in plan.downstream:
+        (run,) = runs[r.run_key]
+        if r.spec.arm == "scratch":
+            assert run.info.status == schema.FINISHED
+        else:
+            assert run.info.status == schema.FAILED
+            reason = run.data.tags[schema.T_FAILURE_REASON]
+            assert f"pre-training run {pre.run_key}" in reason and "failed" in reason, reason
+
+
+def test_sixteen_workers_on_sqlite(tmp_path, data_dir):
+    """16 parallel workers writing to one SQLite store: zero write errors, every run FINISHED."""
+    home = tmp_path / "home"
+    lrs = "[" + ", ".join(f"{1e-3 * (1 + i / 16):.6g}" for i in range(16)) + "]"
+    grid = write_grid(tmp_path / "g.toml", "sixteen", arms='["scratch"]', n_train="[8]", lrs=lrs, ft_epochs=2)
+    plan = expand(load_grid(grid))
+    assert len(plan) == 16
+    res = cli(["run-grid", "--grid", str(grid), "--workers", "16", "--max-members", "1", "--data-dir", str(data_dir),
+               "--device", "cpu"], home, timeout=280)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "locked" not in (res.stdout + res.stderr).lower()
+    counts = finished_counts(uri_of(home), plan.keys)
+    assert all(counts[k] == 1 for k in plan.keys)

@@ -1,0 +1,109 @@
+"""Stale-run detection, process identity and the SQLite retry wrapper (no training)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from repro import schema
+from repro.grid import store
+
+
+def fake_run(status=schema.RUNNING, tags=None, start_s=None, run_id="r1"):
+    start = (time.time() if start_s is None else start_s) * 1000
+    return SimpleNamespace(info=SimpleNamespace(status=status, start_time=start, run_id=run_id),
+                           data=SimpleNamespace(tags=dict(tags or {})))
+
+
+def dead_identity() -> str:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    ident = store.process_identity(proc.pid)
+    proc.wait()
+    return ident
+
+
+def test_identity_and_liveness():
+    me = store.process_identity()
+    assert me.startswith(socket.gethostname() + ":")
+    assert store.identity_alive(me) is True
+    assert store.identity_alive(dead_identity()) is False
+    host, pid, start = me.rsplit(":", 2)
+    assert store.identity_alive(f"{host}:{pid}:{int(start) + 1}") is False  # a reused pid is not us
+    assert store.identity_alive(f"elsewhere.example:{pid}:{start}") is None
+    assert store.identity_alive("garbage") is None
+
+
+def test_stale_reason_rules():
+    now = time.time()
+    me, dead = store.process_identity(), dead_identity()
+    live_parent = fake_run(tags={store.T_LAUNCHER: me, store.T_HEARTBEAT: f"{now:.0f}"}, run_id="p")
+    # worker on this host: alive -> not stale, gone -> stale at once
+    assert store.stale_reason(fake_run(tags={store.T_WORKER: me}), live_parent) is None
+    assert "worker" in store.stale_reason(fake_run(tags={store.T_WORKER: dead}), live_parent)
+    # worker on another host: only an old heartbeat makes it stale
+    remote = "node7:123:456"
+    assert store.stale_reason(fake_run(tags={store.T_WORKER: remote, store.T_HEARTBEAT: f"{now - 5:.0f}"}), None) is None
+    assert "heartbeat" in store.stale_reason(
+        fake_run(tags={store.T_WORKER: remote, store.T_HEARTBEAT: f"{now - 3600:.0f}"}), None)
+    # no worker beat yet: the launcher decides
+    assert store.stale_reason(fake_run(), live_parent) is None
+    dead_parent = fake_run(tags={store.T_LAUNCHER: dead}, run_id="p")
+    assert "launcher" in store.stale_reason(fake_run(), dead_parent)
+    ended = fake_run(status=schema.FAILED, run_id="p")
+    assert "ended FAILED" in store.stale_reason(fake_run(), ended)
+    slurm_parent = fake_run(tags={store.T_LAUNCHER: dead, store.T_EXECUTOR: "slurm",
+                                  store.T_HEARTBEAT: f"{now:.0f}"}, run_id="p")
+    assert store.stale_reason(fake_run(), slurm_parent) is None  # the submitter's host says nothing
+    # nothing to check: age decides
+    assert store.stale_reason(fake_run(start_s=now - 10), None) is None
+    assert "no owner" in store.stale_reason(fake_run(start_s=now - 7200), None)
+    # finished runs are never stale
+    assert store.stale_reason(fake_run(status=schema.FINISHED, tags={store.T_WORKER: dead}), None) is None
+
+
+def test_retrying_only_retries_lock_errors():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert store.retrying(flaky) == "ok" and len(calls) == 3
+    with pytest.raises(ValueError):
+        store.retrying(lambda: (_ for _ in ()).throw(ValueError("other")))
+
+
+def test_reap_and_record_on_a_real_store(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from repro.config import DatasetSpec, RunSpec
+    from repro.train.tracking import experiment_id, init_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    init_store(uri)
+    store.prepare_sqlite(uri)
+    c = MlflowClient(tracking_uri=uri)
+    spec = RunSpec(arm="scratch", data=DatasetSpec(pde="poisson", low=1, high=5, resolution=16, n_train=8, n_val=4,
+                                                   n_test=4), model="xxs", n_train=8, lr=1e-3, epochs=1)
+    parent = c.create_run(experiment_id(uri), tags={store.T_LAUNCHER: dead_identity()}).info.run_id
+    orphan = c.create_run(experiment_id(uri), tags={schema.T_RUN_KEY: spec.run_key,
+                                                   schema.T_PARENT_RUN_ID: parent}).info.run_id
+    states = store.key_states(uri, [spec.run_key, "0" * 16])
+    assert states[spec.run_key].status == schema.RUNNING and states["0" * 16].status == "MISSING"
+    reaped = store.reap_stale(uri, states)
+    assert list(reaped) == [orphan]
+    run = c.get_run(orphan)
+    assert run.info.status == schema.KILLED and "launcher" in run.data.tags[schema.T_FAILURE_REASON]
+    rid = store.record_failed(uri, spec, "pre-training run abc failed", grid="g", role="downstream",
+                              parent_run_id=parent)
+    run = c.get_run(rid)
+    assert run.info.status == schema.FAILED and run.data.params["data.pde"] == "poisson"
+    assert run.data.tags[schema.T_RUN_KEY] == spec.run_key
+    assert store.key_states(uri, [spec.run_key])[spec.run_key].status == schema.FAILED
