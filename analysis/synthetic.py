@@ -204,7 +204,7 @@ def write_store(tracking_uri: str, grid: SyntheticGrid, runs: list[SyntheticRun]
 
     Three client calls per run (create, one ``log_batch``, terminate), as the tracker does.
     """
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     if tracking_uri.startswith("sqlite:///"):

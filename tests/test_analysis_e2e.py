@@ -9,11 +9,10 @@ tiny second grid whose curves have too few N to fit.
 from __future__ import annotations
 
 import json
-import math
-import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -73,8 +72,6 @@ def test_client_and_sql_readers_agree(store: str, runs, monkeypatch: pytest.Monk
     slow = collect.collect_runs(store, "quick")
     key = [schema.C_RUN_ID]
     a, b = runs.sort_values(key).reset_index(drop=True), slow.sort_values(key).reset_index(drop=True)
-    import pandas as pd
-
     pd.testing.assert_frame_equal(a, b)
 
 
@@ -120,8 +117,6 @@ def test_fit_laws_cli(store: str, tmp_path: Path) -> None:
     assert [c["id"] for c in doc["claims"]] == [1, 2, 3, 4, 5, 6]
     for name in ("fits", "multiplier", "d_t", "transfer_summary", "selected_runs", "exclusions"):
         assert (out / f"{name}.csv").stat().st_size > 0
-    import pandas as pd
-
     fits = pd.read_csv(out / "fits.csv")
     assert len(fits) == 8 and {"E_lo", "alpha_hi", "delta_aic", "heldout_rel_error"} <= set(fits.columns)
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-import pandas as pd
-
 from repro import schema
 from analysis.collect import runs_to_frame
 from analysis.filters import apply_filters, exclusions
