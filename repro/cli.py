@@ -374,7 +374,9 @@ _BOOT_HELP = "Bootstrap replicates per fitted curve (0: no intervals)."
 
 def _analysis_command(which: str, grid: str | None, tracking_uri: str | None, out: Path | None,
                       n_boot: int) -> None:
-    import analysis  # noqa: F401  - first, so its BLAS thread setting precedes numpy
+    import analysis
+
+    analysis.limit_blas_threads()  # before numpy is imported: the fits are latency-bound
     from analysis import commands
     from analysis.collect import StoreError, default_tracking_uri
 
