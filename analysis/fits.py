@@ -61,8 +61,8 @@ _BLAS_LIMITED = 0  # nesting depth of single_thread_blas in this process
 def single_thread_blas() -> Iterator[None]:
     """Limit BLAS to one thread while fitting (tiny vectors: threads only add latency).
 
-    Uses ``threadpoolctl`` when installed; otherwise relies on the environment set when the
-    ``analysis`` package is imported before numpy.  Re-entrant and cheap when nested.
+    Uses ``threadpoolctl`` when installed; otherwise a no-op (the CLI also calls
+    :func:`analysis.limit_blas_threads` before numpy loads).  Re-entrant and cheap when nested.
     """
     global _BLAS_LIMITED
     if _BLAS_LIMITED:
