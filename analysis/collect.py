@@ -13,7 +13,6 @@ histories.  Two readers give the same frame:
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -22,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from repro import schema
-from repro.config import DatasetSpec, SpecError
+from repro.config import DatasetSpec, SpecError, default_tracking_uri  # noqa: F401 (one default for writer and readers)
 
 #: Params parsed as integers / floats; every other param stays a string.
 INT_PARAMS: tuple[str, ...] = (
@@ -58,19 +57,6 @@ _PAGE = 5000
 
 class StoreError(LookupError):
     """The tracking store has no runs to analyse (missing, empty, or no such grid)."""
-
-
-def default_tracking_uri() -> str:
-    """``$REPRO_TRACKING_URI``, else ``sqlite:///<$REPRO_HOME or ./.repro>/mlflow.db``.
-
-    The same default as the training engine's tracker, so ``repro fit-laws`` reads what
-    ``repro run-grid`` wrote without options.
-    """
-    uri = os.environ.get(schema.ENV_TRACKING_URI)
-    if uri:
-        return uri
-    home = Path(os.environ.get(schema.ENV_HOME, schema.DEFAULT_HOME)).resolve()
-    return f"sqlite:///{home / 'mlflow.db'}"
 
 
 def _client(tracking_uri: str) -> Any:
