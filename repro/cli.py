@@ -288,6 +288,7 @@ def run_grid_cmd(
             if calibrate:
                 done = set(sv.finished)
                 est = est_mod.estimate_units(plan.units(sv.todo, max_members=max_members), device=device, fast=fast,
+                                             threads=max(1, cpu_count() // slots),
                                              finished=est_mod.finished_walls(sv.states),
                                              finished_units=plan.units(done, max_members=max_members) if done else None)
             typer.echo(launcher.plan_text(plan, sv, est, slots=slots, device=device))
@@ -302,7 +303,12 @@ def run_grid_cmd(
         opts = launcher.Options(tracking_uri=uri, data_dir=Path(data_dir) if data_dir else None, device=device,
                                 fast=fast, workers=slots, runs_per_gpu=runs_per_gpu, max_members=max_members,
                                 executor=executor, slurm=slurm, stale_after=stale_after)
-        out = launcher.run_grid(plan, opts)
+        from repro.grid.estimate import estimate_units
+
+        def costs(units):  # per-unit weights for the live ETA
+            return estimate_units(units, device=device, fast=fast, threads=max(1, cpu_count() // slots)).unit_seconds
+
+        out = launcher.run_grid(plan, opts, costs=costs if executor == "local" else None)
     except KeyboardInterrupt:
         fail("interrupted; running runs were marked KILLED and will run again next time", code=130)
     except store.StoreError as err:

@@ -1,1 +1,16 @@
-"""repro/grid package."""
+"""Grid launcher: TOML grids -> plans of RunSpecs -> runs in MLflow, resumably (local pool or SLURM).
+
+Public API::
+
+    load_grid(name_or_path) -> GridSpec      # runs/<name>.toml or a path; strict (SpecError)
+    expand(grid) -> Plan                     # pure, deterministic; stable run_keys
+    run_grid(plan, Options(...)) -> GridOutcome
+    grid_status(plan, tracking_uri) -> StatusReport
+"""
+
+from repro.grid.launcher import GridOutcome, Options, StatusReport, grid_status, run_grid, survey
+from repro.grid.plan import Plan, PlannedRun, Unit, expand
+from repro.grid.spec import GridSpec, load_grid, parse_grid, shipped_grids
+
+__all__ = ["GridOutcome", "GridSpec", "Options", "Plan", "PlannedRun", "StatusReport", "Unit", "expand",
+           "grid_status", "load_grid", "parse_grid", "run_grid", "shipped_grids", "survey"]

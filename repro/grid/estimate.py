@@ -42,9 +42,20 @@ class Throughput:
 
 
 def calibrate(spec: RunSpec, *, device: str = "cpu", fast: bool | None = None, batch: int = 32,
-              repeats: int = 3) -> Throughput:
-    """Time a few training steps of ``spec``'s model at ``spec``'s resolution (batch 1 and ``batch``)."""
+              repeats: int = 3, threads: int | None = None) -> Throughput:
+    """Time a few training steps of ``spec``'s model at ``spec``'s resolution (batch 1 and ``batch``).
+
+    ``threads``: torch CPU threads during the measurement — the number each worker will use.
+    """
     import torch
+
+    if threads is not None and not device.startswith("cuda"):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return calibrate(spec, device=device, fast=fast, batch=batch, repeats=repeats)
+        finally:
+            torch.set_num_threads(before)
 
     from repro.models import FNO, default_spectral
 
@@ -128,7 +139,7 @@ class Estimate:
         return self.device_seconds / 3600.0
 
     def wall_seconds(self, slots: int) -> float:
-        """Lower bound on wall time with ``slots`` parallel GPU slots (CPU slots share the cores: 1)."""
+        """Wall time with ``slots`` parallel workers (each calibrated with its own share of the device)."""
         return self.device_seconds / max(1, slots)
 
 
@@ -136,7 +147,7 @@ def _tp_key(spec: RunSpec) -> tuple:
     return (spec.model, spec.data.resolution, spec.model_spec.in_channels)
 
 
-def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = None,
+def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = None, threads: int | None = None,
                    cache: dict[tuple, Throughput] | None = None,
                    finished: Mapping[str, float] | None = None,
                    finished_units: Iterable | None = None) -> Estimate:
@@ -152,7 +163,7 @@ def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = 
     def tp_for(spec: RunSpec) -> Throughput:
         key = _tp_key(spec)
         if key not in cache:
-            cache[key] = calibrate(spec, device=device, fast=fast)
+            cache[key] = calibrate(spec, device=device, fast=fast, threads=threads)
         return cache[key]
 
     est = Estimate(throughput=cache)

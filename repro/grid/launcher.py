@@ -299,10 +299,14 @@ def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settin
     for key in outcome.running_elsewhere:
         sched.failed_keys[key] = f"pre-training run {key} is RUNNING in another invocation; run the grid again later"
     slots = make_slots(device=opts.device, workers=opts.workers, runs_per_gpu=opts.runs_per_gpu)
-    unit_costs = costs([u for u, _ in pairs]) if costs else {}
+    unit_costs: dict[str, float] = {}
+    if costs:
+        try:  # weights for the ETA: long pre-training units count for more than tiny fine-tunes
+            unit_costs = costs([u for u, _ in pairs])
+        except Exception:  # noqa: BLE001 - without weights the ETA counts runs
+            unit_costs = {}
     progress = Progress(plan.grid.label, len(plan), len(finished), len(todo), console=console, live=live,
-                        costs={unit_task_id(u): c for u, c in zip([u for u, _ in pairs], unit_costs.values())}
-                        if unit_costs else None)
+                        costs=unit_costs or None)
     last_beat = [time.monotonic()]
 
     def record(key: str, status: str, reason: str | None) -> None:
@@ -435,7 +439,7 @@ def plan_text(plan: Plan, sv: Survey, est: Any = None, *, slots: int = 1, device
         lines.append(f"stale RUNNING runs marked KILLED: {len(sv.reaped)}")
     if est is not None:
         hours = est.device_hours
-        wall = est.wall_seconds(slots if device.startswith("cuda") else 1)
+        wall = est.wall_seconds(slots)
         lines.append(f"estimated cost: {hours:.3f} {device}-hours ({est.source}); "
                      f"wall time about {_hms(wall)} with {slots} {'GPU slot' if device.startswith('cuda') else 'worker'}"
                      f"{'s' if slots != 1 else ''}")

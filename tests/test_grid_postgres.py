@@ -1,0 +1,134 @@
+"""Multi-host tracking: a real PostgreSQL server + ``mlflow server``, a small grid with 4 workers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from repro import schema
+
+PG_BIN = Path(os.environ.get("REPRO_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300),
+              pytest.mark.skipif(not (PG_BIN / "initdb").exists(),
+                                 reason=f"PostgreSQL binaries not found in {PG_BIN} (apt-get install postgresql)")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_pg(cmd: list[str]) -> list[str]:
+    """Run as the ``postgres`` user when we are root (postgres refuses to run as root)."""
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+@pytest.fixture()
+def postgres():
+    root = Path(tempfile.mkdtemp(prefix="repro-pg-", dir="/tmp"))
+    os.chmod(root, 0o777)
+    data = root / "data"
+    data.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+        shutil.chown(root, "postgres", "postgres")
+    port = free_port()
+    subprocess.run(as_pg([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]), check=True,
+                   capture_output=True)
+    subprocess.run(as_pg([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                          f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"]), check=True,
+                   capture_output=True)
+    try:
+        subprocess.run(as_pg([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                              "mlflow"]), check=True, capture_output=True)
+        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow", root
+    finally:
+        subprocess.run(as_pg([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture()
+def mlflow_server(postgres, tmp_path):
+    db_uri, _ = postgres
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", db_uri,
+                             "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "2"],
+                            stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("mlflow server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+    try:
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+def test_grid_with_four_workers_against_mlflow_server_on_postgres(mlflow_server, tmp_path):
+    from repro.grid import store
+    from repro.grid.plan import expand
+    from repro.grid.spec import load_grid
+
+    grid = tmp_path / "g.toml"
+    grid.write_text(textwrap.dedent("""
+        label = "postgres"
+        resolution = 16
+        models = ["xxs"]
+        n_train = [8, 16]
+        lrs = [1e-3, 3e-3]
+        batch_size = 16
+        [upstream]
+        n_train = 32
+        n_val = 16
+        n_test = 16
+        [downstream]
+        n_train = 16
+        n_val = 16
+        n_test = 16
+        [pretrain]
+        epochs = 2
+        lr = 3e-3
+        [finetune]
+        epochs = 2
+        [[shifts]]
+        upstream = "poisson(1,5)"
+        downstream = "poisson(5,10)"
+        """))
+    plan = expand(load_grid(grid))
+    env = {**os.environ, schema.ENV_HOME: str(tmp_path / "home")}
+    res = subprocess.run([sys.executable, "-m", "repro.cli", "run-grid", "--grid", str(grid), "--workers", "4",
+                          "--max-members", "1", "--device", "cpu", "--tracking-uri", mlflow_server,
+                          "--data-dir", str(tmp_path / "data")], env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    states = store.key_states(mlflow_server, plan.keys)
+    assert all(s.status == schema.FINISHED and len(s.runs) == 1 for s in states.values())
+    # checkpoints went through the server's artifact proxy
+    assert any((tmp_path / "artifacts").rglob("model.pt"))
+    st = subprocess.run([sys.executable, "-m", "repro.cli", "status", "--grid", str(grid), "--tracking-uri",
+                         mlflow_server], env=env, capture_output=True, text=True, timeout=120)
+    assert f"{len(plan)}/{len(plan)} finished" in st.stdout, st.stdout + st.stderr

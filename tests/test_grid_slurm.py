@@ -1,0 +1,74 @@
+"""SLURM executor without a cluster: the generated sbatch script, and a grid through submitit's debug executor."""
+
+from __future__ import annotations
+
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from repro import schema
+from repro.grid.plan import expand
+from repro.grid.slurm import SlurmOptions, sbatch_script
+from repro.grid.spec import load_grid
+
+
+def test_sbatch_script_has_the_options(tmp_path):
+    opts = SlurmOptions(partition="gpu", time_min=90, gpus_per_task=2, array_parallelism=3, folder=tmp_path,
+                        setup=("source /opt/venv/bin/activate",))
+    text = sbatch_script(opts, 10, name="quick-downstream")
+    assert "#SBATCH --partition=gpu" in text
+    assert "#SBATCH --time=90" in text
+    assert "#SBATCH --gpus-per-task=2" in text
+    assert "#SBATCH --array=0-9%3" in text
+    assert "#SBATCH --job-name=quick-downstream" in text
+    assert "source /opt/venv/bin/activate" in text
+    assert "submitit.core._submit" in text  # each array task runs repro.grid.slurm.array_task via submitit
+    assert str(tmp_path) in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_grid_through_submitit_debug_executor(tmp_path):
+    from repro.grid import store
+    from repro.grid.launcher import Options, run_grid
+
+    grid = tmp_path / "g.toml"
+    grid.write_text(textwrap.dedent("""
+        label = "slurm-debug"
+        resolution = 16
+        models = ["xxs"]
+        n_train = [8]
+        lrs = [3e-3]
+        batch_size = 16
+        [upstream]
+        n_train = 32
+        n_val = 16
+        n_test = 16
+        [downstream]
+        n_train = 16
+        n_val = 16
+        n_test = 16
+        [pretrain]
+        epochs = 2
+        lr = 3e-3
+        [finetune]
+        epochs = 2
+        [[shifts]]
+        upstream = "poisson(1,5)"
+        downstream = "poisson(5,10)"
+        """))
+    plan = expand(load_grid(grid))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    opts = Options(tracking_uri=uri, data_dir=tmp_path / "data", executor="slurm",
+                   slurm=SlurmOptions(cluster="debug", folder=tmp_path / "slurm"))
+    out = run_grid(plan, opts, live=False)
+    assert out.ok and len(out.finished) == len(plan) == 4, out
+    states = store.key_states(uri, plan.keys)
+    assert Counter(s.status for s in states.values()) == {schema.FINISHED: 4}
+    parent = {r.data.tags[schema.T_PARENT_RUN_ID] for s in states.values() for r in s.runs}
+    assert parent == {out.parent_run_id}
+    # resubmitting pulls nothing: everything is finished
+    again = run_grid(plan, opts, live=False)
+    assert again.finished == [] and again.finished_before == 4 and again.parent_run_id is None
