@@ -56,7 +56,7 @@ def postgres():
     try:
         subprocess.run(as_pg([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
                               "mlflow"]), check=True, capture_output=True)
-        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow", root
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow", root
     finally:
         subprocess.run(as_pg([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
                        capture_output=True)

@@ -55,20 +55,22 @@ def _executor(opts: SlurmOptions, name: str):
 
 
 def sbatch_script(opts: SlurmOptions, n_tasks: int, *, name: str = "repro-grid") -> str:
-    """The sbatch script a phase with ``n_tasks`` array tasks is submitted with (for inspection/tests)."""
-    import submitit
+    """The sbatch script a phase with ``n_tasks`` array tasks is submitted with (for inspection/tests).
 
-    ex = submitit.SlurmExecutor(folder=str(opts.folder / "%j"))
+    Built by submitit's own template function with the parameters :func:`_executor` passes,
+    so it works without a cluster.
+    """
+    import sys
+
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    folder = str(opts.folder / "%j")
     params: dict[str, Any] = {"time": opts.time_min, "job_name": name, "array_parallelism": opts.array_parallelism,
                               "gpus_per_task": opts.gpus_per_task or None, "setup": list(opts.setup),
-                              "additional_parameters": dict(opts.additional)}
-    if opts.partition:
-        params["partition"] = opts.partition
-    if opts.cpus_per_task:
-        params["cpus_per_task"] = opts.cpus_per_task
-    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    ex.parameters["map_count"] = n_tasks
-    return ex._make_submission_file_text(ex._submitit_command_str, "uid")
+                              "additional_parameters": dict(opts.additional), "partition": opts.partition,
+                              "cpus_per_task": opts.cpus_per_task, "map_count": n_tasks}
+    command = f"{sys.executable} -u -m submitit.core._submit {folder}"
+    return _make_sbatch_string(command=command, folder=folder, **{k: v for k, v in params.items() if v is not None})
 
 
 def array_task(tasks: list[DataTask | UnitTask], settings: Settings) -> list[tuple[str, list[dict] | None, str | None]]:
