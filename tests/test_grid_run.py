@@ -155,6 +155,16 @@ def _is_worker(pid: int) -> bool:
     return "spawn_main" in cmd
 
 
+def _db_ready(home: Path) -> bool:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(home / "mlflow.db", timeout=5) as con:
+            return con.execute("select count(*) from runs").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
 def _busy_worker(uri: str, keys) -> int | None:
     """pid of a worker process that is training a run now (from its grid.worker tag)."""
     from repro.grid import store
@@ -183,17 +193,28 @@ def _wait(cond, timeout: float, what: str) -> None:
 def test_kill_worker_and_launcher_then_resume(tmp_path, data_dir):
     """kill -9 a worker, then the launcher; the next run-grid completes with one FINISHED run per key."""
     home = tmp_path / "home"
-    grid = write_grid(tmp_path / "g.toml", "kills", lrs="[1e-3, 2e-3]", seeds="[0, 1]", ft_epochs=60)
+    grid = write_grid(tmp_path / "g.toml", "kills", lrs="[1e-3, 2e-3]", seeds="[0, 1]", ft_epochs=250)
     plan = expand(load_grid(grid))
     uri = uri_of(home)
     args = [sys.executable, "-m", "repro.cli", "run-grid", "--grid", str(grid), "--workers", "2", "--max-members", "1",
             "--data-dir", str(data_dir), "--device", "cpu"]
-    proc = subprocess.Popen(args, env=env_for(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=tmp_path)
+    log = open(tmp_path / "launcher.log", "w")  # a file, not a pipe nobody drains
+    proc = subprocess.Popen(args, env=env_for(home), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
-        _wait(lambda: (home / "mlflow.db").exists() and _statuses(uri, plan.keys)[schema.FINISHED] >= 2
-              and _busy_worker(uri, plan.keys) is not None, 150, "finished runs and a worker training")
-        worker = _busy_worker(uri, plan.keys)
+        # Touch the store through MLflow only once the launcher has migrated it (two first
+        # writers would race on the schema migration).
+        _wait(lambda: _db_ready(home), 60, "the launcher to create the store")
+        busy: list[int] = []
+
+        def ready() -> bool:
+            if _statuses(uri, plan.keys)[schema.FINISHED] < 2:
+                return False
+            pid = _busy_worker(uri, plan.keys)
+            busy[:] = [pid] if pid is not None else []
+            return bool(busy)
+
+        _wait(ready, 150, "finished runs and a worker training")
+        worker = busy[0]
         assert worker in _children(proc.pid) and _is_worker(worker)
         os.kill(worker, signal.SIGKILL)
         _wait(lambda: _statuses(uri, plan.keys)[schema.KILLED] >= 1, 60, "the dead worker's run marked KILLED")
