@@ -104,7 +104,8 @@ def run_unit(task: UnitTask, settings: Settings) -> list[dict[str, Any]]:
         outcomes = execute(todo, tracking_uri=settings.tracking_uri, data_dir=settings.data_dir,
                            device=settings.device, fast=settings.fast, grid=settings.grid,
                            parent_run_id=settings.parent_run_id, roles=dict(task.roles), progress=False,
-                           max_members=settings.max_members)
+                           max_members=settings.max_members,
+                           extra_tags={store.T_WORKER: store.process_identity(), store.T_HEARTBEAT: f"{time.time():.0f}"})
     finally:
         beat.stop.set()
     out.extend({"run_key": o.run_key, "status": o.status, "run_id": o.run_id, "failure_reason": o.failure_reason,

@@ -87,7 +87,8 @@ class _Source:
 def execute(specs: Sequence[RunSpec], *, tracking_uri: str, data_dir: Path | None = None,
             device: str = "cpu", fast: bool | None = None, grid: str | None = None,
             parent_run_id: str | None = None, roles: Mapping[str, str] | None = None,
-            progress: bool = True, max_members: int = 16) -> list[RunOutcome]:
+            progress: bool = True, max_members: int = 16,
+            extra_tags: Mapping[str, str] | None = None) -> list[RunOutcome]:
     """Train / evaluate every spec and record each as one MLflow run.
 
     Parameters
@@ -106,6 +107,9 @@ def execute(specs: Sequence[RunSpec], *, tracking_uri: str, data_dir: Path | Non
         (``False``) or the device's default (``None``).
     roles:
         run_key -> role tag (``"pretrain"`` for runs other runs start from).
+    extra_tags:
+        Tags set on every run when it is created (e.g. the grid worker's identity, so that a
+        launcher can tell a live RUNNING run from one whose process died).
 
     Returns
     -------
@@ -119,7 +123,7 @@ def execute(specs: Sequence[RunSpec], *, tracking_uri: str, data_dir: Path | Non
         for outcome in _execute_group_splitting_on_oom(group, tracking_uri=tracking_uri, data_dir=data_dir,
                                                        device=torch.device(device), spectral=spectral, grid=grid,
                                                        parent_run_id=parent_run_id, roles=roles or {},
-                                                       progress=progress):
+                                                       progress=progress, extra_tags=extra_tags or {}):
             outcomes[outcome.run_key] = outcome
     return [outcomes[s.run_key] for s in specs]
 
@@ -149,11 +153,11 @@ def _one_line(err: BaseException) -> str:
 
 def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, device: torch.device,
                    spectral: str, grid: str | None, parent_run_id: str | None, roles: Mapping[str, str],
-                   progress: bool, allow_oom_retry: bool) -> list[RunOutcome]:
+                   progress: bool, allow_oom_retry: bool, extra_tags: Mapping[str, str]) -> list[RunOutcome]:
     started = time.perf_counter()
     head = group[0]
     extra = _model_params(head, spectral)
-    tags = {schema.T_DEVICE: tracking.device_name(str(device))}
+    tags = {**extra_tags, schema.T_DEVICE: tracking.device_name(str(device))}
     if grid:
         tags[schema.T_GRID] = grid
     recorders = [tracking.RunRecorder.start(tracking_uri, spec, extra_params=extra,
