@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from repro.data.subsets import nested_subset
 from repro.models import FNO, load_members
 from repro.models.checkpoint import load_checkpoint
 from repro.train import tracking
-from repro.train.engine import batch_key, execute, group_specs
+from repro.train.engine import batch_key, ensemble_cap, execute, group_specs
 from repro.train.loop import EnsembleData, Schedule, evaluate, train_ensemble
 from repro.train.optim import EnsembleAdam, cosine_factor
 
@@ -239,3 +240,50 @@ def test_cli_trains_a_scratch_run(store) -> None:
                   "--sizes", "64,16,16", "--data-seed", "3", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "test rel L2" in result.output
+
+
+def test_cpu_ensembles_stay_cache_sized() -> None:
+    small = RunSpec(arm="scratch", data=DOWN, model="xxs", n_train=8, lr=1e-3, epochs=1)
+    assert ensemble_cap(small, "cpu") == 16  # 8 x 8 x 16^2 floats per member: far below the cliff
+    big_data = DatasetSpec(pde="poisson", low=1, high=5, resolution=128, n_train=256, n_val=8, n_test=8)
+    big = RunSpec(arm="scratch", data=big_data, model="l", n_train=256, lr=1e-3, epochs=1)
+    assert ensemble_cap(big, "cpu") == 1 and ensemble_cap(big, "cuda") == 16
+    specs = [dataclasses.replace(big, seed=s) for s in range(3)]
+    assert [len(g) for g in group_specs(specs, device="cpu")] == [1, 1, 1]
+    assert [len(g) for g in group_specs(specs)] == [3]
+
+
+OOM_SCRIPT = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2500 * 2**20, resource.RLIM_INFINITY))
+from repro.config import DatasetSpec, RunSpec
+from repro.train.engine import execute
+big = DatasetSpec(pde="poisson", low=1, high=5, resolution=64, n_train=8, n_val=4, n_test=4, seed=1)
+small = DatasetSpec(pde="poisson", low=1, high=5, resolution=16, n_train=8, n_val=4, n_test=4, seed=1)
+# n_train = 2 keeps the two xl runs in one ensemble even on a CPU (see ensemble_cap).
+specs = [RunSpec(arm="scratch", data=big, model="xl", n_train=2, lr=lr, epochs=1) for lr in (1e-3, 2e-3)]
+specs.append(RunSpec(arm="scratch", data=small, model="xxs", n_train=8, lr=1e-3, epochs=1))
+out = execute(specs, tracking_uri=sys.argv[1], data_dir=sys.argv[2], device="cpu", progress=False)
+print(json.dumps([[o.status, o.failure_reason] for o in out]))
+"""
+
+
+def test_out_of_memory_fails_the_runs_with_reason_and_others_finish(tmp_path: Path) -> None:
+    """A real allocation failure (address space capped at 2.5 GB; the xl model needs more)."""
+    import json
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.init_store(uri)  # outside the capped process
+    res = subprocess.run([sys.executable, "-c", OOM_SCRIPT, uri, str(tmp_path / "data")], capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (xl_a, reason_a), (xl_b, reason_b), (small, _) = json.loads(res.stdout.strip().splitlines()[-1])
+    assert (xl_a, xl_b, small) == (schema.FAILED, schema.FAILED, schema.FINISHED)
+    assert reason_a.startswith("out of memory") and reason_b.startswith("out of memory")
+    runs = MlflowClient(uri).search_runs([tracking.experiment_id(uri)])
+    reasons = [r.data.tags.get(schema.T_FAILURE_REASON, "") for r in runs if r.info.status == schema.FAILED]
+    # First as a 2-run ensemble, then each run alone: every attempt is recorded with its reason.
+    assert sum("retried in smaller ensembles" in r for r in reasons) == 2
+    assert sum(r.startswith("out of memory: ") for r in reasons) == 2

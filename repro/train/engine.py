@@ -55,15 +55,33 @@ def batch_key(spec: RunSpec) -> tuple:
             spec.batch_size, spec.init_from, spec.eval_every)
 
 
-def group_specs(specs: Sequence[RunSpec], max_members: int = 16) -> list[list[RunSpec]]:
-    """Split specs into ensembles of at most ``max_members`` runs with one batch_key each,
-    keeping the first-seen order of the keys (so pre-training runs listed first go first)."""
+#: On a CPU an ensemble step is only cheaper than its members one by one while one activation
+#: tensor (members x batch x width x n x n floats) stays cache-sized; beyond about 2^21 floats
+#: (8 MB) the per-member cost rose 5-20x in measurements on the 2-core CI machine
+#: (benchmarks/bench_train.py, section "batched").  GPUs have no such cliff at these sizes.
+CPU_ENSEMBLE_FLOATS = 2**21
+
+
+def ensemble_cap(spec: RunSpec, device: str | torch.device, max_members: int = 16) -> int:
+    """How many runs like ``spec`` to train as one ensemble on ``device``."""
+    if torch.device(device).type != "cpu":
+        return max_members
+    per_member = spec.effective_batch_size * spec.model_spec.width * spec.data.resolution ** 2
+    return max(1, min(max_members, CPU_ENSEMBLE_FLOATS // per_member))
+
+
+def group_specs(specs: Sequence[RunSpec], max_members: int = 16,
+                device: str | torch.device | None = None) -> list[list[RunSpec]]:
+    """Split specs into ensembles with one batch_key each, of at most ``max_members`` runs (fewer
+    on a CPU, see :func:`ensemble_cap`), keeping the first-seen order of the keys (so
+    pre-training runs listed first go first)."""
     groups: dict[tuple, list[RunSpec]] = {}
     for spec in specs:
         groups.setdefault(batch_key(spec), []).append(spec)
     out: list[list[RunSpec]] = []
     for members in groups.values():
-        out.extend(members[i:i + max_members] for i in range(0, len(members), max_members))
+        cap = ensemble_cap(members[0], device, max_members) if device is not None else max_members
+        out.extend(members[i:i + cap] for i in range(0, len(members), cap))
     return out
 
 
@@ -119,7 +137,7 @@ def execute(specs: Sequence[RunSpec], *, tracking_uri: str, data_dir: Path | Non
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     spectral = ("fast" if fast else "reference") if fast is not None else default_spectral(device)
     outcomes: dict[str, RunOutcome] = {}
-    for group in group_specs(specs, max_members):
+    for group in group_specs(specs, max_members, device):
         for outcome in _execute_group_splitting_on_oom(group, tracking_uri=tracking_uri, data_dir=data_dir,
                                                        device=torch.device(device), spectral=spectral, grid=grid,
                                                        parent_run_id=parent_run_id, roles=roles or {},
@@ -143,7 +161,10 @@ def _execute_group_splitting_on_oom(group: list[RunSpec], **kwargs) -> list[RunO
 
 
 def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(err).lower()
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's refusal."""
+    text = str(err).lower()
+    return (isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text
+            or "can't allocate memory" in text)
 
 
 def _one_line(err: BaseException) -> str:
