@@ -237,11 +237,11 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
                 fail_all(f"out of memory with {len(group)} runs in one ensemble; retried in smaller ensembles")
                 raise _OutOfMemory() from err
             fail_all(f"out of memory: {_one_line(err)}")
-        elif isinstance(err, (tracking.CheckpointNotFound, CheckpointError, ValueError)):
-            fail_all(_one_line(err) if not isinstance(err, (tracking.CheckpointNotFound, CheckpointError))
-                     else str(err).splitlines()[0])
+        elif isinstance(err, (tracking.CheckpointNotFound, CheckpointError)):
+            fail_all(str(err).splitlines()[0])  # the message already names the checkpoint
         else:
-            fail_all(f"{_one_line(err)} | {traceback.format_exc(limit=3).splitlines()[-1]}")
+            where = traceback.extract_tb(err.__traceback__)[-1]
+            fail_all(f"{_one_line(err)} (at {Path(where.filename).name}:{where.lineno})")
     return [outcomes[m] for m in range(len(group))]
 
 
