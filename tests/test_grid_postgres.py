@@ -9,12 +9,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import write_grid
 
 from repro import schema
 
@@ -94,31 +94,7 @@ def test_grid_with_four_workers_against_mlflow_server_on_postgres(mlflow_server,
     from repro.grid.plan import expand
     from repro.grid.spec import load_grid
 
-    grid = tmp_path / "g.toml"
-    grid.write_text(textwrap.dedent("""
-        label = "postgres"
-        resolution = 16
-        models = ["xxs"]
-        n_train = [8, 16]
-        lrs = [1e-3, 3e-3]
-        batch_size = 16
-        [upstream]
-        n_train = 32
-        n_val = 16
-        n_test = 16
-        [downstream]
-        n_train = 16
-        n_val = 16
-        n_test = 16
-        [pretrain]
-        epochs = 2
-        lr = 3e-3
-        [finetune]
-        epochs = 2
-        [[shifts]]
-        upstream = "poisson(1,5)"
-        downstream = "poisson(5,10)"
-        """))
+    grid = write_grid(tmp_path / "g.toml", "postgres", lrs="[1e-3, 3e-3]", up="32", pre_epochs=2, ft_epochs=2)
     plan = expand(load_grid(grid))
     env = {**os.environ, schema.ENV_HOME: str(tmp_path / "home")}
     res = subprocess.run([sys.executable, "-m", "repro.cli", "run-grid", "--grid", str(grid), "--workers", "4",

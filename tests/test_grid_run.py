@@ -10,53 +10,18 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import write_grid
 
 from repro import schema
 from repro.grid.plan import expand
 from repro.grid.spec import load_grid
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-BASE = dict(resolution=16, models='["xxs"]', n_train="[8, 16]", arms='["scratch", "transfer", "zero_shot"]',
-            lrs="[3e-3]", seeds="[0]", up="64", down="16", pre_epochs=3, ft_epochs=3)
-
-
-def write_grid(path: Path, label: str, **over) -> Path:
-    p = {**BASE, **over}
-    path.write_text(textwrap.dedent(f"""
-        label = "{label}"
-        resolution = {p['resolution']}
-        models = {p['models']}
-        n_train = {p['n_train']}
-        arms = {p['arms']}
-        lrs = {p['lrs']}
-        seeds = {p['seeds']}
-        batch_size = 16
-        [upstream]
-        n_train = {p['up']}
-        n_val = 16
-        n_test = 16
-        [downstream]
-        n_train = {p['down']}
-        n_val = 16
-        n_test = 16
-        [pretrain]
-        epochs = {p['pre_epochs']}
-        lr = 3e-3
-        [finetune]
-        epochs = {p['ft_epochs']}
-        [[shifts]]
-        upstream = "poisson(1,5)"
-        downstream = "poisson(5,10)"
-        """))
-    return path
-
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:

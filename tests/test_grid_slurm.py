@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import textwrap
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import write_grid
 
 from repro import schema
 from repro.grid.plan import expand
@@ -34,31 +34,7 @@ def test_grid_through_submitit_debug_executor(tmp_path):
     from repro.grid import store
     from repro.grid.launcher import Options, run_grid
 
-    grid = tmp_path / "g.toml"
-    grid.write_text(textwrap.dedent("""
-        label = "slurm-debug"
-        resolution = 16
-        models = ["xxs"]
-        n_train = [8]
-        lrs = [3e-3]
-        batch_size = 16
-        [upstream]
-        n_train = 32
-        n_val = 16
-        n_test = 16
-        [downstream]
-        n_train = 16
-        n_val = 16
-        n_test = 16
-        [pretrain]
-        epochs = 2
-        lr = 3e-3
-        [finetune]
-        epochs = 2
-        [[shifts]]
-        upstream = "poisson(1,5)"
-        downstream = "poisson(5,10)"
-        """))
+    grid = write_grid(tmp_path / "g.toml", "slurm-debug", n_train="[8]", up="32", pre_epochs=2, ft_epochs=2)
     plan = expand(load_grid(grid))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     opts = Options(tracking_uri=uri, data_dir=tmp_path / "data", executor="slurm",

@@ -1,0 +1,42 @@
+"""Shared test helpers."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+#: Settings of the tiny one-shift grid the grid tests run (16^2, xxs, a few epochs).
+TINY_GRID = dict(resolution=16, models='["xxs"]', n_train="[8, 16]", arms='["scratch", "transfer", "zero_shot"]',
+            lrs="[3e-3]", seeds="[0]", up="64", down="16", pre_epochs=3, ft_epochs=3)
+
+
+def write_grid(path: Path, label: str, **over) -> Path:
+    """Write a tiny poisson(1,5) -> poisson(5,10) grid TOML; ``over`` replaces TINY_GRID entries."""
+    p = {**TINY_GRID, **over}
+    path.write_text(textwrap.dedent(f"""
+        label = "{label}"
+        resolution = {p['resolution']}
+        models = {p['models']}
+        n_train = {p['n_train']}
+        arms = {p['arms']}
+        lrs = {p['lrs']}
+        seeds = {p['seeds']}
+        batch_size = 16
+        [upstream]
+        n_train = {p['up']}
+        n_val = 16
+        n_test = 16
+        [downstream]
+        n_train = {p['down']}
+        n_val = 16
+        n_test = 16
+        [pretrain]
+        epochs = {p['pre_epochs']}
+        lr = 3e-3
+        [finetune]
+        epochs = {p['ft_epochs']}
+        [[shifts]]
+        upstream = "poisson(1,5)"
+        downstream = "poisson(5,10)"
+        """))
+    return path
