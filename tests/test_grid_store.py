@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -107,3 +108,21 @@ def test_reap_and_record_on_a_real_store(tmp_path):
     assert run.info.status == schema.FAILED and run.data.params["data.pde"] == "poisson"
     assert run.data.tags[schema.T_RUN_KEY] == spec.run_key
     assert store.key_states(uri, [spec.run_key])[spec.run_key].status == schema.FAILED
+
+
+def test_a_zombie_worker_counts_as_gone() -> None:
+    """A worker killed with its launcher stays a zombie until PID 1 reaps it (in containers,
+    maybe never); its RUNNING runs must still be recognised as stale."""
+    from repro.grid import store
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    identity = store.process_identity(child.pid)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "child did not exit"
+        time.sleep(0.05)
+    try:
+        assert store.identity_alive(identity) is False
+    finally:
+        child.wait()
+    assert store.identity_alive(store.process_identity()) is True

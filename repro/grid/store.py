@@ -79,12 +79,18 @@ def prepare_sqlite(uri: str) -> None:
 # --- process identity and liveness ------------------------------------------------------------
 
 def _start_ticks(pid: int) -> str:
+    """Start time of a live process from /proc/<pid>/stat, or "" if it is gone.
+
+    A zombie (state Z) or dead (X) process counts as gone: a worker killed together with its
+    launcher stays a zombie until PID 1 reaps it, which in containers may be never.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return ""
-    # Field 22 (starttime) counted after the ')' that closes the command name.
-    return stat.rsplit(")", 1)[1].split()[19]
+    # Fields after the ')' that closes the command name: state is field 3, starttime field 22.
+    fields = stat.rsplit(")", 1)[1].split()
+    return "" if fields[0] in ("Z", "X") else fields[19]
 
 
 def process_identity(pid: int | None = None) -> str:
