@@ -56,10 +56,12 @@ def batch_key(spec: RunSpec) -> tuple:
 
 
 #: On a CPU an ensemble step is only cheaper than its members one by one while one activation
-#: tensor (members x batch x width x n x n floats) stays cache-sized; beyond about 2^21 floats
-#: (8 MB) the per-member cost rose 5-20x in measurements on the 2-core CI machine
-#: (benchmarks/bench_train.py, section "batched").  GPUs have no such cliff at these sizes.
-CPU_ENSEMBLE_FLOATS = 2**21
+#: tensor (members x batch x width x n x n floats) stays cache-sized.  Measured on the 2-core
+#: CI machine: around 2^20-2^21 floats (4-8 MB) an ensemble step costs about as much per member
+#: as a single run, beyond that 5-20x more; the one-ensemble-of-16 case of
+#: benchmarks/bench_train.py (xxs, 32^2, batch 64) ran at 0.44-0.67x of one by one.  GPUs,
+#: launch-bound at these sizes, are where ensembles pay; on a CPU they are kept small.
+CPU_ENSEMBLE_FLOATS = 2**19
 
 
 def ensemble_cap(spec: RunSpec, device: str | torch.device, max_members: int = 16) -> int:
