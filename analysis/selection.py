@@ -21,8 +21,16 @@ C_WORST_LR_TEST = "worst_lr_test_rel_l2"
 
 
 def downstream(df: pd.DataFrame) -> pd.DataFrame:
-    """Runs that measure a downstream task (everything but pre-training runs)."""
-    return df[df[schema.C_ROLE].fillna("downstream") != "pretrain"]
+    """Runs that measure a downstream task.
+
+    Pre-training runs are dropped, except on tasks that are also downstream tasks (some
+    non-pretrain run has that task): there a pre-training run can share its RunSpec (and so its
+    run_key) with a scratch run, e.g. when N is the full upstream split; the grid keeps one run
+    for that key, tagged ``pretrain``, and it is the scratch point too.
+    """
+    pretrain = df[schema.C_ROLE].fillna("downstream") == "pretrain"
+    downstream_tasks = set(df.loc[~pretrain, schema.C_TASK].dropna())
+    return df[~pretrain | df[schema.C_TASK].isin(downstream_tasks)]
 
 
 def select_lr(df: pd.DataFrame) -> pd.DataFrame:

@@ -48,7 +48,8 @@ def test_lr_selection_uses_validation_not_test() -> None:
         _run(3, **{schema.P_ARM: "zero_shot", schema.P_N_TRAIN: "0", schema.P_LR: "0.0",
                    schema.P_UPSTREAM_PDE: "poisson", schema.P_UPSTREAM_LOW: "1.0", schema.P_UPSTREAM_HIGH: "5.0",
                    schema.M_BEST_VAL_REL_L2: None, schema.M_TEST_REL_L2: 0.4}),
-        _run(4, **{schema.T_ROLE: "pretrain", schema.M_BEST_VAL_REL_L2: 0.01}),
+        _run(4, **{schema.T_ROLE: "pretrain", schema.P_DATA_LOW: "1.0", schema.P_DATA_HIGH: "5.0",
+                   schema.M_BEST_VAL_REL_L2: 0.01}),  # upstream-only task
     ])
     kept, _ = apply_filters(df)
     sel = select_lr(kept).set_index([schema.P_ARM, schema.P_SEED])
@@ -57,3 +58,22 @@ def test_lr_selection_uses_validation_not_test() -> None:
     assert sel.loc[("zero_shot", 0), schema.C_SHIFT] == "poisson(1,5) -> poisson(5,10)"
     assert math.isclose(sel.loc[("zero_shot", 0), schema.C_TEST_REL_L2], 0.4)
     assert "r4" not in set(sel[schema.C_RUN_ID])  # pre-training runs are not downstream results
+
+
+def test_pretrain_run_on_a_downstream_task_is_its_scratch_point() -> None:
+    """A pre-training run whose RunSpec equals a scratch run's (same run_key, one MLflow run
+    tagged pretrain) stays on the downstream curve; pre-training on an upstream-only task does not (F1)."""
+    up = {schema.P_DATA_LOW: "1.0", schema.P_DATA_HIGH: "5.0"}
+    df = runs_to_frame([
+        _run(0, **{schema.P_N_TRAIN: "8"}),
+        _run(1, **{schema.T_ROLE: "pretrain", schema.P_N_TRAIN: "1024"}),  # = the scratch run at the full split
+        _run(2, **{schema.T_ROLE: "pretrain", schema.P_N_TRAIN: "1024", **up}),
+        _run(3, **{schema.P_ARM: "transfer", schema.P_UPSTREAM_PDE: "poisson", schema.P_UPSTREAM_LOW: "1.0",
+                   schema.P_UPSTREAM_HIGH: "5.0"}),
+    ])
+    kept, _ = apply_filters(df)
+    sel = select_lr(kept)
+    assert set(sel[schema.C_RUN_ID]) == {"r0", "r1", "r3"}
+    scratch = sel[sel[schema.P_ARM] == "scratch"]
+    assert sorted(scratch[schema.P_N_TRAIN]) == [8, 1024]
+    assert set(scratch[schema.C_SHIFT]) == {""}
