@@ -443,8 +443,8 @@ def write_outputs(result: AnalysisResult, out_dir: Path) -> list[Path]:
         paths.append(path)
     doc = {"claims": [c.to_dict() for c in result.claims], "skipped": result.skipped,
            "provenance": result.provenance.__dict__,
-           "filters": [{"name": r.name, "description": r.description, "before": r.before, "after": r.after}
-                       for r in result.filter_reports]}
+           "filters": [{"name": r.name, "description": r.description, "before": r.before, "after": r.after,
+                        "flagged": r.n_flagged} for r in result.filter_reports]}
     path = out_dir / "analysis.json"
     path.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
     paths.append(path)

@@ -79,8 +79,10 @@ def print_result(result: AnalysisResult, console: Console) -> None:
     for message in result.skipped:
         console.print(f"[yellow]skipped:[/] {message}")
     excluded = sum(r.n_excluded for r in result.filter_reports)
+    flagged = ", ".join(f"{r.n_flagged} {r.name}" for r in result.filter_reports if r.n_flagged)
     console.print(f"{result.provenance.n_runs} runs, {excluded} excluded ("
-                  + ", ".join(f"{r.name} {r.n_excluded}" for r in result.filter_reports) + ")")
+                  + ", ".join(f"{r.name} {r.n_excluded}" for r in result.filter_reports) + ")"
+                  + (f"; flagged but kept: {flagged}" if flagged else ""))
 
 
 def fit_laws(tracking_uri: str, grid: str | None, out_dir: Path | None, *, n_boot: int = N_BOOT,

@@ -6,6 +6,7 @@ Each filter takes the collected frame and returns the kept rows plus a :class:`F
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,7 +16,9 @@ import pandas as pd
 from repro import schema
 
 #: A trained run whose best validation relative L2 exceeds this did worse than predicting
-#: u = 0 (relative L2 = 1): it diverged, whatever its status says.
+#: u = 0 (relative L2 = 1).  Such runs are only *flagged*, never dropped: at small N a scratch
+#: run can legitimately end above 1, and dropping every LR of such a cell before selection
+#: would remove the cell (and the small-N end of the curve) altogether.
 DIVERGED_REL_L2 = 1.0
 
 #: Columns of the exclusion table.
@@ -34,6 +37,16 @@ class FilterReport:
     before: int
     after: int
     excluded: pd.DataFrame
+    #: Runs the filter kept but reports (same columns as ``excluded``; ``reason`` says why).
+    flagged: pd.DataFrame = None  # type: ignore[assignment]  # set in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.flagged is None:
+            object.__setattr__(self, "flagged", pd.DataFrame(columns=list(EXCLUSION_COLUMNS)))
+
+    @property
+    def n_flagged(self) -> int:
+        return len(self.flagged)
 
     @property
     def n_excluded(self) -> int:
@@ -65,18 +78,26 @@ def drop_failed(df: pd.DataFrame) -> tuple[pd.DataFrame, FilterReport]:
 
 
 def drop_diverged(df: pd.DataFrame, threshold: float = DIVERGED_REL_L2) -> tuple[pd.DataFrame, FilterReport]:
-    """Runs without a finite test error (trained runs: also validation error), or trained runs
-    whose best validation error exceeds ``threshold``."""
+    """Drop runs without a finite test error (trained runs: also validation error).
+
+    Trained runs whose best validation error exceeds ``threshold`` are kept (LR selection
+    still sees them; a cell whose every LR is above 1 at small N is a real result) and listed
+    in the report's ``flagged`` table.
+    """
     test, val = df[schema.C_TEST_REL_L2].to_numpy(float), df[schema.C_VAL_REL_L2].to_numpy(float)
     trained = (df[schema.P_ARM] != "zero_shot").to_numpy()
     # zero-shot runs are judged on their test error alone (they select nothing on validation)
-    missing = ~np.isfinite(test) | (trained & ~np.isfinite(val))
-    worse = trained & ~missing & (val > threshold)
-    drop = pd.Series(missing | worse, index=df.index)
-    reason = pd.Series(np.where(missing, "test or validation error missing / not finite",
-                                [f"best val rel L2 {v:.3g} > {threshold:g} (worse than predicting 0)" for v in val]),
-                       index=df.index)
-    return _report("diverged", f"no finite error, or a trained run with val rel L2 > {threshold:g}", df, drop, reason)
+    missing = pd.Series(~np.isfinite(test) | (trained & ~np.isfinite(val)), index=df.index)
+    with np.errstate(invalid="ignore"):
+        worse = pd.Series(trained & ~missing.to_numpy() & (val > threshold), index=df.index)
+    kept, rep = _report("diverged", f"no finite test (trained runs: validation) error; trained runs with val rel "
+                        f"L2 > {threshold:g} are flagged, not dropped", df, missing,
+                        "test or validation error missing / not finite")
+    flagged = df.loc[worse].copy()
+    flagged["filter"] = "diverged"
+    flagged["reason"] = [f"best val rel L2 {v:.3g} > {threshold:g} (worse than predicting 0); kept"
+                         for v in flagged[schema.C_VAL_REL_L2]]
+    return kept, dataclasses.replace(rep, flagged=flagged[list(EXCLUSION_COLUMNS)].reset_index(drop=True))
 
 
 def drop_duplicates(df: pd.DataFrame) -> tuple[pd.DataFrame, FilterReport]:
@@ -113,6 +134,14 @@ def apply_filters(df: pd.DataFrame, names: tuple[str, ...] = tuple(FILTERS)) -> 
         df, rep = FILTERS[name](df)
         reports.append(rep)
     return df, reports
+
+
+def flagged(reports: list[FilterReport]) -> pd.DataFrame:
+    """All runs the filters of ``reports`` kept but flagged, in one table."""
+    frames = [r.flagged for r in reports if len(r.flagged)]
+    if not frames:
+        return pd.DataFrame(columns=list(EXCLUSION_COLUMNS))
+    return pd.concat(frames, ignore_index=True)
 
 
 def exclusions(reports: list[FilterReport]) -> pd.DataFrame:

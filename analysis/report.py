@@ -131,7 +131,7 @@ def _context(result: "AnalysisResult", workers: int) -> dict[str, Any]:
         summary["catch_up_ci"] = [_interval(a, b) for a, b in zip(summary["catch_up_lo"], summary["catch_up_hi"])]
     runs = result.selected[[c for c in SELECTED_COLUMNS if c in result.selected]]
     filters = [{"name": r.name, "description": r.description, "before": r.before, "after": r.after,
-                "excluded": r.n_excluded} for r in result.filter_reports]
+                "excluded": r.n_excluded, "flagged": r.n_flagged} for r in result.filter_reports]
     return {
         "prov": result.provenance,
         "claims": result.claims,
@@ -239,8 +239,8 @@ error is at or below transfer's (∞: never, within 10<sup>9</sup>).</p>{{ tbl(s
 <table><tr><th>arm</th><th>runs</th></tr>{% for k, v in prov.arm_counts.items() %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</table>
 <table><tr><th>commit</th><th>runs</th></tr>{% for k, v in prov.commits.items() %}<tr><td><code>{{ k }}</code></td><td>{{ v }}</td></tr>{% endfor %}</table>
 <h3>Filters</h3>
-<table><tr><th>filter</th><th>rule</th><th>before</th><th>after</th><th>excluded</th></tr>
-{% for f in filters %}<tr><td>{{ f.name }}</td><td>{{ f.description }}</td><td>{{ f.before }}</td><td>{{ f.after }}</td><td>{{ f.excluded }}</td></tr>{% endfor %}</table>
+<table><tr><th>filter</th><th>rule</th><th>before</th><th>after</th><th>excluded</th><th>flagged (kept)</th></tr>
+{% for f in filters %}<tr><td>{{ f.name }}</td><td>{{ f.description }}</td><td>{{ f.before }}</td><td>{{ f.after }}</td><td>{{ f.excluded }}</td><td>{{ f.flagged }}</td></tr>{% endfor %}</table>
 {% if exclusions %}<details><summary>Excluded runs with reasons ({{ exclusions.rows|length + exclusions.more }})</summary>
 <div class="scroll">{{ tbl(exclusions) }}</div></details>{% endif %}
 <details><summary>The MLflow run behind every point ({{ runs.rows|length + runs.more }} runs)</summary>

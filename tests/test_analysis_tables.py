@@ -6,7 +6,7 @@ import math
 
 from repro import schema
 from analysis.collect import runs_to_frame
-from analysis.filters import apply_filters, exclusions
+from analysis.filters import apply_filters, exclusions, flagged
 from analysis.selection import C_N_LRS, select_lr
 
 
@@ -32,12 +32,31 @@ def test_filters_count_and_explain() -> None:
     ])
     kept, reports = apply_filters(df)
     assert [(r.name, r.before, r.after) for r in reports] == [
-        ("unfinished", 6, 5), ("failed", 5, 4), ("diverged", 4, 2), ("duplicate", 2, 1)]
-    assert list(kept[schema.C_RUN_ID]) == ["r5"]
+        ("unfinished", 6, 5), ("failed", 5, 4), ("diverged", 4, 3), ("duplicate", 3, 2)]
+    assert list(kept[schema.C_RUN_ID]) == ["r3", "r5"]  # val rel L2 3 > 1: flagged, not dropped
     ex = exclusions(reports).set_index(schema.C_RUN_ID)
     assert ex.loc["r1", "reason"] == "CUDA out of memory"
-    assert "3 > 1" in ex.loc["r3", "reason"]
+    assert "not finite" in ex.loc["r4", "reason"]
+    assert "r3" not in ex.index
     assert ex.loc["r0", "reason"] == "superseded by newer run r5"
+    fl = flagged(reports).set_index(schema.C_RUN_ID)
+    assert list(fl.index) == ["r3"] and "3 > 1" in fl.loc["r3", "reason"]
+    assert [r.n_flagged for r in reports] == [0, 0, 1, 0]
+
+
+def test_small_n_cell_above_one_survives_selection() -> None:
+    """Every LR of a small-N scratch cell ends above rel L2 1: the cell is still selected (F4)."""
+    df = runs_to_frame([
+        _run(0, **{schema.P_LR: "0.001", schema.M_BEST_VAL_REL_L2: 1.4, schema.M_TEST_REL_L2: 1.5}),
+        _run(1, **{schema.P_LR: "0.0001", schema.M_BEST_VAL_REL_L2: 1.2, schema.M_TEST_REL_L2: 1.3}),
+        _run(2, **{schema.P_LR: "0.01", schema.M_BEST_VAL_REL_L2: float("inf"), schema.M_TEST_REL_L2: 9.0}),
+        _run(3, **{schema.P_N_TRAIN: "64", schema.M_BEST_VAL_REL_L2: 0.4}),
+    ])
+    kept, reports = apply_filters(df)
+    assert set(kept[schema.C_RUN_ID]) == {"r0", "r1", "r3"}  # only the non-finite run is dropped
+    sel = select_lr(kept).set_index(schema.P_N_TRAIN)
+    assert sel.loc[8, schema.C_RUN_ID] == "r1" and sel.loc[8, C_N_LRS] == 2
+    assert set(flagged(reports)[schema.C_RUN_ID]) == {"r0", "r1"}
 
 
 def test_lr_selection_uses_validation_not_test() -> None:
