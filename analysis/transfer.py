@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -56,6 +57,27 @@ def multiplier(eps: ArrayLike, scratch: Sequence[ArrayLike], transfer: Sequence[
         return n_s / n_t
 
 
+def multiplier_interval(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Percentile interval of bootstrap multipliers (replicates on axis 0), ignoring undefined ones.
+
+    A replicate is undefined (``nan``) where neither arm's curve reaches the error level; it is
+    left out of the percentiles (counting it as 0 would drag the lower end down) and reported.
+
+    Returns
+    -------
+    (lo, hi, undefined)
+        The interval ends (``nan`` where every replicate is undefined) and the fraction of
+        undefined replicates, per error level.
+    """
+    samples = np.asarray(samples, dtype=float)
+    undefined = np.isnan(samples).mean(axis=0)
+    tail = (1.0 - confidence) / 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan columns give nan, as they should
+        lo, hi = np.nanquantile(samples, [tail, 1.0 - tail], axis=0, method="inverted_cdf")
+    return lo, hi, undefined
+
+
 def data_transferred(n: ArrayLike, scratch: Sequence[ArrayLike], transfer: Sequence[ArrayLike]) -> np.ndarray:
     """Effective data transferred D_T(N) = N_scratch(err_transfer(N)) - N (Hernandez et al. 2021).
 
@@ -107,6 +129,7 @@ class TransferMetrics:
     multiplier: np.ndarray
     multiplier_lo: np.ndarray
     multiplier_hi: np.ndarray
+    multiplier_undefined: np.ndarray  # fraction of bootstrap replicates where neither arm reaches eps
     transfer_extrapolated: np.ndarray  # N_transfer(eps) below the smallest observed N
     n: np.ndarray
     d_t: np.ndarray
@@ -122,7 +145,8 @@ class TransferMetrics:
         return pd.DataFrame({"task": self.task, "shift": self.shift, "model": self.model, "eps": self.eps,
                              "n_scratch": self.n_scratch, "n_transfer": self.n_transfer,
                              "multiplier": self.multiplier, "multiplier_lo": self.multiplier_lo,
-                             "multiplier_hi": self.multiplier_hi, "extrapolated": self.transfer_extrapolated})
+                             "multiplier_hi": self.multiplier_hi, "multiplier_undefined": self.multiplier_undefined,
+                             "extrapolated": self.transfer_extrapolated})
 
     def n_frame(self) -> pd.DataFrame:
         """One row per observed N: D_T(N) and its interval."""
@@ -164,19 +188,20 @@ def transfer_metrics(scratch: PowerLawFit, transfer: PowerLawFit, *, task: str, 
     B = min(len(scratch.bootstrap), len(transfer.bootstrap))
     if B > 0:
         bs, bt = _columns(scratch.bootstrap[:B]), _columns(transfer.bootstrap[:B])
-        m_lo, m_hi = percentile_interval(np.nan_to_num(multiplier(eps[None, :], bs, bt), nan=0.0), conf)
+        m_lo, m_hi, m_undef = multiplier_interval(multiplier(eps[None, :], bs, bt), conf)
         d_lo, d_hi = percentile_interval(data_transferred(n[None, :], bs, bt), conf)
         c_boot = catch_up([x[:, 0] for x in bs], [x[:, 0] for x in bt], lo_n)
         c_lo, c_hi = (float(v) for v in percentile_interval(c_boot, conf))
     else:
         nan = np.full(eps.shape, np.nan)
-        m_lo = m_hi = nan
+        m_lo = m_hi = m_undef = nan
         d_lo = d_hi = np.full(n.shape, np.nan)
         c_lo = c_hi = math.nan
     n_t = laws.n_at_error(eps, *t)
     return TransferMetrics(task=task, shift=shift, model=model, eps=eps, n_scratch=laws.n_at_error(eps, *s),
                            n_transfer=n_t, multiplier=m, multiplier_lo=m_lo, multiplier_hi=m_hi,
-                           transfer_extrapolated=n_t < transfer.n_range[0], n=n, d_t=d, d_t_lo=d_lo, d_t_hi=d_hi,
+                           multiplier_undefined=m_undef, transfer_extrapolated=n_t < transfer.n_range[0], n=n,
+                           d_t=d, d_t_lo=d_lo, d_t_hi=d_hi,
                            catch_up=c, catch_up_lo=c_lo, catch_up_hi=c_hi, confidence=conf)
 
 

@@ -60,3 +60,27 @@ def test_shift_magnitude_orders_the_e3_ladder() -> None:
     assert mags[1] < mags[0] < mags[2] < mags[3]
     assert shift_magnitude(("poisson", 1, 5), ("poisson", 2, 4)) == 0.0  # inside: no shift
     assert math.isnan(shift_magnitude("mixed", ("poisson", 5, 10)))
+
+
+def test_undefined_bootstrap_multipliers_are_left_out_and_counted() -> None:
+    """Replicates where neither arm reaches eps (nan) do not pull the lower end to 0 (F5)."""
+    from analysis.transfer import multiplier_interval
+
+    x = np.array([[np.nan, 2.0, np.nan]] * 4 + [[v, 3.0, np.nan] for v in (10.0, 11.0, 12.0, 13.0, 14.0, np.inf)])
+    lo, hi, undefined = multiplier_interval(x, 0.8)
+    assert lo[0] >= 10.0 and np.isinf(hi[0])  # inf (only transfer reaches eps) is kept
+    assert (lo[1], hi[1]) == (2.0, 3.0)
+    assert np.isnan(lo[2]) and np.isnan(hi[2])
+    assert undefined.tolist() == [0.4, 0.0, 1.0]
+
+
+def test_transfer_metrics_report_the_undefined_share() -> None:
+    rng = np.random.default_rng(1)
+    n = np.repeat(2.0 ** np.arange(3, 12), 4)
+    noise = np.exp(0.02 * rng.standard_normal((2, n.size)))
+    s = fit_saturating(n, laws.saturating(n, *SCRATCH) * noise[0], n_boot=50)
+    t = fit_saturating(n, laws.saturating(n, *TRANSFER) * noise[1], n_boot=50)
+    m = transfer_metrics(s, t, task="a", shift="b -> a", model="xs", eps=[0.001, 0.05])  # 0.001: below both E
+    assert m.multiplier_undefined[0] == 1.0 and np.isnan(m.multiplier_lo[0])
+    assert m.multiplier_undefined[1] == 0.0 and m.multiplier_lo[1] > 0
+    assert "multiplier_undefined" in m.eps_frame()
