@@ -72,6 +72,7 @@ class Provenance:
     commits: dict[str, int]  # "sha (dirty)" -> runs
     created: str
     n_boot: int
+    selection: str = ""  # how the runs were chosen (grid plan's run_keys, grid tag, or all)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -97,6 +98,11 @@ class AnalysisResult:
     claims: list[claims_mod.Claim]
     provenance: Provenance
     model_params: dict[str, float] = field(default_factory=dict)
+    #: :func:`transfer_tables` of this result, computed once in :func:`analyze`: multiplier per
+    #: eps, D_T per N, and the per-pair summary (empty frames when there is no transfer pair).
+    multiplier_table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    d_t_table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    transfer_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 # --- tables ------------------------------------------------------------------------------------
@@ -261,6 +267,7 @@ def transfer_tables(result: AnalysisResult) -> tuple[pd.DataFrame, pd.DataFrame,
         rows.append({"task": key.task, "shift": key.shift, "model": key.model, "eps_star": m.eps[i],
                      "n_scratch": m.n_scratch[i], "n_transfer": m.n_transfer[i], "multiplier": m.multiplier[i],
                      "multiplier_lo": m.multiplier_lo[i], "multiplier_hi": m.multiplier_hi[i],
+                     "multiplier_undefined": m.multiplier_undefined[i],
                      "extrapolated": bool(m.transfer_extrapolated[i]), "d_t_nmin": m.d_t[0], "d_t_nmin_lo": m.d_t_lo[0],
                      "d_t_nmin_hi": m.d_t_hi[0], "n_min": m.n[0], "catch_up": m.catch_up,
                      "catch_up_lo": m.catch_up_lo, "catch_up_hi": m.catch_up_hi})
@@ -322,7 +329,7 @@ def default_workers() -> int:
 
 
 def analyze(runs: pd.DataFrame, *, tracking_uri: str = "", n_boot: int = N_BOOT, n_boot_joint: int = N_BOOT_JOINT,
-            seed: int = 0, workers: int | None = None) -> AnalysisResult:
+            seed: int = 0, workers: int | None = None, selection: str = "") -> AnalysisResult:
     """Filter, select LRs, fit every curve and joint law, compute transfer metrics and claims.
 
     Parameters
@@ -337,6 +344,8 @@ def analyze(runs: pd.DataFrame, *, tracking_uri: str = "", n_boot: int = N_BOOT,
         Bootstrap seed (the same for every curve, so matching designs are resampled alike).
     workers
         Fitting processes (default: available CPUs, at most 8).
+    selection
+        How ``runs`` were chosen, in words; recorded in the provenance only.
 
     Returns
     -------
@@ -384,11 +393,11 @@ def analyze(runs: pd.DataFrame, *, tracking_uri: str = "", n_boot: int = N_BOOT,
     partial = AnalysisResult(runs=runs, filter_reports=reports, exclusions=exclusions(reports), selected=selected,
                              curves=curves, joint=joint, skipped=skipped, transfer=transfer, pointwise=pointwise,
                              benefit=benefit, zero_shot=zero_shot, mixed=mixed, claims=[],
-                             provenance=_provenance(runs, kept, tracking_uri, n_boot), model_params=model_params)
+                             provenance=_provenance(runs, kept, tracking_uri, n_boot, selection), model_params=model_params)
     eps, dts, summary = transfer_tables(partial)
     found = claims_mod.evaluate_claims(summary=summary, pointwise=pointwise, benefit=benefit, mixed=mixed,
                                        lr=lr_table(selected))
-    return dataclasses.replace(partial, claims=found)
+    return dataclasses.replace(partial, claims=found, multiplier_table=eps, d_t_table=dts, transfer_summary=summary)
 
 
 def _transfer(curves: dict[CurveKey, PowerLawFit], skipped: list[str]) -> dict[PairKey, TransferMetrics]:
@@ -411,7 +420,7 @@ def _model_params(selected: pd.DataFrame) -> dict[str, float]:
     return {str(k): float(v) for k, v in x.groupby(schema.P_MODEL)[schema.M_N_PARAMS].median().items()}
 
 
-def _provenance(runs: pd.DataFrame, kept: pd.DataFrame, uri: str, n_boot: int) -> Provenance:
+def _provenance(runs: pd.DataFrame, kept: pd.DataFrame, uri: str, n_boot: int, selection: str = "") -> Provenance:
     sha = runs[schema.C_GIT_SHA].fillna("unknown").astype(str).str[:12]
     dirty = runs[schema.T_GIT_DIRTY].fillna("unknown").astype(str)
     commits = (sha + np.where(dirty == "true", " (dirty)", "")).value_counts()
@@ -420,7 +429,8 @@ def _provenance(runs: pd.DataFrame, kept: pd.DataFrame, uri: str, n_boot: int) -
                       status_counts={str(k): int(v) for k, v in runs[schema.C_STATUS].value_counts().items()},
                       arm_counts={str(k): int(v) for k, v in runs[schema.P_ARM].value_counts().items()},
                       commits={str(k): int(v) for k, v in commits.items()},
-                      created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), n_boot=n_boot)
+                      created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), n_boot=n_boot,
+                      selection=selection)
 
 
 # --- outputs -----------------------------------------------------------------------------------
@@ -431,7 +441,7 @@ def write_outputs(result: AnalysisResult, out_dir: Path) -> list[Path]:
     transfer_summary.csv, benefit.csv, zero_shot.csv, mixed.csv, selected_runs.csv,
     exclusions.csv and analysis.json (claims, skipped cells, provenance)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    eps, dts, summary = transfer_tables(result)
+    eps, dts, summary = result.multiplier_table, result.d_t_table, result.transfer_summary
     tables = {"fits": fit_table(result), "joint_fits": joint_table(result), "multiplier": eps, "d_t": dts,
               "transfer_summary": summary, "benefit": result.benefit, "zero_shot": result.zero_shot,
               "mixed": result.mixed, "exclusions": result.exclusions,

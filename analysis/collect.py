@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Collection, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -94,7 +94,7 @@ def _search(client: Any, exp_id: str, filter_string: str) -> list[Any]:
             return out
 
 
-def collect_runs(tracking_uri: str, grid: str | None = None) -> pd.DataFrame:
+def collect_runs(tracking_uri: str, grid: str | None = None, keys: Collection[str] | None = None) -> pd.DataFrame:
     """Read every child run (one with a ``run_key`` tag) into one tidy DataFrame.
 
     Parameters
@@ -103,6 +103,11 @@ def collect_runs(tracking_uri: str, grid: str | None = None) -> pd.DataFrame:
         MLflow tracking URI, e.g. ``sqlite:///.repro/mlflow.db``.
     grid
         Keep only runs whose ``grid`` tag equals this name; ``None`` keeps all grids.
+    keys
+        The run_keys of the grid's plan (the caller expands the grid spec).  When given, runs
+        are kept whose ``run_key`` is in ``keys`` *or* whose ``grid`` tag is ``grid``: a run_key
+        finished under one grid is skipped (never re-run nor re-tagged) by another grid that
+        contains it, so the tag alone misses such shared runs.
 
     Returns
     -------
@@ -117,22 +122,33 @@ def collect_runs(tracking_uri: str, grid: str | None = None) -> pd.DataFrame:
     StoreError
         The store is missing or empty, or ``grid`` names no recorded grid.
     """
+    keys = None if keys is None else frozenset(keys)
     if _is_sql(tracking_uri):
-        frame = _collect_sql(tracking_uri, grid)
+        frame = _collect_sql(tracking_uri, grid, keys)
         if frame is not None:
             return frame
     client = _client(tracking_uri)
     exp_id = _experiment_id(client, tracking_uri)
     where = f"tags.{schema.T_RUN_KEY} != ''"
-    if grid is not None:
+    if grid is not None and keys is None:
         where += f" and tags.{schema.T_GRID} = '{grid}'"
-    runs = _search(client, exp_id, where)
-    if not runs:
-        if grid is not None:
-            known = list_grids(tracking_uri)
-            raise StoreError(f"no runs of grid {grid!r} in {tracking_uri}; recorded grids: {', '.join(known) or 'none'}")
-        raise StoreError(f"the store {tracking_uri} holds no runs yet")
-    return runs_to_frame(_records(runs))
+    records = list(_records(_search(client, exp_id, where)))
+    if keys is not None:
+        records = [r for r in records if r.get(schema.T_RUN_KEY) in keys or (grid is not None and r.get(schema.T_GRID) == grid)]
+    if not records:
+        _no_runs(tracking_uri, grid, keys)
+    return runs_to_frame(records)
+
+
+def _no_runs(tracking_uri: str, grid: str | None, keys: frozenset[str] | None) -> None:
+    if grid is not None:
+        known = list_grids(tracking_uri)
+        planned = f" (none of its {len(keys)} planned run_keys either)" if keys is not None else ""
+        raise StoreError(f"no runs of grid {grid!r}{planned} in {tracking_uri}; recorded grids: "
+                         f"{', '.join(known) or 'none'}")
+    if keys is not None:
+        raise StoreError(f"none of the {len(keys)} planned run_keys is in {tracking_uri}")
+    raise StoreError(f"the store {tracking_uri} holds no runs yet")
 
 
 _SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
@@ -169,7 +185,7 @@ def _connect(uri: str) -> Iterator[Callable[[str, dict[str, Any]], pd.DataFrame]
         engine.dispose()
 
 
-def _collect_sql(tracking_uri: str, grid: str | None) -> pd.DataFrame | None:
+def _collect_sql(tracking_uri: str, grid: str | None, keys: frozenset[str] | None = None) -> pd.DataFrame | None:
     """Read the runs straight from MLflow's SQL tables; ``None`` if the layout is unexpected."""
     try:
         with _connect(tracking_uri) as query:
@@ -199,13 +215,14 @@ def _collect_sql(tracking_uri: str, grid: str | None) -> pd.DataFrame | None:
         if len(long):
             wide = wide.join(long.pivot(index="run_uuid", columns="key", values="value"))
     wide = wide.rename(columns={schema.T_PARENT_RUN_ID: schema.C_PARENT_RUN_ID}).reset_index()
-    if grid is not None:
-        wide = wide[wide.get(schema.T_GRID) == grid] if schema.T_GRID in wide else wide.iloc[:0]
+    tagged = (wide[schema.T_GRID] == grid) if grid is not None and schema.T_GRID in wide else None
+    if keys is not None:
+        planned = wide[schema.T_RUN_KEY].isin(keys)
+        wide = wide[planned | tagged] if tagged is not None else wide[planned]
+    elif grid is not None:
+        wide = wide[tagged] if tagged is not None else wide.iloc[:0]
     if wide.empty:
-        if grid is not None:
-            known = list_grids(tracking_uri)
-            raise StoreError(f"no runs of grid {grid!r} in {tracking_uri}; recorded grids: {', '.join(known) or 'none'}")
-        raise StoreError(f"the store {tracking_uri} holds no runs yet")
+        _no_runs(tracking_uri, grid, keys)
     return runs_to_frame(wide.to_dict("records"))
 
 

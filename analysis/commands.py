@@ -9,12 +9,12 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from rich.console import Console
 from rich.table import Table
 
-from analysis.analyze import AnalysisResult, analyze, transfer_tables, write_outputs
+from analysis.analyze import AnalysisResult, analyze, write_outputs
 from analysis.claims import FAIL, NOT_ENOUGH, PASS
 from analysis.collect import collect_runs
 from analysis.fits import N_BOOT
@@ -40,14 +40,36 @@ def _g(x: Any) -> str:
     return f"{v:.3g}"
 
 
+def _pct(x: Any) -> str:
+    v = float(x)
+    return "n/a" if math.isnan(v) else f"{v:.0%}"
+
+
 def _ci(lo: Any, hi: Any) -> str:
     return f"[{_g(lo)}, {_g(hi)}]"
 
 
-def load(tracking_uri: str, grid: str | None, n_boot: int = N_BOOT, workers: int | None = None) -> AnalysisResult:
-    """Collect and analyse (raises :class:`analysis.collect.StoreError` for an empty store / unknown grid)."""
-    runs = collect_runs(tracking_uri, grid)
-    return analyze(runs, tracking_uri=tracking_uri, n_boot=n_boot, workers=workers)
+def selection_note(grid: str | None, keys: Collection[str] | None) -> str:
+    """How the runs were chosen, in words (shown in the provenance)."""
+    if keys is not None:
+        tag = f" or tagged grid={grid!r}" if grid is not None else ""
+        where = f"grid {grid!r}" if grid is not None else "the given plan"
+        return f"run_key in the plan of {where} ({len(keys)} run_keys){tag}"
+    if grid is not None:
+        return f"tagged grid={grid!r} (no grid spec of that name could be loaded)"
+    return "every run in the store"
+
+
+def load(tracking_uri: str, grid: str | None, n_boot: int = N_BOOT, workers: int | None = None,
+         keys: Collection[str] | None = None) -> AnalysisResult:
+    """Collect and analyse (raises :class:`analysis.collect.StoreError` for an empty store / unknown grid).
+
+    ``keys``: the run_keys of ``grid``'s plan, when the caller could expand the grid spec: runs are
+    then selected by run_key (or the grid tag), so runs shared with another grid count.
+    """
+    runs = collect_runs(tracking_uri, grid, keys)
+    return analyze(runs, tracking_uri=tracking_uri, n_boot=n_boot, workers=workers,
+                   selection=selection_note(grid, keys))
 
 
 def print_result(result: AnalysisResult, console: Console) -> None:
@@ -61,14 +83,15 @@ def print_result(result: AnalysisResult, console: Console) -> None:
                      _ci(*fit.intervals["E"]), _g(fit.params["alpha"]), _ci(*fit.intervals["alpha"]),
                      _g(fit.delta_aic), held)
     console.print(fits)
-    _, _, summary = transfer_tables(result)
+    summary = result.transfer_summary
     if len(summary):
         tm = Table(title="Transfer metrics (multiplier at ε* = scratch's error at its largest N)")
-        for col in ("shift", "model", "ε*", "multiplier", "95% CI", "D_T(N_min)", "catch-up N"):
+        for col in ("shift", "model", "ε*", "multiplier", "95% CI", "undefined boot.", "D_T(N_min)", "catch-up N"):
             tm.add_column(col, overflow="fold")
         for row in summary.itertuples(index=False):
             tm.add_row(row.shift, row.model, _g(row.eps_star), _g(row.multiplier),
-                       _ci(row.multiplier_lo, row.multiplier_hi), _g(row.d_t_nmin), _g(row.catch_up))
+                       _ci(row.multiplier_lo, row.multiplier_hi), _pct(row.multiplier_undefined), _g(row.d_t_nmin),
+                       _g(row.catch_up))
         console.print(tm)
     claims = Table(title="The paper's findings on these runs")
     for col in ("#", "verdict", "deciding numbers"):
@@ -80,17 +103,19 @@ def print_result(result: AnalysisResult, console: Console) -> None:
         console.print(f"[yellow]skipped:[/] {message}")
     excluded = sum(r.n_excluded for r in result.filter_reports)
     flagged = ", ".join(f"{r.n_flagged} {r.name}" for r in result.filter_reports if r.n_flagged)
+    console.print(f"runs selected: {result.provenance.selection}")
     console.print(f"{result.provenance.n_runs} runs, {excluded} excluded ("
                   + ", ".join(f"{r.name} {r.n_excluded}" for r in result.filter_reports) + ")"
                   + (f"; flagged but kept: {flagged}" if flagged else ""))
 
 
 def fit_laws(tracking_uri: str, grid: str | None, out_dir: Path | None, *, n_boot: int = N_BOOT,
-             workers: int | None = None, console: Console | None = None) -> list[Path]:
+             workers: int | None = None, console: Console | None = None,
+             keys: Collection[str] | None = None) -> list[Path]:
     """``repro fit-laws``: analyse, print tables, write CSV + JSON files; returns their paths."""
     console = console or Console()
     t0 = time.perf_counter()
-    result = load(tracking_uri, grid, n_boot, workers)
+    result = load(tracking_uri, grid, n_boot, workers, keys)
     print_result(result, console)
     paths = write_outputs(result, out_dir or default_out_dir(grid))
     console.print(f"wrote {len(paths)} files to {paths[0].parent} in {time.perf_counter() - t0:.1f} s")
@@ -98,11 +123,11 @@ def fit_laws(tracking_uri: str, grid: str | None, out_dir: Path | None, *, n_boo
 
 
 def report(tracking_uri: str, grid: str | None, out_dir: Path | None, *, n_boot: int = N_BOOT,
-           workers: int | None = None, console: Console | None = None) -> Path:
+           workers: int | None = None, console: Console | None = None, keys: Collection[str] | None = None) -> Path:
     """``repro report``: analyse and render ``index.html``; returns its path."""
     console = console or Console()
     t0 = time.perf_counter()
-    result = load(tracking_uri, grid, n_boot, workers)
+    result = load(tracking_uri, grid, n_boot, workers, keys)
     for message in result.skipped:
         console.print(f"[yellow]skipped:[/] {message}")
     path = render_report(result, out_dir or default_out_dir(grid))

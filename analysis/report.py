@@ -113,7 +113,7 @@ def _table(df: pd.DataFrame, columns: dict[str, str], limit: int | None = None) 
 
 
 def _context(result: "AnalysisResult", workers: int) -> dict[str, Any]:
-    from analysis.analyze import fit_table, joint_table, transfer_tables, SELECTED_COLUMNS
+    from analysis.analyze import fit_table, joint_table, SELECTED_COLUMNS
 
     fits = fit_table(result)
     if len(fits):
@@ -124,7 +124,7 @@ def _context(result: "AnalysisResult", workers: int) -> dict[str, Any]:
     if len(joint):
         for p in ("E", "A", "a", "B", "b"):
             joint[f"{p}_ci"] = [_interval(lo, hi) for lo, hi in zip(joint[f"{p}_lo"], joint[f"{p}_hi"])]
-    _, _, summary = transfer_tables(result)
+    summary = result.transfer_summary.copy()  # columns are added below
     if len(summary):
         summary["multiplier_ci"] = [_interval(a, b) for a, b in zip(summary["multiplier_lo"], summary["multiplier_hi"])]
         summary["d_t_ci"] = [_interval(a, b) for a, b in zip(summary["d_t_nmin_lo"], summary["d_t_nmin_hi"])]
@@ -148,7 +148,8 @@ def _context(result: "AnalysisResult", workers: int) -> dict[str, Any]:
                                 "B": "B", "b": "b", "b_ci": "b CI"}) if len(joint) else None,
         "summary": _table(summary, {"shift": "shift", "model": "model", "eps_star": "ε*", "n_scratch": "N_scratch(ε*)",
                                     "n_transfer": "N_transfer(ε*)", "multiplier": "multiplier",
-                                    "multiplier_ci": "95% CI", "extrapolated": "N_transfer below grid",
+                                    "multiplier_ci": "95% CI",
+                                    "multiplier_undefined": "undefined bootstrap share", "extrapolated": "N_transfer below grid",
                                     "n_min": "N", "d_t_nmin": "D_T(N)", "d_t_ci": "D_T 95% CI",
                                     "catch_up": "catch-up N", "catch_up_ci": "catch-up 95% CI"})
         if len(summary) else None,
@@ -235,6 +236,7 @@ error is at or below transfer's (∞: never, within 10<sup>9</sup>).</p>{{ tbl(s
 
 <h2 id="provenance">Provenance</h2>
 <p>Tracking store: <code>{{ prov.tracking_uri }}</code></p>
+<p>Runs selected: {{ prov.selection or 'every run in the store' }}</p>
 <table><tr><th>status</th><th>runs</th></tr>{% for k, v in prov.status_counts.items() %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</table>
 <table><tr><th>arm</th><th>runs</th></tr>{% for k, v in prov.arm_counts.items() %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</table>
 <table><tr><th>commit</th><th>runs</th></tr>{% for k, v in prov.commits.items() %}<tr><td><code>{{ k }}</code></td><td>{{ v }}</td></tr>{% endfor %}</table>

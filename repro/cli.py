@@ -373,7 +373,9 @@ def ui(
 from pathlib import Path  # noqa: E402  - kept in this section; typer resolves the annotations below
 from typing import Optional  # noqa: E402
 
-_GRID_HELP = "Only runs of this grid (the MLflow 'grid' tag). Default: every grid in the store."
+_GRID_HELP = ("Only runs of this grid: a shipped grid name or a grid TOML selects the run_keys of its plan (and runs "
+              "tagged with the name), so runs shared with another grid count; any other name selects by the MLflow "
+              "'grid' tag. Default: every grid in the store.")
 _URI_HELP = "MLflow tracking URI. Default: $REPRO_TRACKING_URI, else sqlite:///<$REPRO_HOME or ./.repro>/mlflow.db."
 _BOOT_HELP = "Bootstrap replicates per fitted curve (0: no intervals)."
 
@@ -387,9 +389,24 @@ def _analysis_command(which: str, grid: str | None, tracking_uri: str | None, ou
     from analysis.collect import StoreError, default_tracking_uri
 
     try:
-        getattr(commands, which)(tracking_uri or default_tracking_uri(), grid, out, n_boot=n_boot)
+        getattr(commands, which)(tracking_uri or default_tracking_uri(), grid, out, n_boot=n_boot,
+                                 keys=_grid_keys(grid))
     except StoreError as err:
         fail(str(err))
+
+
+def _grid_keys(grid: str | None) -> frozenset[str] | None:
+    """The run_keys of ``grid``'s plan when it loads as a grid spec (shipped name or TOML path);
+    else ``None``: the analysis then selects by the ``grid`` tag alone (e.g. a grid whose TOML is gone)."""
+    if grid is None:
+        return None
+    from repro.config import SpecError
+    from repro.grid import expand, load_grid
+
+    try:
+        return frozenset(expand(load_grid(grid)).keys)
+    except (SpecError, OSError):
+        return None
 
 
 @app.command("fit-laws")

@@ -181,3 +181,65 @@ def test_report_in_headless_chromium(report_path: Path, tmp_path: Path) -> None:
     assert rows == 7  # header + six findings
     assert errors == []
     assert shot.stat().st_size > 10_000
+
+
+def test_collect_by_planned_run_keys_counts_runs_shared_with_another_grid(store: str, runs) -> None:
+    """A run_key finished under one grid is part of every grid that plans it (F2)."""
+    tiny = collect_runs(store, "tiny")
+    shared = set(runs[schema.C_RUN_KEY].iloc[:3])  # finished (and tagged) under 'quick'
+    got = collect_runs(store, "tiny", keys=shared | set(tiny[schema.C_RUN_KEY]))
+    assert set(got[schema.C_RUN_KEY]) == shared | set(tiny[schema.C_RUN_KEY])
+    assert set(collect_runs(store, None, keys=shared)[schema.C_RUN_KEY]) == shared
+    assert len(collect_runs(store, "tiny", keys=set())) == len(tiny)  # runs tagged with the grid stay
+    with pytest.raises(StoreError, match="planned run_keys"):
+        collect_runs(store, "nope", keys={"no-such-key"})
+
+
+def test_cli_selects_by_the_grid_plan_when_the_grid_spec_loads(store: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import repro.cli as cli
+
+    seen = {}
+
+    def fake_keys(grid):
+        seen["grid"] = grid
+        return frozenset(collect_runs(store, "tiny")[schema.C_RUN_KEY]) if grid == "shared" else None
+
+    monkeypatch.setattr(cli, "_grid_keys", fake_keys)
+    res = CliRunner().invoke(app, ["fit-laws", "--grid", "shared", "--tracking-uri", store, "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    prov = json.loads((tmp_path / "analysis.json").read_text())["provenance"]
+    assert seen["grid"] == "shared" and prov["n_runs"] == len(collect_runs(store, "tiny"))
+    assert prov["selection"].startswith("run_key in the plan of grid 'shared'")
+    res = CliRunner().invoke(app, ["fit-laws", "--grid", "tiny", "--tracking-uri", store, "--out", str(tmp_path)])
+    prov = json.loads((tmp_path / "analysis.json").read_text())["provenance"]
+    assert "tagged grid='tiny'" in prov["selection"]
+
+
+def test_grid_keys_expand_shipped_grids_and_fall_back_for_tags() -> None:
+    from repro.cli import _grid_keys
+    from repro.grid import expand, load_grid
+
+    assert _grid_keys("quick") == frozenset(expand(load_grid("quick")).keys)
+    assert _grid_keys("no-such-grid") is None and _grid_keys(None) is None
+
+
+def test_transfer_tables_are_computed_once(runs, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """analyze stores the transfer tables; outputs, console and report reuse them (F9)."""
+    import analysis.analyze as az
+    from rich.console import Console
+
+    from analysis.commands import print_result
+    from analysis.report import _context
+
+    calls = []
+    real = az.transfer_tables
+    monkeypatch.setattr(az, "transfer_tables", lambda r: calls.append(1) or real(r))
+    result = analyze(runs, n_boot=20, workers=1)
+    assert len(calls) == 1 and len(result.transfer_summary) == len(result.transfer)
+    monkeypatch.setattr(az, "transfer_tables", lambda r: pytest.fail("recomputed"))
+    az.write_outputs(result, tmp_path)
+    print_result(result, Console(file=open(tmp_path / "out.txt", "w")))
+    monkeypatch.setattr("analysis.report._figures", lambda result, workers: {})
+    assert _context(result, 1)["summary"] is not None
+    assert "multiplier_ci" not in result.transfer_summary  # the report adds columns to a copy
