@@ -50,7 +50,10 @@ M_N_PARAMS = "n_params"
 # --- tags --------------------------------------------------------------------------------------
 T_RUN_KEY = "run_key"
 T_GRID = "grid"
-T_ROLE = "role"  # "pretrain" when the grid uses this run as a source, else "downstream"
+T_ROLE = "role"  # one of the ROLE_* values below
+ROLE_PRETRAIN = "pretrain"  # a run other runs start from (init_from)
+ROLE_DOWNSTREAM = "downstream"  # every other child run
+ROLE_GRID = "grid"  # the parent run of one grid invocation
 T_GIT_SHA = "git_sha"
 T_GIT_DIRTY = "git_dirty"
 T_DEVICE = "device"

@@ -138,8 +138,8 @@ def describe_run(run: PlannedRun) -> str:
     bits = [s.arm, s.data.label, s.model]
     if s.arm != "zero_shot":
         bits += [f"N={s.n_train}", f"lr={s.lr:g}", f"seed={s.seed}"]
-    if run.role == "pretrain":
-        bits.insert(0, "pretrain")
+    if run.role == schema.ROLE_PRETRAIN:
+        bits.insert(0, schema.ROLE_PRETRAIN)
     return " ".join(bits)
 
 

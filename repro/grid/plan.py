@@ -22,11 +22,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+from repro import schema
 from repro.config import RunSpec
 from repro.grid.spec import GridSpec
 
-ROLE_PRETRAIN = "pretrain"
-ROLE_DOWNSTREAM = "downstream"
+ROLE_PRETRAIN = schema.ROLE_PRETRAIN
+ROLE_DOWNSTREAM = schema.ROLE_DOWNSTREAM
 
 #: Axes reported by ``--dry-run`` and ``repro status``.
 AXES: tuple[str, ...] = ("role", "arm", "model", "n_train", "lr", "seed", "task", "shift")

@@ -127,7 +127,7 @@ def run_slurm(plan, todo: list[str], finished: set[str], settings: Settings, opt
         if err:
             bad_data[t.task_id] = f"dataset {t.dataset.label} could not be prepared: {err}"
 
-    for phase in ("pretrain", "downstream"):
+    for phase in (schema.ROLE_PRETRAIN, schema.ROLE_DOWNSTREAM):
         runnable = []
         for unit, task in pairs:
             if unit.role != phase:
