@@ -7,6 +7,7 @@ in subprocesses against a SQLite store in a temporary REPRO_HOME.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -231,6 +232,9 @@ def test_missing_and_unreadable_checkpoint(tmp_path, data_dir):
     corrupt = _artifact_file(uri, states[pre["xs"].run_key][0].info.run_id)
     missing.unlink()
     corrupt.write_bytes(b"not a checkpoint")
+    # Workers keep a local copy of each checkpoint they used (beside the store); a fresh host
+    # has none, and then the store's missing / corrupt artifact is all there is.
+    shutil.rmtree(home / "checkpoints")
 
     second = write_grid(tmp_path / "b.toml", "ckpt", seeds="[7]", **over)  # same pre-training, new runs
     plan2 = expand(load_grid(second))

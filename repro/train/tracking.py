@@ -12,12 +12,13 @@ import functools
 import os
 import platform
 import re
+import shutil
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from repro import __version__, schema
 from repro.config import RunSpec, default_tracking_uri, flatten, repro_home  # noqa: F401 (re-exported)
@@ -97,7 +98,7 @@ def start_parent_run(uri: str, *, grid: str, tags: Mapping[str, str] | None = No
     """Open the parent run of one grid invocation; returns its run id."""
     client = _client(uri)
     run = client.create_run(experiment_id(uri), run_name=f"grid:{grid}",
-                            tags={schema.T_GRID: grid, schema.T_ROLE: "grid", **(tags or {})})
+                            tags={schema.T_GRID: grid, schema.T_ROLE: schema.ROLE_GRID, **(tags or {})})
     return run.info.run_id
 
 
@@ -160,14 +161,12 @@ class RunRecorder:
         self._pending.clear()
         self._last_flush = time.monotonic()
 
-    def log_final(self, metrics: Mapping[str, float], tags: Mapping[str, str] | None = None) -> None:
+    def log_final(self, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         self._pending.extend(Metric(k, float(v), now, 0) for k, v in metrics.items())
         self.flush()
-        if tags:
-            self.set_tags(tags)
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
         _client(self.uri).log_artifact(self.run_id, str(local_path), artifact_path)
@@ -187,27 +186,6 @@ class RunRecorder:
         client.set_terminated(self.run_id, status=schema.FAILED)
 
 
-def run_states(uri: str, run_keys: Iterable[str] | None = None) -> dict[str, list[tuple[str, str]]]:
-    """run_key -> [(mlflow run id, status), ...] for the child runs in the store.
-
-    Reads every run with a ``run_key`` tag (paginated); ``run_keys`` restricts the result.
-    """
-    client = _client(uri)
-    wanted = set(run_keys) if run_keys is not None else None
-    out: dict[str, list[tuple[str, str]]] = {}
-    token = None
-    while True:
-        page = client.search_runs([experiment_id(uri)], filter_string=f"tags.{schema.T_RUN_KEY} != ''",
-                                  max_results=5000, page_token=token)
-        for run in page:
-            key = run.data.tags.get(schema.T_RUN_KEY)
-            if key and (wanted is None or key in wanted):
-                out.setdefault(key, []).append((run.info.run_id, run.info.status))
-        token = page.token
-        if not token:
-            return out
-
-
 def finished_run_id(uri: str, run_key: str) -> str | None:
     """The newest FINISHED run with this run_key, if any."""
     client = _client(uri)
@@ -220,6 +198,10 @@ def finished_run_id(uri: str, run_key: str) -> str | None:
 def resolve_checkpoint(init_from: str, uri: str, cache_dir: Path | None = None) -> Path:
     """Turn ``init_from`` (a checkpoint path or a run_key) into a local checkpoint file.
 
+    A run_key's checkpoint is downloaded once into ``cache_dir`` (default: ``checkpoints/``
+    beside a SQLite store, else ``<home>/checkpoints``) and reused: a grid fine-tunes from one pre-trained model
+    many times, and an xl checkpoint is over 1 GB.  A FINISHED run's artifacts never change.
+
     Raises :class:`CheckpointNotFound` naming ``init_from`` when there is no such file or no
     FINISHED run with that key, or its checkpoint artifact is missing.
     """
@@ -231,14 +213,25 @@ def resolve_checkpoint(init_from: str, uri: str, cache_dir: Path | None = None) 
     run_id = finished_run_id(uri, init_from)
     if run_id is None:
         raise CheckpointNotFound(f"pre-trained run {init_from}: no FINISHED run with this run_key in {uri}")
-    target = Path(cache_dir or tempfile.mkdtemp(prefix="repro-ckpt-")) / init_from
+    if cache_dir is None:
+        store = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else repro_home()
+        cache_dir = store / "checkpoints"
+    target = Path(cache_dir) / init_from / run_id
+    cached = target / schema.A_CHECKPOINT
+    if cached.is_file():
+        return cached
     target.mkdir(parents=True, exist_ok=True)
     try:
-        local = _client(uri).download_artifacts(run_id, schema.A_CHECKPOINT, str(target))
+        # Download beside the final place, then rename: concurrent workers never see half a file.
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target))
+        local = Path(_client(uri).download_artifacts(run_id, schema.A_CHECKPOINT, str(staging)))
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(local, cached)
+        shutil.rmtree(staging, ignore_errors=True)
     except Exception as err:  # noqa: BLE001 - any artifact-store error means "not usable"
         raise CheckpointNotFound(f"pre-trained run {init_from} (MLflow run {run_id}): checkpoint artifact "
                                  f"{schema.A_CHECKPOINT} unreadable: {str(err).splitlines()[0]}") from None
-    return Path(local)
+    return cached
 
 
 def device_name(device: str) -> str:
