@@ -33,7 +33,7 @@ from repro.data.subsets import nested_subset
 from repro.models import FNO, default_spectral, load_members, member_state
 from repro.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from repro.train import tracking
-from repro.train.loop import EnsembleData, EpochReport, Schedule, evaluate, train_ensemble
+from repro.train.loop import EnsembleData, EnsembleResult, EpochReport, Schedule, evaluate, train_ensemble
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,6 @@ class _Split:
 
     inputs: torch.Tensor
     targets: torch.Tensor
-    content_hash: str
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,7 @@ def execute(specs: Sequence[RunSpec], *, tracking_uri: str, data_dir: Path | Non
         Spectral implementation: truncated-DFT fast path (``True``), plain rfft2 reference
         (``False``) or the device's default (``None``).
     roles:
-        run_key -> role tag (``"pretrain"`` for runs other runs start from).
+        run_key -> role tag (``schema.ROLE_PRETRAIN`` for runs other runs start from).
     extra_tags:
         Tags set on every run when it is created (e.g. the grid worker's identity, so that a
         launcher can tell a live RUNNING run from one whose process died).
@@ -149,17 +148,23 @@ def execute(specs: Sequence[RunSpec], *, tracking_uri: str, data_dir: Path | Non
 
 
 class _OutOfMemory(RuntimeError):
-    pass
+    """An ensemble ran out of memory; ``finished`` are its runs already recorded FINISHED."""
+
+    def __init__(self, finished: list[RunOutcome]) -> None:
+        super().__init__("out of memory")
+        self.finished = finished
 
 
 def _execute_group_splitting_on_oom(group: list[RunSpec], **kwargs) -> list[RunOutcome]:
-    """Run a group; if the device runs out of memory, retry its halves (down to one run)."""
+    """Run a group; if the device runs out of memory, retry the runs that did not finish in
+    halves (down to one run).  The aborted attempt stays in MLflow as FAILED with its reason."""
     try:
         return _execute_group(group, allow_oom_retry=len(group) > 1, **kwargs)
-    except _OutOfMemory:
-        half = len(group) // 2
-        return (_execute_group_splitting_on_oom(group[:half], **kwargs)
-                + _execute_group_splitting_on_oom(group[half:], **kwargs))
+    except _OutOfMemory as oom:
+        done = {o.run_key for o in oom.finished}
+        rest = [spec for spec in group if spec.run_key not in done]
+        halves = [part for part in (rest[:len(rest) // 2], rest[len(rest) // 2:]) if part]
+        return oom.finished + [o for part in halves for o in _execute_group_splitting_on_oom(part, **kwargs)]
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -184,7 +189,7 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
     if grid:
         tags[schema.T_GRID] = grid
     recorders = [tracking.RunRecorder.start(tracking_uri, spec, extra_params=extra,
-                                            tags={**tags, schema.T_ROLE: roles.get(spec.run_key, "downstream")},
+                                            tags={**tags, schema.T_ROLE: roles.get(spec.run_key, schema.ROLE_DOWNSTREAM)},
                                             parent_run_id=parent_run_id) for spec in group]
     outcomes: dict[int, RunOutcome] = {}
 
@@ -215,6 +220,7 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
         else:
             results = _train(group, model, splits, subsets, recorders, progress=progress)
         test_err = evaluate(model, splits["test"].inputs, splits["test"].targets).mean(dim=1).tolist()
+        preview = _preview(model, splits["test"])
         wall = time.perf_counter() - started
         for m, (spec, rec) in enumerate(zip(group, recorders)):
             reason = results.failure[m]
@@ -224,7 +230,7 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
                 rec.fail(reason)
                 outcomes[m] = RunOutcome(spec.run_key, schema.FAILED, rec.run_id, None, reason, wall)
                 continue
-            _record_success(spec, m, model, normaliser, splits, rec, results, test_err[m], wall,
+            _record_success(spec, m, model, normaliser, preview, rec, results, test_err[m], wall,
                             n_members=len(group), device=device)
             rec.finish()
             outcomes[m] = RunOutcome(spec.run_key, schema.FINISHED, rec.run_id, test_err[m], None, wall)
@@ -236,8 +242,9 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             if allow_oom_retry:
+                finished = [o for o in outcomes.values() if o.status == schema.FINISHED]
                 fail_all(f"out of memory with {len(group)} runs in one ensemble; retried in smaller ensembles")
-                raise _OutOfMemory() from err
+                raise _OutOfMemory(finished) from err
             fail_all(f"out of memory: {_one_line(err)}")
         elif isinstance(err, (tracking.CheckpointNotFound, CheckpointError)):
             fail_all(str(err).splitlines()[0])  # the message already names the checkpoint
@@ -302,8 +309,7 @@ def _to_device(spec: RunSpec, data: SplitData, normaliser: Normaliser, device: t
     source_t = torch.from_numpy(np.ascontiguousarray(source)).to(device)
     tensor_t = torch.from_numpy(np.ascontiguousarray(to_layout(spec.data.pde, tensor, spec.layout))).to(device)
     return _Split(inputs=build_inputs(source_t, tensor_t, normaliser).float(),
-                  targets=torch.from_numpy(np.ascontiguousarray(solution)).to(device).float(),
-                  content_hash=data.content_hash)
+                  targets=torch.from_numpy(np.ascontiguousarray(solution)).to(device).float())
 
 
 def _load_splits(group: Sequence[RunSpec], source: _Source | None, data_dir: Path,
@@ -337,24 +343,15 @@ def _load_splits(group: Sequence[RunSpec], source: _Source | None, data_dir: Pat
     return normaliser, splits, subsets, hashes
 
 
-@dataclass
-class _Results:
-    best_val: list[float]
-    best_epoch: list[int]
-    failure: list[str | None]
-    train_seconds: float
-    samples_seen: int
-
-
-def _zero_shot(model: FNO, splits: Mapping[str, _Split]) -> _Results:
+def _zero_shot(model: FNO, splits: Mapping[str, _Split]) -> EnsembleResult:
     val = evaluate(model, splits["val"].inputs, splits["val"].targets).mean(dim=1).tolist()
     members = len(val)
-    return _Results(best_val=val, best_epoch=[0] * members, failure=[None] * members, train_seconds=0.0,
-                    samples_seen=0)
+    return EnsembleResult(best_val=val, best_epoch=[0] * members, failure=[None] * members, train_seconds=0.0,
+                          samples_seen=0)
 
 
 def _train(group: list[RunSpec], model: FNO, splits: Mapping[str, _Split], subsets: torch.Tensor,
-           recorders: Sequence[tracking.RunRecorder], *, progress: bool) -> _Results:
+           recorders: Sequence[tracking.RunRecorder], *, progress: bool) -> EnsembleResult:
     head = group[0]
     data = EnsembleData(inputs=splits["train"].inputs, targets=splits["train"].targets, subsets=subsets)
     schedule = Schedule(epochs=head.epochs, batch_size=head.batch_size, lrs=tuple(s.lr for s in group),
@@ -368,10 +365,8 @@ def _train(group: list[RunSpec], model: FNO, splits: Mapping[str, _Split], subse
                 rec.log_epoch(report.epoch, {k: v for k, v in metrics.items() if math.isfinite(v)})
             advance(report)
 
-        result = train_ensemble(model, data, splits["val"].inputs, splits["val"].targets, schedule,
-                                seeds=[s.seed for s in group], on_epoch=on_epoch)
-    return _Results(best_val=result.best_val, best_epoch=result.best_epoch, failure=result.failure,
-                    train_seconds=result.train_seconds, samples_seen=result.samples_seen)
+        return train_ensemble(model, data, splits["val"].inputs, splits["val"].targets, schedule,
+                              seeds=[s.seed for s in group], on_epoch=on_epoch)
 
 
 class _progress_bar:
@@ -408,8 +403,8 @@ class _progress_bar:
             self.progress.__exit__(*exc)
 
 
-def _record_success(spec: RunSpec, m: int, model: FNO, normaliser: Normaliser, splits: Mapping[str, _Split],
-                    rec: tracking.RunRecorder, results: _Results, test_err: float, wall: float, *,
+def _record_success(spec: RunSpec, m: int, model: FNO, normaliser: Normaliser, preview: _Preview,
+                    rec: tracking.RunRecorder, results: EnsembleResult, test_err: float, wall: float, *,
                     n_members: int, device: torch.device) -> None:
     """Final metrics, the member's checkpoint and a prediction figure for one finished run."""
     samples_per_second = (results.samples_seen * n_members / results.train_seconds) if results.train_seconds else 0.0
@@ -431,23 +426,36 @@ def _record_success(spec: RunSpec, m: int, model: FNO, normaliser: Normaliser, s
                               "best_epoch": results.best_epoch[m], "best_val_rel_l2": results.best_val[m]})
         rec.log_artifact(ckpt, str(Path(schema.A_CHECKPOINT).parent))
         png = Path(tmp) / schema.A_PREDICTIONS
-        _plot_predictions(model, m, splits["test"], png)
+        _plot_predictions(preview.source, preview.target, preview.pred[m], png)
         rec.log_artifact(png)
 
 
-def _plot_predictions(model: FNO, member: int, test: _Split, path: Path, n_samples: int = 3) -> None:
-    """Source / target / prediction / error for the first few test samples (PNG)."""
+@dataclass(frozen=True)
+class _Preview:
+    """The first few test samples and every member's prediction of them (numpy, on the CPU)."""
+
+    source: np.ndarray  # (k, n, n) normalised source channel
+    target: np.ndarray  # (k, n, n)
+    pred: np.ndarray  # (M, k, n, n)
+
+
+def _preview(model: FNO, test: _Split, n_samples: int = 3) -> _Preview:
+    k = min(n_samples, test.inputs.shape[0])
+    x = test.inputs[:k]
+    with torch.no_grad():
+        pred = model(x.unsqueeze(0).expand(model.members, *x.shape))  # (M, k, n, n), one pass for all members
+    return _Preview(source=x[:, 0].cpu().numpy(), target=test.targets[:k].cpu().numpy(),
+                    pred=pred.float().cpu().numpy())
+
+
+def _plot_predictions(source: np.ndarray, target: np.ndarray, pred: np.ndarray, path: Path) -> None:
+    """Source / target / prediction / error per test sample (rows), as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    k = min(n_samples, test.inputs.shape[0])
-    with torch.no_grad():
-        x = test.inputs[:k]
-        pred = model(x.unsqueeze(0).expand(model.members, *x.shape))[member].float().cpu().numpy()
-    target = test.targets[:k].cpu().numpy()
-    source = test.inputs[:k, 0].cpu().numpy()
+    k = source.shape[0]
     fig, axes = plt.subplots(k, 4, figsize=(10, 2.5 * k), squeeze=False)
     for i in range(k):
         panels = (("source (normalised)", source[i]), ("target u", target[i]), ("prediction", pred[i]),
