@@ -144,7 +144,7 @@ def train(
     layout: str = typer.Option(None, help="coefficient layout: native | mixed (default: the checkpoint's, else native)"),
     resolution: int = typer.Option(128, help="grid size n (n x n)"),
     sizes: str = typer.Option("32768,4096,4096", help="dataset split sizes TRAIN,VAL,TEST"),
-    data_seed: int = typer.Option(1, help="dataset seed"),
+    data_seed: int = typer.Option(0, help="dataset seed (as `repro generate --seed` and grids' data_seed)"),
     device: str = typer.Option(None, help="cpu | cuda | cuda:K (default: cuda if available)"),
     fast: bool = typer.Option(None, "--fast/--reference", help="spectral path (default: fastest on the device)"),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
