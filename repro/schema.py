@@ -62,6 +62,11 @@ T_DATA_HASH_PREFIX = "data_hash."  # + split
 T_VERSION_PREFIX = "version."  # + package
 T_PARENT_RUN_ID = "mlflow.parentRunId"
 T_SHIFT = "shift"  # "<upstream label> -> <downstream label>" for transfer / zero_shot
+# Liveness of grid runs (repro.grid): who owns a RUNNING run and when it last said so.
+T_GRID_WORKER = "grid.worker"  # host:pid:start of the worker process training the run
+T_GRID_LAUNCHER = "grid.launcher"  # host:pid:start of the launcher (on the parent run)
+T_GRID_HEARTBEAT = "grid.heartbeat"  # unix time of the owner's last beat
+T_GRID_EXECUTOR = "grid.executor"  # local | slurm
 
 # --- artifacts ---------------------------------------------------------------------------------
 A_CHECKPOINT = "checkpoint/model.pt"

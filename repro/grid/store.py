@@ -23,10 +23,10 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from repro import schema
 
-T_WORKER = "grid.worker"
-T_LAUNCHER = "grid.launcher"
-T_HEARTBEAT = "grid.heartbeat"
-T_EXECUTOR = "grid.executor"
+T_WORKER = schema.T_GRID_WORKER
+T_LAUNCHER = schema.T_GRID_LAUNCHER
+T_HEARTBEAT = schema.T_GRID_HEARTBEAT
+T_EXECUTOR = schema.T_GRID_EXECUTOR
 
 #: A RUNNING run whose owner cannot be checked directly is stale after this long without a beat.
 STALE_AFTER_S = 600.0
