@@ -145,18 +145,12 @@ class Plan:
 
         Units come in plan order (pre-training first); members keep plan order.
         """
-        from repro.train.engine import batch_key  # the engine decides what trains together
+        from repro.train.engine import group_specs  # the engine decides what trains together
 
         wanted = set(self.keys if keys is None else keys)
-        groups: dict[tuple, list[PlannedRun]] = {}
-        for run in self.runs:
-            if run.run_key in wanted:
-                groups.setdefault(batch_key(run.spec), []).append(run)
-        size = max(1, int(max_members))
-        out: list[Unit] = []
-        for members in groups.values():
-            out.extend(Unit(tuple(members[i:i + size])) for i in range(0, len(members), size))
-        return out
+        specs = [run.spec for run in self.runs if run.run_key in wanted]
+        groups = group_specs(specs, max(1, int(max_members)))
+        return [Unit(tuple(self._index[spec.run_key] for spec in group)) for group in groups]
 
 
 def expand(grid: GridSpec) -> Plan:
