@@ -58,12 +58,20 @@ def _claim(i: int, rule: str, verdict: str, summary: str, **numbers: Any) -> Cla
     return Claim(id=i, finding=FINDINGS[i], rule=rule, verdict=verdict, summary=summary, numbers=numbers)
 
 
-def _fmt(x: float) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+def format_number(x: object) -> str:
+    """Three significant digits for console and claim text; ``n/a`` for missing, ``inf`` spelled out."""
+    if x is None:
         return "n/a"
-    if math.isinf(x):
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if math.isnan(v):
+        return "n/a"
+    if math.isinf(v):
         return "inf"
-    return f"{x:.3g}"
+    return f"{v:.3g}"
+
 
 
 def claim_data_efficiency(summary: pd.DataFrame) -> Claim:
@@ -77,7 +85,7 @@ def claim_data_efficiency(summary: pd.DataFrame) -> Claim:
     med = float(np.median(m))
     lo_ok = int(np.sum(summary["multiplier_lo"].to_numpy(float) >= MULTIPLIER_THRESHOLD))
     verdict = PASS if med >= MULTIPLIER_THRESHOLD else FAIL
-    text = (f"median multiplier {_fmt(med)} over {len(m)} pairs (range {_fmt(float(np.min(m)))}–{_fmt(float(np.max(m)))}); "
+    text = (f"median multiplier {format_number(med)} over {len(m)} pairs (range {format_number(float(np.min(m)))}–{format_number(float(np.max(m)))}); "
             f"{lo_ok}/{len(m)} with the interval's lower end >= {MULTIPLIER_THRESHOLD:g}")
     return _claim(1, rule, verdict, text, median=med, n_pairs=len(m), lower_bound_ok=lo_ok)
 
@@ -101,7 +109,7 @@ def claim_at_or_below(pointwise: pd.DataFrame) -> Claim:
     narrowing = int(np.sum(np.array(rhos) < 0))
     verdict = PASS if share >= AT_OR_BELOW_SHARE and narrowing > len(rhos) / 2 else FAIL
     text = (f"transfer at/below scratch in {int(ok.sum())}/{len(ok)} cells ({share:.0%}); gap narrows with N in "
-            f"{narrowing}/{len(rhos)} curves (median rho {_fmt(float(np.median(rhos)))})")
+            f"{narrowing}/{len(rhos)} curves (median rho {format_number(float(np.median(rhos)))})")
     return _claim(2, rule, verdict, text, share=share, narrowing=narrowing, n_curves=len(rhos))
 
 
@@ -129,7 +137,7 @@ def claim_model_size(benefit: pd.DataFrame) -> Claim:
     up = sum(v > 0 for v in trends.values())
     verdict = PASS if up > len(trends) / 2 else FAIL
     text = f"benefit grows with model size in {up}/{len(trends)} shifts (" + ", ".join(
-        f"{k}: {_fmt(v)}" for k, v in list(trends.items())[:4]) + (", ..." if len(trends) > 4 else "") + ")"
+        f"{k}: {format_number(v)}" for k, v in list(trends.items())[:4]) + (", ..." if len(trends) > 4 else "") + ")"
     return _claim(3, rule, verdict, text, trends=trends)
 
 
@@ -184,8 +192,8 @@ def claim_mixed(mixed: pd.DataFrame) -> Claim:
         sc = float(small["scratch"].min()) if len(small) else math.nan
         per[str(pde)] = {"fine_tuned_benefit": ft, "fine_tuned_useful": bool(ft > 1), "zero_shot": zs,
                          "scratch_smallest_n": sc, "zero_shot_useful": bool(zs < sc)}
-    text = "; ".join(f"{k}: fine-tuned benefit {_fmt(v['fine_tuned_benefit'])}, zero-shot {_fmt(v['zero_shot'])} vs "
-                     f"scratch {_fmt(v['scratch_smallest_n'])}" for k, v in per.items())
+    text = "; ".join(f"{k}: fine-tuned benefit {format_number(v['fine_tuned_benefit'])}, zero-shot {format_number(v['zero_shot'])} vs "
+                     f"scratch {format_number(v['scratch_smallest_n'])}" for k, v in per.items())
     if len(per) < 3:
         return _claim(5, rule, NOT_ENOUGH, f"mixed runs on {len(per)}/3 systems: {text}", systems=per)
     ok = all(v["fine_tuned_useful"] and v["zero_shot_useful"] for v in per.values())
@@ -202,7 +210,7 @@ def claim_lr(lr: pd.DataFrame) -> Claim:
     r = lr["untuned_ratio"].to_numpy(float)
     med = float(np.median(r))
     verdict = PASS if med >= LR_EFFECT_THRESHOLD else FAIL
-    text = f"median untuned/tuned error ratio {_fmt(med)} over {len(r)} cells (90th percentile {_fmt(float(np.quantile(r, 0.9)))})"
+    text = f"median untuned/tuned error ratio {format_number(med)} over {len(r)} cells (90th percentile {format_number(float(np.quantile(r, 0.9)))})"
     return _claim(6, rule, verdict, text, median=med, n_cells=len(r))
 
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from analysis.analyze import AnalysisResult, analyze, write_outputs
-from analysis.claims import FAIL, NOT_ENOUGH, PASS
+from analysis.claims import FAIL, NOT_ENOUGH, PASS, format_number
 from analysis.collect import collect_runs
 from analysis.fits import N_BOOT
 from analysis.report import render_report
@@ -28,25 +28,13 @@ def default_out_dir(grid: str | None) -> Path:
     return Path("reports") / (grid or "all")
 
 
-def _g(x: Any) -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return str(x)
-    if math.isnan(v):
-        return "n/a"
-    if math.isinf(v):
-        return "inf"
-    return f"{v:.3g}"
-
-
 def _pct(x: Any) -> str:
     v = float(x)
     return "n/a" if math.isnan(v) else f"{v:.0%}"
 
 
 def _ci(lo: Any, hi: Any) -> str:
-    return f"[{_g(lo)}, {_g(hi)}]"
+    return f"[{format_number(lo)}, {format_number(hi)}]"
 
 
 def selection_note(grid: str | None, keys: Collection[str] | None) -> str:
@@ -79,9 +67,9 @@ def print_result(result: AnalysisResult, console: Console) -> None:
         fits.add_column(col, overflow="fold")
     for key, fit in result.curves.items():
         held = f"{fit.heldout.rel_error:+.1%}" if fit.heldout else "-"
-        fits.add_row(key.shift or key.task, key.model, key.arm, str(fit.n_points), _g(fit.params["E"]),
-                     _ci(*fit.intervals["E"]), _g(fit.params["alpha"]), _ci(*fit.intervals["alpha"]),
-                     _g(fit.delta_aic), held)
+        fits.add_row(key.shift or key.task, key.model, key.arm, str(fit.n_points), format_number(fit.params["E"]),
+                     _ci(*fit.intervals["E"]), format_number(fit.params["alpha"]), _ci(*fit.intervals["alpha"]),
+                     format_number(fit.delta_aic), held)
     console.print(fits)
     summary = result.transfer_summary
     if len(summary):
@@ -89,9 +77,9 @@ def print_result(result: AnalysisResult, console: Console) -> None:
         for col in ("shift", "model", "ε*", "multiplier", "95% CI", "undefined boot.", "D_T(N_min)", "catch-up N"):
             tm.add_column(col, overflow="fold")
         for row in summary.itertuples(index=False):
-            tm.add_row(row.shift, row.model, _g(row.eps_star), _g(row.multiplier),
-                       _ci(row.multiplier_lo, row.multiplier_hi), _pct(row.multiplier_undefined), _g(row.d_t_nmin),
-                       _g(row.catch_up))
+            tm.add_row(row.shift, row.model, format_number(row.eps_star), format_number(row.multiplier),
+                       _ci(row.multiplier_lo, row.multiplier_hi), _pct(row.multiplier_undefined), format_number(row.d_t_nmin),
+                       format_number(row.catch_up))
         console.print(tm)
     claims = Table(title="The paper's findings on these runs")
     for col in ("#", "verdict", "deciding numbers"):
