@@ -261,7 +261,26 @@ def runs_to_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     # Scratch runs have no shift: they serve every shift ending at their task.
     derived = df[schema.C_UPSTREAM] + " -> " + df[schema.C_TASK]
     df[schema.C_SHIFT] = df[schema.C_SHIFT].fillna(derived).where(~scratch, "")
+    _qualify_by_resolution(df)
     return df[list(COLUMNS)].sort_values([schema.C_START_TIME, schema.C_RUN_ID], kind="stable").reset_index(drop=True)
+
+
+def _qualify_by_resolution(df: pd.DataFrame) -> None:
+    """Append ``@<resolution>`` to the task and shift labels of tasks seen at several resolutions.
+
+    A task is identified by its physics label (``poisson(5,10)``), which omits the grid
+    resolution; a store holding the quick grid (32²) and a paper grid (128²) of the same physics
+    would otherwise pool both into one scaling curve.  Labels stay short when unambiguous.
+    """
+    resolution = df[schema.P_DATA_RESOLUTION]
+    per_task = resolution.groupby(df[schema.C_TASK], dropna=True).nunique()
+    ambiguous = df[schema.C_TASK].map(per_task).fillna(0).gt(1) & resolution.notna()
+    if not ambiguous.any():
+        return
+    suffix = "@" + resolution[ambiguous].astype(str)
+    df.loc[ambiguous, schema.C_TASK] = df.loc[ambiguous, schema.C_TASK] + suffix
+    has_shift = ambiguous & df[schema.C_SHIFT].astype(bool)
+    df.loc[has_shift, schema.C_SHIFT] = df.loc[has_shift, schema.C_SHIFT] + suffix[has_shift[ambiguous]]
 
 
 def _labels(df: pd.DataFrame, pde: str, low: str, high: str) -> pd.Series:

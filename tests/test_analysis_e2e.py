@@ -243,3 +243,23 @@ def test_transfer_tables_are_computed_once(runs, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr("analysis.report._figures", lambda result, workers: {})
     assert _context(result, 1)["summary"] is not None
     assert "multiplier_ci" not in result.transfer_summary  # the report adds columns to a copy
+
+
+def test_same_physics_at_two_resolutions_are_separate_tasks(tmp_path: Path) -> None:
+    """A store holding one task at 32² and at 64² never pools both into one curve."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    write_store(uri, TINY)
+    write_store(uri, SyntheticGrid(name="tiny64", shifts=TINY.shifts, models=TINY.models, n_values=TINY.n_values,
+                                   lrs=TINY.lrs, seeds=TINY.seeds, n_failed=0, resolution=64))
+    both = collect_runs(uri)
+    downstream = both[both[schema.T_ROLE] == schema.ROLE_DOWNSTREAM]
+    assert set(downstream[schema.C_TASK]) == {"poisson(2.5,7.5)@32", "poisson(2.5,7.5)@64"}
+    transfer = downstream[downstream[schema.P_ARM] == "transfer"]
+    assert set(transfer[schema.C_SHIFT]) == {"poisson(1,5) -> poisson(2.5,7.5)@32", "poisson(1,5) -> poisson(2.5,7.5)@64"}
+    for task, g in downstream.groupby(schema.C_TASK):
+        assert set(g[schema.P_DATA_RESOLUTION]) == {int(task.rsplit("@", 1)[1])}
+    # one grid alone keeps the short labels
+    assert set(collect_runs(uri, "tiny64").loc[lambda d: d[schema.T_ROLE] == schema.ROLE_DOWNSTREAM, schema.C_TASK]) \
+        == {"poisson(2.5,7.5)"}
+    pointwise = analyze(both, n_boot=10, workers=1).pointwise
+    assert len(pointwise) == 2 * len(TINY.n_values)  # one row per (resolution, N), never pooled
