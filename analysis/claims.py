@@ -73,6 +73,10 @@ def format_number(x: object) -> str:
     return f"{v:.3g}"
 
 
+def format_bound(x: object, is_bound: bool) -> str:
+    """:func:`format_number`, prefixed with ``≥`` when ``x`` is only a lower bound."""
+    return ("≥" if is_bound else "") + format_number(x)
+
 
 def claim_data_efficiency(summary: pd.DataFrame) -> Claim:
     """Finding 1 from the multiplier at eps* (scratch's fitted error at its largest N)."""
@@ -87,6 +91,9 @@ def claim_data_efficiency(summary: pd.DataFrame) -> Claim:
     verdict = PASS if med >= MULTIPLIER_THRESHOLD else FAIL
     text = (f"median multiplier {format_number(med)} over {len(m)} pairs (range {format_number(float(np.min(m)))}–{format_number(float(np.max(m)))}); "
             f"{lo_ok}/{len(m)} with the interval's lower end >= {MULTIPLIER_THRESHOLD:g}")
+    bounds = int(summary["multiplier_bound"].sum()) if "multiplier_bound" in summary else 0
+    if bounds:
+        text += f"; {bounds} multiplier(s) capped at the extrapolation horizon (lower bounds)"
     return _claim(1, rule, verdict, text, median=med, n_pairs=len(m), lower_bound_ok=lo_ok)
 
 

@@ -15,10 +15,11 @@ from rich.console import Console
 from rich.table import Table
 
 from analysis.analyze import AnalysisResult, analyze, write_outputs
-from analysis.claims import FAIL, NOT_ENOUGH, PASS, format_number
+from analysis.claims import FAIL, NOT_ENOUGH, PASS, format_bound, format_number
 from analysis.collect import collect_runs
 from analysis.fits import N_BOOT
 from analysis.report import render_report
+from analysis.transfer import EXTRAPOLATION_FACTOR
 
 _VERDICT_STYLE = {PASS: "bold green", FAIL: "bold red", NOT_ENOUGH: "dim"}
 
@@ -33,8 +34,8 @@ def _pct(x: Any) -> str:
     return "n/a" if math.isnan(v) else f"{v:.0%}"
 
 
-def _ci(lo: Any, hi: Any) -> str:
-    return f"[{format_number(lo)}, {format_number(hi)}]"
+def _ci(lo: Any, hi: Any, lo_bound: bool = False, hi_bound: bool = False) -> str:
+    return f"[{format_bound(lo, lo_bound)}, {format_bound(hi, hi_bound)}]"
 
 
 def selection_note(grid: str | None, keys: Collection[str] | None) -> str:
@@ -73,13 +74,15 @@ def print_result(result: AnalysisResult, console: Console) -> None:
     console.print(fits)
     summary = result.transfer_summary
     if len(summary):
-        tm = Table(title="Transfer metrics (multiplier at ε* = scratch's error at its largest N)")
+        tm = Table(title="Transfer metrics (multiplier at ε* = scratch's error at its largest N)",
+                   caption=f"≥: a lower bound; N is not extrapolated beyond {EXTRAPOLATION_FACTOR:g}× the observed range")
         for col in ("shift", "model", "ε*", "multiplier", "95% CI", "undefined boot.", "D_T(N_min)", "catch-up N"):
             tm.add_column(col, overflow="fold")
         for row in summary.itertuples(index=False):
-            tm.add_row(row.shift, row.model, format_number(row.eps_star), format_number(row.multiplier),
-                       _ci(row.multiplier_lo, row.multiplier_hi), _pct(row.multiplier_undefined), format_number(row.d_t_nmin),
-                       format_number(row.catch_up))
+            tm.add_row(row.shift, row.model, format_number(row.eps_star),
+                       format_bound(row.multiplier, row.multiplier_bound),
+                       _ci(row.multiplier_lo, row.multiplier_hi, row.multiplier_lo_bound, row.multiplier_hi_bound),
+                       _pct(row.multiplier_undefined), format_number(row.d_t_nmin), format_number(row.catch_up))
         console.print(tm)
     claims = Table(title="The paper's findings on these runs")
     for col in ("#", "verdict", "deciding numbers"):

@@ -19,7 +19,8 @@ import pandas as pd
 
 from repro import schema
 from analysis import figures
-from analysis.claims import FAIL, NOT_ENOUGH, PASS
+from analysis.claims import FAIL, NOT_ENOUGH, PASS, format_bound
+from analysis.transfer import EXTRAPOLATION_FACTOR
 
 if TYPE_CHECKING:  # pragma: no cover
     from analysis.analyze import AnalysisResult
@@ -126,7 +127,9 @@ def _context(result: "AnalysisResult", workers: int) -> dict[str, Any]:
             joint[f"{p}_ci"] = [_interval(lo, hi) for lo, hi in zip(joint[f"{p}_lo"], joint[f"{p}_hi"])]
     summary = result.transfer_summary.copy()  # columns are added below
     if len(summary):
-        summary["multiplier_ci"] = [_interval(a, b) for a, b in zip(summary["multiplier_lo"], summary["multiplier_hi"])]
+        summary["multiplier"] = [format_bound(v, b) for v, b in zip(summary["multiplier"], summary["multiplier_bound"])]
+        summary["multiplier_ci"] = [f"[{format_bound(a, a_b)}, {format_bound(b, b_b)}]" for a, b, a_b, b_b in zip(
+            summary["multiplier_lo"], summary["multiplier_hi"], summary["multiplier_lo_bound"], summary["multiplier_hi_bound"])]
         summary["d_t_ci"] = [_interval(a, b) for a, b in zip(summary["d_t_nmin_lo"], summary["d_t_nmin_hi"])]
         summary["catch_up_ci"] = [_interval(a, b) for a, b in zip(summary["catch_up_lo"], summary["catch_up_hi"])]
     runs = result.selected[[c for c in SELECTED_COLUMNS if c in result.selected]]
@@ -137,6 +140,7 @@ def _context(result: "AnalysisResult", workers: int) -> dict[str, Any]:
         "claims": result.claims,
         "badge": {PASS: "pass", FAIL: "fail", NOT_ENOUGH: "nodata"},
         "figs": _figures(result, workers),
+        "extrapolation": f"{EXTRAPOLATION_FACTOR:g}",
         "skipped": result.skipped,
         "fits": _table(fits, {"scope": "task / shift", "model": "model", "arm": "arm", "n_points": "points",
                               "E": "E", "E_ci": "E 95% CI", "A": "A", "A_ci": "A 95% CI", "alpha": "α",
@@ -149,7 +153,8 @@ def _context(result: "AnalysisResult", workers: int) -> dict[str, Any]:
         "summary": _table(summary, {"shift": "shift", "model": "model", "eps_star": "ε*", "n_scratch": "N_scratch(ε*)",
                                     "n_transfer": "N_transfer(ε*)", "multiplier": "multiplier",
                                     "multiplier_ci": "95% CI",
-                                    "multiplier_undefined": "undefined bootstrap share", "extrapolated": "N_transfer below grid",
+                                    "multiplier_undefined": "undefined bootstrap share",
+                                    "multiplier_censored": "censored bootstrap share", "extrapolated": "N_transfer below grid",
                                     "n_min": "N", "d_t_nmin": "D_T(N)", "d_t_ci": "D_T 95% CI",
                                     "catch_up": "catch-up N", "catch_up_ci": "catch-up 95% CI"})
         if len(summary) else None,
@@ -216,7 +221,9 @@ E + A·N<sup>−α</sup> with 95% bootstrap bands. Dashed green: zero-shot error
 {% if figs.multiplier %}<img alt="multiplier vs eps" src="{{ figs.multiplier }}">{% else %}<p>No pair of scratch and transfer fits.</p>{% endif %}
 {% if figs.d_t %}<img alt="D_T vs N" src="{{ figs.d_t }}">{% endif %}
 {% if summary %}<p class="note">ε* = scratch's fitted error at its largest N; catch-up N = the smallest N where scratch's fitted
-error is at or below transfer's (∞: never, within 10<sup>9</sup>).</p>{{ tbl(summary) }}{% endif %}
+error is at or below transfer's (∞: never, within 10<sup>9</sup>). A fitted law is never inverted more than
+{{ extrapolation }}× beyond the N range run: N_scratch is capped there and N_transfer floored, so a capped multiplier or
+interval end is a lower bound, shown “≥”; the censored share counts the capped bootstrap replicates.</p>{{ tbl(summary) }}{% endif %}
 
 <h2 id="model-size">Transfer benefit vs model size (E2)</h2>
 {% if figs.benefit %}<img alt="benefit vs model size" src="{{ figs.benefit }}">{% else %}<p>No model-size data.</p>{% endif %}

@@ -44,38 +44,71 @@ CATCH_UP_MAX = 1e9
 _CATCH_UP_GRID = 1200
 
 
-def multiplier(eps: ArrayLike, scratch: Sequence[ArrayLike], transfer: Sequence[ArrayLike]) -> np.ndarray:
-    """Data-efficiency multiplier N_scratch(eps) / N_transfer(eps).
+#: A fitted law is inverted at most this factor beyond the N range the two arms were run at.
+EXTRAPOLATION_FACTOR = 10.0
+
+
+def multiplier(eps: ArrayLike, scratch: Sequence[ArrayLike], transfer: Sequence[ArrayLike],
+               horizon: tuple[float, float] = (0.0, math.inf)) -> tuple[np.ndarray, np.ndarray]:
+    """Data-efficiency multiplier N_scratch(eps) / N_transfer(eps), both N kept inside ``horizon``.
 
     ``scratch`` and ``transfer`` are (E, A, alpha) of the saturating law, scalars or arrays
-    that broadcast with ``eps`` (e.g. bootstrap columns of shape (B, 1)).  ``inf`` where only
-    transfer reaches ``eps``; ``nan`` where neither does.
+    that broadcast with ``eps`` (e.g. bootstrap columns of shape (B, 1)).
+
+    Inverting a law far outside the N it was fitted on is not evidence: a nearly flat scratch
+    curve puts N_scratch(eps) at 1e50 in some bootstrap replicates, and the interval's upper end
+    with it.  So N_scratch is capped at ``horizon[1]`` and N_transfer floored at ``horizon[0]``.
+    Both only lower the ratio, so a censored value is a *lower bound* of the uncapped one.
+
+    Returns
+    -------
+    (multiplier, censored)
+        ``nan`` where neither arm reaches ``eps`` within the horizon; ``inf`` where only
+        transfer does and the horizon is unbounded; ``censored`` marks values hit by a cap.
     """
+    n_low, n_high = horizon
     n_s = laws.n_at_error(eps, *scratch)
     n_t = laws.n_at_error(eps, *transfer)
+    undefined = (n_s > n_high) & (n_t > n_high) | np.isinf(n_s) & np.isinf(n_t)
+    censored = ((n_s > n_high) | (n_t < n_low)) & ~undefined
     with np.errstate(invalid="ignore", divide="ignore"):
-        return n_s / n_t
+        ratio = np.minimum(n_s, n_high) / np.maximum(n_t, n_low)
+    return np.where(undefined, np.nan, ratio), censored
 
 
-def multiplier_interval(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class MultiplierInterval:
+    """Percentile interval of bootstrap multipliers, per error level."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    undefined: np.ndarray  # share of replicates where neither arm reaches eps in the horizon (left out)
+    censored: np.ndarray  # share of replicates capped by the extrapolation horizon
+    lo_bound: np.ndarray  # lo is only a lower bound (a censored replicate lies at or below it)
+    hi_bound: np.ndarray  # hi is only a lower bound
+
+
+def multiplier_interval(samples: np.ndarray, confidence: float,
+                        censored: np.ndarray | None = None) -> MultiplierInterval:
     """Percentile interval of bootstrap multipliers (replicates on axis 0), ignoring undefined ones.
 
     A replicate is undefined (``nan``) where neither arm's curve reaches the error level; it is
     left out of the percentiles (counting it as 0 would drag the lower end down) and reported.
-
-    Returns
-    -------
-    (lo, hi, undefined)
-        The interval ends (``nan`` where every replicate is undefined) and the fraction of
-        undefined replicates, per error level.
+    ``censored`` (same shape) marks replicates that are lower bounds (:func:`multiplier`):
+    an interval end is exact only when every censored replicate lies strictly above it, since
+    raising those replicates to their true values cannot move it then.  ``nan`` ends where every
+    replicate is undefined.
     """
     samples = np.asarray(samples, dtype=float)
+    censored = np.zeros(samples.shape, bool) if censored is None else np.asarray(censored, bool)
     undefined = np.isnan(samples).mean(axis=0)
     tail = (1.0 - confidence) / 2.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-nan columns give nan, as they should
         lo, hi = np.nanquantile(samples, [tail, 1.0 - tail], axis=0, method="inverted_cdf")
-    return lo, hi, undefined
+    return MultiplierInterval(lo=lo, hi=hi, undefined=undefined, censored=censored.mean(axis=0),
+                              lo_bound=np.any(censored & (samples <= lo), axis=0),
+                              hi_bound=np.any(censored & (samples <= hi), axis=0))
 
 
 def data_transferred(n: ArrayLike, scratch: Sequence[ArrayLike], transfer: Sequence[ArrayLike]) -> np.ndarray:
@@ -130,6 +163,10 @@ class TransferMetrics:
     multiplier_lo: np.ndarray
     multiplier_hi: np.ndarray
     multiplier_undefined: np.ndarray  # fraction of bootstrap replicates where neither arm reaches eps
+    multiplier_censored: np.ndarray  # fraction of replicates capped at the extrapolation horizon
+    multiplier_bound: np.ndarray  # the point estimate is capped: the true one is at least this
+    multiplier_lo_bound: np.ndarray  # the interval's lower end is only a lower bound
+    multiplier_hi_bound: np.ndarray  # the interval's upper end is only a lower bound
     transfer_extrapolated: np.ndarray  # N_transfer(eps) below the smallest observed N
     n: np.ndarray
     d_t: np.ndarray
@@ -146,6 +183,9 @@ class TransferMetrics:
                              "n_scratch": self.n_scratch, "n_transfer": self.n_transfer,
                              "multiplier": self.multiplier, "multiplier_lo": self.multiplier_lo,
                              "multiplier_hi": self.multiplier_hi, "multiplier_undefined": self.multiplier_undefined,
+                             "multiplier_censored": self.multiplier_censored, "multiplier_bound": self.multiplier_bound,
+                             "multiplier_lo_bound": self.multiplier_lo_bound,
+                             "multiplier_hi_bound": self.multiplier_hi_bound,
                              "extrapolated": self.transfer_extrapolated})
 
     def n_frame(self) -> pd.DataFrame:
@@ -159,7 +199,8 @@ def _columns(params: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def transfer_metrics(scratch: PowerLawFit, transfer: PowerLawFit, *, task: str, shift: str, model: str,
-                     n: ArrayLike | None = None, eps: ArrayLike | None = None) -> TransferMetrics:
+                     n: ArrayLike | None = None, eps: ArrayLike | None = None,
+                     extrapolation: float = EXTRAPOLATION_FACTOR) -> TransferMetrics:
     """Multiplier, D_T and catch-up N of one transfer curve against its scratch curve.
 
     Parameters
@@ -173,6 +214,9 @@ def transfer_metrics(scratch: PowerLawFit, transfer: PowerLawFit, *, task: str, 
         N values for D_T (default: the union of the two fits' N ranges on a log2 grid).
     eps
         Error levels for the multiplier (default: the scratch curve's fitted error at each n).
+    extrapolation
+        N_scratch and N_transfer are kept within this factor of the two fits' N range
+        (:func:`multiplier`); a capped multiplier or interval end is flagged a bound.
     """
     lo_n = min(scratch.n_range[0], transfer.n_range[0])
     hi_n = max(scratch.n_range[1], transfer.n_range[1])
@@ -182,25 +226,29 @@ def transfer_metrics(scratch: PowerLawFit, transfer: PowerLawFit, *, task: str, 
     s, t = _point(scratch), _point(transfer)
     eps = scratch.predict(n) if eps is None else np.asarray(eps, dtype=float)
     conf = min(scratch.confidence, transfer.confidence)
-    m = multiplier(eps, s, t)
+    horizon = (lo_n / extrapolation, hi_n * extrapolation)
+    m, m_bound = multiplier(eps, s, t, horizon)
     d = data_transferred(n, s, t)
     c = float(catch_up(s, t, lo_n)[0])
     B = min(len(scratch.bootstrap), len(transfer.bootstrap))
     if B > 0:
         bs, bt = _columns(scratch.bootstrap[:B]), _columns(transfer.bootstrap[:B])
-        m_lo, m_hi, m_undef = multiplier_interval(multiplier(eps[None, :], bs, bt), conf)
+        boot, boot_censored = multiplier(eps[None, :], bs, bt, horizon)
+        interval = multiplier_interval(boot, conf, boot_censored)
         d_lo, d_hi = percentile_interval(data_transferred(n[None, :], bs, bt), conf)
         c_boot = catch_up([x[:, 0] for x in bs], [x[:, 0] for x in bt], lo_n)
         c_lo, c_hi = (float(v) for v in percentile_interval(c_boot, conf))
     else:
-        nan = np.full(eps.shape, np.nan)
-        m_lo = m_hi = m_undef = nan
+        nan, no = np.full(eps.shape, np.nan), np.zeros(eps.shape, bool)
+        interval = MultiplierInterval(lo=nan, hi=nan, undefined=nan, censored=nan, lo_bound=no, hi_bound=no)
         d_lo = d_hi = np.full(n.shape, np.nan)
         c_lo = c_hi = math.nan
     n_t = laws.n_at_error(eps, *t)
     return TransferMetrics(task=task, shift=shift, model=model, eps=eps, n_scratch=laws.n_at_error(eps, *s),
-                           n_transfer=n_t, multiplier=m, multiplier_lo=m_lo, multiplier_hi=m_hi,
-                           multiplier_undefined=m_undef, transfer_extrapolated=n_t < transfer.n_range[0], n=n,
+                           n_transfer=n_t, multiplier=m, multiplier_lo=interval.lo, multiplier_hi=interval.hi,
+                           multiplier_undefined=interval.undefined, multiplier_censored=interval.censored,
+                           multiplier_bound=m_bound, multiplier_lo_bound=interval.lo_bound,
+                           multiplier_hi_bound=interval.hi_bound, transfer_extrapolated=n_t < transfer.n_range[0], n=n,
                            d_t=d, d_t_lo=d_lo, d_t_hi=d_hi,
                            catch_up=c, catch_up_lo=c_lo, catch_up_hi=c_hi, confidence=conf)
 

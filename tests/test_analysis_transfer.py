@@ -25,7 +25,8 @@ def test_n_at_error_inverts_the_law() -> None:
 
 def test_multiplier_is_exact_for_the_analytic_pair() -> None:
     eps = np.array([0.5, 0.1, 0.02])
-    assert multiplier(eps, SCRATCH, TRANSFER) == pytest.approx(np.full(3, 81.0))
+    m, censored = multiplier(eps, SCRATCH, TRANSFER)
+    assert m == pytest.approx(np.full(3, 81.0)) and not censored.any()
 
 
 def test_data_transferred_is_exact_for_the_analytic_pair() -> None:
@@ -67,11 +68,11 @@ def test_undefined_bootstrap_multipliers_are_left_out_and_counted() -> None:
     from analysis.transfer import multiplier_interval
 
     x = np.array([[np.nan, 2.0, np.nan]] * 4 + [[v, 3.0, np.nan] for v in (10.0, 11.0, 12.0, 13.0, 14.0, np.inf)])
-    lo, hi, undefined = multiplier_interval(x, 0.8)
-    assert lo[0] >= 10.0 and np.isinf(hi[0])  # inf (only transfer reaches eps) is kept
-    assert (lo[1], hi[1]) == (2.0, 3.0)
-    assert np.isnan(lo[2]) and np.isnan(hi[2])
-    assert undefined.tolist() == [0.4, 0.0, 1.0]
+    iv = multiplier_interval(x, 0.8)
+    assert iv.lo[0] >= 10.0 and np.isinf(iv.hi[0])  # inf (only transfer reaches eps) is kept
+    assert (iv.lo[1], iv.hi[1]) == (2.0, 3.0)
+    assert np.isnan(iv.lo[2]) and np.isnan(iv.hi[2])
+    assert iv.undefined.tolist() == [0.4, 0.0, 1.0]
 
 
 def test_transfer_metrics_report_the_undefined_share() -> None:
@@ -84,3 +85,45 @@ def test_transfer_metrics_report_the_undefined_share() -> None:
     assert m.multiplier_undefined[0] == 1.0 and np.isnan(m.multiplier_lo[0])
     assert m.multiplier_undefined[1] == 0.0 and m.multiplier_lo[1] > 0
     assert "multiplier_undefined" in m.eps_frame()
+
+
+def test_multiplier_is_capped_at_the_extrapolation_horizon() -> None:
+    """N beyond the horizon is capped; the capped ratio is flagged as a lower bound."""
+    # N_scratch: 16.7, 1.6e7, 1.6e9 (N_transfer = N_scratch / 81), never
+    eps = np.array([0.5, 0.0105, 0.01005, 0.005])
+    m, censored = multiplier(eps, SCRATCH, TRANSFER, horizon=(0.1, 1e6))
+    assert m[0] == pytest.approx(81.0) and not censored[0]
+    assert m[1] == pytest.approx(1e6 / laws.n_at_error(0.0105, *TRANSFER)) and censored[1]
+    assert np.isnan(m[2]) and not censored[2]  # neither arm gets there within the horizon: undefined
+    assert np.isnan(m[3]) and not censored[3]  # neither arm ever gets there
+    m, censored = multiplier(0.5, SCRATCH, TRANSFER, horizon=(1.0, 1e6))  # N_transfer 0.21 floored at 1
+    assert m == pytest.approx(laws.n_at_error(0.5, *SCRATCH)) and censored
+    only_transfer = (0.02, 2.0, 0.5)  # scratch's floor above eps: only transfer gets there
+    m, censored = multiplier(0.015, only_transfer, TRANSFER, horizon=(1.0, 1e4))
+    assert np.isfinite(m) and censored
+
+
+def test_interval_ends_are_bounds_only_when_a_censored_replicate_reaches_them() -> None:
+    from analysis.transfer import multiplier_interval
+
+    x = np.array([[v] for v in (2.0, 3.0, 4.0, 5.0, 100.0)])
+    censored = np.array([[False]] * 4 + [[True]])  # the 100 is really more
+    iv = multiplier_interval(x, 0.6, censored)
+    assert (iv.lo[0], iv.hi[0]) == (2.0, 5.0) and not iv.lo_bound[0] and not iv.hi_bound[0]
+    assert iv.censored[0] == pytest.approx(0.2)
+    iv = multiplier_interval(x, 0.99, censored)  # the upper end is the censored replicate
+    assert iv.hi[0] == 100.0 and iv.hi_bound[0] and not iv.lo_bound[0]
+
+
+def test_flat_scratch_curve_gives_a_bounded_interval() -> None:
+    """A nearly flat scratch curve no longer sends the upper end to 1e50: it is capped and flagged."""
+    rng = np.random.default_rng(3)
+    n = np.repeat(2.0 ** np.arange(3, 8), 2)
+    s = fit_saturating(n, laws.saturating(n, 0.3, 0.1, 0.3) * np.exp(0.05 * rng.standard_normal(n.size)), n_boot=200)
+    t = fit_saturating(n, laws.saturating(n, 0.05, 0.8, 0.5) * np.exp(0.05 * rng.standard_normal(n.size)), n_boot=200)
+    unbounded = transfer_metrics(s, t, task="a", shift="b -> a", model="xs", extrapolation=math.inf)
+    assert np.nanmax(unbounded.multiplier_hi) > 1e6  # the failure this guards against
+    m = transfer_metrics(s, t, task="a", shift="b -> a", model="xs")
+    assert np.all(m.multiplier_hi <= (128 * 10) / (8 / 10))
+    assert m.multiplier_hi_bound.any() and m.multiplier_censored.max() > 0
+    assert np.array_equal(m.multiplier_hi_bound, m.multiplier_hi < unbounded.multiplier_hi)
