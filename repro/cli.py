@@ -287,11 +287,11 @@ def run_grid_cmd(
             est = None
             if calibrate:
                 done = set(sv.finished)
-                est = est_mod.estimate_units(plan.units(sv.todo, max_members=max_members), device=device, fast=fast,
+                est = est_mod.estimate_units(plan.units(sv.todo, max_members=max_members, device=device), device=device, fast=fast,
                                              threads=max(1, cpu_count() // slots),
                                              finished=est_mod.finished_walls(sv.states),
-                                             finished_units=plan.units(done, max_members=max_members) if done else None)
-            typer.echo(launcher.plan_text(plan, sv, est, slots=slots, device=device))
+                                             finished_units=plan.units(done, max_members=max_members, device=device) if done else None)
+            typer.echo(launcher.plan_text(plan, sv, est, slots=slots, device=device, max_members=max_members))
             return
         slurm = None
         if executor == "slurm":

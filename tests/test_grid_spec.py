@@ -138,6 +138,19 @@ def test_units_group_by_batch_key(tmp_path):
     assert units[0].role == ROLE_PRETRAIN
 
 
+def test_units_on_a_device_are_the_engines_ensembles() -> None:
+    """On a CPU the engine caps ensembles by activation size; the plan's units follow it."""
+    from repro.train.engine import ensemble_cap, group_specs
+
+    plan = expand(load_grid("quick"))
+    cpu = plan.units(device="cpu")
+    assert sorted(k for u in cpu for k in u.keys) == sorted(plan.keys)
+    assert all(len(u.runs) <= ensemble_cap(u.specs[0], "cpu") for u in cpu)
+    assert len(cpu) > len(plan.units())  # the quick grid has ensembles the CPU cap splits
+    assert [u.keys for u in cpu] == [tuple(s.run_key for s in g) for g in group_specs([r.spec for r in plan], 16, "cpu")]
+    assert [u.keys for u in plan.units(device="cuda")] == [u.keys for u in plan.units()]
+
+
 def test_mixed_upstream_uses_mixed_layout_and_shared_native_scratch():
     plan = expand(load_grid("paper-e4"))
     for r in plan.downstream:

@@ -115,10 +115,10 @@ def unit_task_id(unit: Unit) -> str:
     return f"unit:{unit.keys[0]}"
 
 
-def build_tasks(plan: Plan, todo: list[str], *, finished: set[str], max_members: int,
+def build_tasks(plan: Plan, todo: list[str], *, finished: set[str], max_members: int, device: str | None = None,
                 with_data: bool = True) -> tuple[list[DataTask], list[tuple[Unit, UnitTask]], dict[str, list[str]]]:
     """Data tasks, unit tasks and each task's dependencies (task ids or pre-training run_keys)."""
-    units = plan.units(todo, max_members=max_members)
+    units = plan.units(todo, max_members=max_members, device=device)
     datasets: dict[DatasetSpec, DataTask] = {}
     deps: dict[str, list[str]] = {}
     pairs = []
@@ -292,7 +292,8 @@ def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settin
     from repro.train.tracking import _client
 
     uri = settings.tracking_uri
-    data_tasks, pairs, deps = build_tasks(plan, todo, finished=finished, max_members=opts.max_members)
+    data_tasks, pairs, deps = build_tasks(plan, todo, finished=finished, max_members=opts.max_members,
+                                          device=settings.device)
     units = {task.task_id: unit for unit, task in pairs}
     sched = Scheduler(tasks=[*data_tasks, *[t for _, t in pairs]], deps=deps, done_keys=set(finished),
                       describe=_pretrain_reason(plan))
@@ -420,12 +421,13 @@ def _fmt_value(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def plan_text(plan: Plan, sv: Survey, est: Any = None, *, slots: int = 1, device: str = "cpu") -> str:
+def plan_text(plan: Plan, sv: Survey, est: Any = None, *, slots: int = 1, device: str = "cpu",
+              max_members: int = 16) -> str:
     """The ``--dry-run`` summary: counts per axis, finished / running / to do, estimated cost."""
     grid = plan.grid
     todo = sv.todo
     lines = [f"grid {grid.label}: {len(plan)} runs ({len(plan.pretrain)} pre-training, "
-             f"{len(plan.downstream)} downstream) in {len(plan.units())} units"
+             f"{len(plan.downstream)} downstream) in {len(plan.units(max_members=max_members, device=device))} units"
              + (f" — {grid.description}" if grid.description else ""),
              "runs per axis (to do / all):"]
     all_counts = plan.axis_counts()

@@ -140,16 +140,19 @@ class Plan:
                     counts[axis][value] += 1
         return counts
 
-    def units(self, keys: Iterable[str] | None = None, *, max_members: int = 16) -> list[Unit]:
+    def units(self, keys: Iterable[str] | None = None, *, max_members: int = 16,
+              device: str | None = None) -> list[Unit]:
         """Group ``keys`` (default: all) by the engine's ``batch_key`` into units of ≤ ``max_members``.
 
+        With a ``device``, units are the ensembles the engine will train there (on a CPU it
+        caps them by activation size), so the schedule and the estimate see the real jobs.
         Units come in plan order (pre-training first); members keep plan order.
         """
         from repro.train.engine import group_specs  # the engine decides what trains together
 
         wanted = set(self.keys if keys is None else keys)
         specs = [run.spec for run in self.runs if run.run_key in wanted]
-        groups = group_specs(specs, max(1, int(max_members)))
+        groups = group_specs(specs, max(1, int(max_members)), device)
         return [Unit(tuple(self._index[spec.run_key] for spec in group)) for group in groups]
 
 

@@ -116,7 +116,8 @@ def run_slurm(plan, todo: list[str], finished: set[str], settings: Settings, opt
 
     opts = opts or SlurmOptions()
     uri = settings.tracking_uri
-    data_tasks, pairs, deps = build_tasks(plan, todo, finished=finished, max_members=settings.max_members)
+    data_tasks, pairs, deps = build_tasks(plan, todo, finished=finished, max_members=settings.max_members,
+                                          device=settings.device)
     describe = _pretrain_reason(plan)
     done = set(finished)
     failed: dict[str, str] = {}
