@@ -288,3 +288,23 @@ def test_out_of_memory_fails_the_runs_with_reason_and_others_finish(tmp_path: Pa
     # First as a 2-run ensemble, then each run alone: every attempt is recorded with its reason.
     assert sum("retried in smaller ensembles" in r for r in reasons) == 2
     assert sum(r.startswith("out of memory: ") for r in reasons) == 2
+
+
+def test_a_corrupt_split_is_read_once_then_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """The engine hashes a bad file once, rewrites it, and verifies only the new one."""
+    import logging
+
+    from repro.data import store as data_store
+    from repro.train.engine import _read_split
+
+    spec = dataclasses.replace(DOWN, n_train=8, seed=11)
+    path = ensure_split(spec, "val", tmp_path)
+    good = load_split(spec, "val", tmp_path).content_hash
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated by a crash
+    reads = []
+    real = data_store._read
+    monkeypatch.setattr(data_store, "_read", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    with caplog.at_level(logging.WARNING, logger="repro.train"):
+        split = _read_split(spec, "val", tmp_path)
+    assert split.content_hash == good and reads == [path, path]
+    assert any(str(path) in r.getMessage() and "regenerating" in r.getMessage() for r in caplog.records)

@@ -306,7 +306,14 @@ def ensure_split(spec: DatasetSpec, split: str, data_dir: Path, *, progress: boo
             return path
         except DataError as err:
             log.warning("%s; regenerating", err)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    return regenerate_split(spec, split, data_dir, progress=progress)
+
+
+def regenerate_split(spec: DatasetSpec, split: str, data_dir: Path, *, progress: bool = False) -> Path:
+    """(Re)write a split's file without reading what is there: for a caller that already found it
+    missing or bad (re-hashing a corrupt file a second time only costs time)."""
+    path = dataset_path(spec, split, Path(data_dir))
+    path.parent.mkdir(parents=True, exist_ok=True)
     _write(spec, split, path, progress)
     return path
 
