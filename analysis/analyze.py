@@ -272,7 +272,9 @@ def transfer_tables(result: AnalysisResult) -> tuple[pd.DataFrame, pd.DataFrame,
                      "multiplier_lo_bound": bool(m.multiplier_lo_bound[i]),
                      "multiplier_hi_bound": bool(m.multiplier_hi_bound[i]),
                      "extrapolated": bool(m.transfer_extrapolated[i]), "d_t_nmin": m.d_t[0], "d_t_nmin_lo": m.d_t_lo[0],
-                     "d_t_nmin_hi": m.d_t_hi[0], "n_min": m.n[0], "catch_up": m.catch_up,
+                     "d_t_nmin_hi": m.d_t_hi[0], "d_t_nmin_bound": bool(m.d_t_bound[0]),
+                     "d_t_nmin_lo_bound": bool(m.d_t_lo_bound[0]), "d_t_nmin_hi_bound": bool(m.d_t_hi_bound[0]),
+                     "n_min": m.n[0], "horizon": m.horizon[1], "catch_up": m.catch_up,
                      "catch_up_lo": m.catch_up_lo, "catch_up_hi": m.catch_up_hi})
     return eps, dts, pd.DataFrame(rows)
 

@@ -75,14 +75,16 @@ def print_result(result: AnalysisResult, console: Console) -> None:
     summary = result.transfer_summary
     if len(summary):
         tm = Table(title="Transfer metrics (multiplier at ε* = scratch's error at its largest N)",
-                   caption=f"≥: a lower bound; N is not extrapolated beyond {EXTRAPOLATION_FACTOR:g}× the observed range")
+                   caption=f"≥: a lower bound; laws are not extrapolated beyond {EXTRAPOLATION_FACTOR:g}× the N range run "
+                           "(catch-up inf: not within it)")
         for col in ("shift", "model", "ε*", "multiplier", "95% CI", "undefined boot.", "D_T(N_min)", "catch-up N"):
             tm.add_column(col, overflow="fold")
         for row in summary.itertuples(index=False):
             tm.add_row(row.shift, row.model, format_number(row.eps_star),
                        format_bound(row.multiplier, row.multiplier_bound),
                        _ci(row.multiplier_lo, row.multiplier_hi, row.multiplier_lo_bound, row.multiplier_hi_bound),
-                       _pct(row.multiplier_undefined), format_number(row.d_t_nmin), format_number(row.catch_up))
+                       _pct(row.multiplier_undefined), format_bound(row.d_t_nmin, row.d_t_nmin_bound),
+                       format_number(row.catch_up))
         console.print(tm)
     claims = Table(title="The paper's findings on these runs")
     for col in ("#", "verdict", "deciding numbers"):

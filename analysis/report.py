@@ -130,7 +130,9 @@ def _context(result: "AnalysisResult", workers: int) -> dict[str, Any]:
         summary["multiplier"] = [format_bound(v, b) for v, b in zip(summary["multiplier"], summary["multiplier_bound"])]
         summary["multiplier_ci"] = [f"[{format_bound(a, a_b)}, {format_bound(b, b_b)}]" for a, b, a_b, b_b in zip(
             summary["multiplier_lo"], summary["multiplier_hi"], summary["multiplier_lo_bound"], summary["multiplier_hi_bound"])]
-        summary["d_t_ci"] = [_interval(a, b) for a, b in zip(summary["d_t_nmin_lo"], summary["d_t_nmin_hi"])]
+        summary["d_t_nmin"] = [format_bound(v, b) for v, b in zip(summary["d_t_nmin"], summary["d_t_nmin_bound"])]
+        summary["d_t_ci"] = [f"[{format_bound(a, a_b)}, {format_bound(b, b_b)}]" for a, b, a_b, b_b in zip(
+            summary["d_t_nmin_lo"], summary["d_t_nmin_hi"], summary["d_t_nmin_lo_bound"], summary["d_t_nmin_hi_bound"])]
         summary["catch_up_ci"] = [_interval(a, b) for a, b in zip(summary["catch_up_lo"], summary["catch_up_hi"])]
     runs = result.selected[[c for c in SELECTED_COLUMNS if c in result.selected]]
     filters = [{"name": r.name, "description": r.description, "before": r.before, "after": r.after,
@@ -156,7 +158,7 @@ def _context(result: "AnalysisResult", workers: int) -> dict[str, Any]:
                                     "multiplier_undefined": "undefined bootstrap share",
                                     "multiplier_censored": "censored bootstrap share", "extrapolated": "N_transfer below grid",
                                     "n_min": "N", "d_t_nmin": "D_T(N)", "d_t_ci": "D_T 95% CI",
-                                    "catch_up": "catch-up N", "catch_up_ci": "catch-up 95% CI"})
+                                    "horizon": "horizon N", "catch_up": "catch-up N", "catch_up_ci": "catch-up 95% CI"})
         if len(summary) else None,
         "zero_shot": _table(result.zero_shot, {schema.C_SHIFT: "shift", schema.P_MODEL: "model",
                                                "zero_shot": "zero-shot test rel L2", "magnitude": "shift magnitude",
@@ -221,9 +223,10 @@ E + A·N<sup>−α</sup> with 95% bootstrap bands. Dashed green: zero-shot error
 {% if figs.multiplier %}<img alt="multiplier vs eps" src="{{ figs.multiplier }}">{% else %}<p>No pair of scratch and transfer fits.</p>{% endif %}
 {% if figs.d_t %}<img alt="D_T vs N" src="{{ figs.d_t }}">{% endif %}
 {% if summary %}<p class="note">ε* = scratch's fitted error at its largest N; catch-up N = the smallest N where scratch's fitted
-error is at or below transfer's (∞: never, within 10<sup>9</sup>). A fitted law is never inverted more than
-{{ extrapolation }}× beyond the N range run: N_scratch is capped there and N_transfer floored, so a capped multiplier or
-interval end is a lower bound, shown “≥”; the censored share counts the capped bootstrap replicates.</p>{{ tbl(summary) }}{% endif %}
+error is at or below transfer's, searched up to the horizon (∞: not within it). A fitted law is never inverted more
+than {{ extrapolation }}× beyond the N range run (the horizon): N_scratch is capped there and N_transfer floored, so a
+capped multiplier, D_T or interval end is a lower bound, shown “≥”; the censored share counts the capped bootstrap
+replicates.</p>{{ tbl(summary) }}{% endif %}
 
 <h2 id="model-size">Transfer benefit vs model size (E2)</h2>
 {% if figs.benefit %}<img alt="benefit vs model size" src="{{ figs.benefit }}">{% else %}<p>No model-size data.</p>{% endif %}

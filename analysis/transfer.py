@@ -39,12 +39,13 @@ def shift_magnitude(upstream: tuple[str, float, float] | str, downstream: tuple[
     return float(np.mean(dist))
 
 
-#: Catch-up is searched up to this many downstream samples (far beyond any grid).
+#: Catch-up is never searched past this many samples, even with an unbounded horizon.
 CATCH_UP_MAX = 1e9
 _CATCH_UP_GRID = 1200
 
 
-#: A fitted law is inverted at most this factor beyond the N range the two arms were run at.
+#: A fitted law is inverted (or two laws compared) at most this factor beyond the N range the two
+#: arms were run at: further out, every bootstrap replicate extrapolates in its own way.
 EXTRAPOLATION_FACTOR = 10.0
 
 
@@ -77,8 +78,8 @@ def multiplier(eps: ArrayLike, scratch: Sequence[ArrayLike], transfer: Sequence[
 
 
 @dataclass(frozen=True)
-class MultiplierInterval:
-    """Percentile interval of bootstrap multipliers, per error level."""
+class CensoredInterval:
+    """Percentile interval of bootstrap replicates, some of them lower bounds, per column."""
 
     lo: np.ndarray
     hi: np.ndarray
@@ -88,12 +89,13 @@ class MultiplierInterval:
     hi_bound: np.ndarray  # hi is only a lower bound
 
 
-def multiplier_interval(samples: np.ndarray, confidence: float,
-                        censored: np.ndarray | None = None) -> MultiplierInterval:
-    """Percentile interval of bootstrap multipliers (replicates on axis 0), ignoring undefined ones.
+def censored_interval(samples: np.ndarray, confidence: float,
+                      censored: np.ndarray | None = None) -> CensoredInterval:
+    """Percentile interval of bootstrap replicates (on axis 0), ignoring undefined ones.
 
-    A replicate is undefined (``nan``) where neither arm's curve reaches the error level; it is
-    left out of the percentiles (counting it as 0 would drag the lower end down) and reported.
+    A replicate is undefined (``nan``) e.g. where neither arm's curve reaches the error level; it
+    is left out of the percentiles (counting it as 0 would drag the lower end down) and reported.
+    ``inverted_cdf`` picks observed values, so an end is never interpolated with ``inf``.
     ``censored`` (same shape) marks replicates that are lower bounds (:func:`multiplier`):
     an interval end is exact only when every censored replicate lies strictly above it, since
     raising those replicates to their true values cannot move it then.  ``nan`` ends where every
@@ -106,22 +108,30 @@ def multiplier_interval(samples: np.ndarray, confidence: float,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-nan columns give nan, as they should
         lo, hi = np.nanquantile(samples, [tail, 1.0 - tail], axis=0, method="inverted_cdf")
-    return MultiplierInterval(lo=lo, hi=hi, undefined=undefined, censored=censored.mean(axis=0),
+    return CensoredInterval(lo=lo, hi=hi, undefined=undefined, censored=censored.mean(axis=0),
                               lo_bound=np.any(censored & (samples <= lo), axis=0),
                               hi_bound=np.any(censored & (samples <= hi), axis=0))
 
 
-def data_transferred(n: ArrayLike, scratch: Sequence[ArrayLike], transfer: Sequence[ArrayLike]) -> np.ndarray:
+def data_transferred(n: ArrayLike, scratch: Sequence[ArrayLike], transfer: Sequence[ArrayLike],
+                     n_high: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
     """Effective data transferred D_T(N) = N_scratch(err_transfer(N)) - N (Hernandez et al. 2021).
 
-    ``inf`` where the transfer error at N is below anything scratch can reach.
+    N_scratch is capped at ``n_high`` (see :func:`multiplier`); a capped D_T is a lower bound.
+
+    Returns
+    -------
+    (d_t, censored)
+        ``inf`` where the transfer error at N is below anything scratch can reach and
+        ``n_high`` is unbounded; ``censored`` marks values hit by the cap.
     """
     n = np.asarray(n, dtype=float)
-    return laws.n_at_error(laws.saturating(n, *transfer), *scratch) - n
+    n_s = laws.n_at_error(laws.saturating(n, *transfer), *scratch)
+    return np.minimum(n_s, n_high) - n, n_s > n_high
 
 
 def catch_up(scratch: Sequence[ArrayLike], transfer: Sequence[ArrayLike], n_min: float,
-             n_max: float = CATCH_UP_MAX) -> np.ndarray:
+             n_max: float) -> np.ndarray:
     """Smallest N in [n_min, n_max] where scratch error <= transfer error; ``inf`` if none.
 
     Vectorised over parameter arrays of shape (R,): a log-spaced scan finds the first sign
@@ -172,6 +182,10 @@ class TransferMetrics:
     d_t: np.ndarray
     d_t_lo: np.ndarray
     d_t_hi: np.ndarray
+    d_t_bound: np.ndarray  # D_T capped at the extrapolation horizon: the true one is at least this
+    d_t_lo_bound: np.ndarray
+    d_t_hi_bound: np.ndarray
+    horizon: tuple[float, float]  # the N range laws are inverted in (and catch-up searched)
     catch_up: float
     catch_up_lo: float
     catch_up_hi: float
@@ -191,7 +205,9 @@ class TransferMetrics:
     def n_frame(self) -> pd.DataFrame:
         """One row per observed N: D_T(N) and its interval."""
         return pd.DataFrame({"task": self.task, "shift": self.shift, "model": self.model, "n_train": self.n,
-                             "d_t": self.d_t, "d_t_lo": self.d_t_lo, "d_t_hi": self.d_t_hi})
+                             "d_t": self.d_t, "d_t_lo": self.d_t_lo, "d_t_hi": self.d_t_hi,
+                             "d_t_bound": self.d_t_bound, "d_t_lo_bound": self.d_t_lo_bound,
+                             "d_t_hi_bound": self.d_t_hi_bound})
 
 
 def _columns(params: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -216,7 +232,8 @@ def transfer_metrics(scratch: PowerLawFit, transfer: PowerLawFit, *, task: str, 
         Error levels for the multiplier (default: the scratch curve's fitted error at each n).
     extrapolation
         N_scratch and N_transfer are kept within this factor of the two fits' N range
-        (:func:`multiplier`); a capped multiplier or interval end is flagged a bound.
+        (:func:`multiplier`), and catch-up is searched up to it; a capped multiplier, D_T or
+        interval end is flagged a lower bound.
     """
     lo_n = min(scratch.n_range[0], transfer.n_range[0])
     hi_n = max(scratch.n_range[1], transfer.n_range[1])
@@ -228,29 +245,36 @@ def transfer_metrics(scratch: PowerLawFit, transfer: PowerLawFit, *, task: str, 
     conf = min(scratch.confidence, transfer.confidence)
     horizon = (lo_n / extrapolation, hi_n * extrapolation)
     m, m_bound = multiplier(eps, s, t, horizon)
-    d = data_transferred(n, s, t)
-    c = float(catch_up(s, t, lo_n)[0])
+    d, d_bound = data_transferred(n, s, t, horizon[1])
+    search_to = min(horizon[1], CATCH_UP_MAX)
+    c = float(catch_up(s, t, lo_n, search_to)[0])
     B = min(len(scratch.bootstrap), len(transfer.bootstrap))
     if B > 0:
         bs, bt = _columns(scratch.bootstrap[:B]), _columns(transfer.bootstrap[:B])
-        boot, boot_censored = multiplier(eps[None, :], bs, bt, horizon)
-        interval = multiplier_interval(boot, conf, boot_censored)
-        d_lo, d_hi = percentile_interval(data_transferred(n[None, :], bs, bt), conf)
-        c_boot = catch_up([x[:, 0] for x in bs], [x[:, 0] for x in bt], lo_n)
+        m_boot, m_censored = multiplier(eps[None, :], bs, bt, horizon)
+        d_boot, d_censored = data_transferred(n[None, :], bs, bt, horizon[1])
+        m_iv = censored_interval(m_boot, conf, m_censored)
+        d_iv = censored_interval(d_boot, conf, d_censored)
+        c_boot = catch_up([x[:, 0] for x in bs], [x[:, 0] for x in bt], lo_n, search_to)
         c_lo, c_hi = (float(v) for v in percentile_interval(c_boot, conf))
     else:
-        nan, no = np.full(eps.shape, np.nan), np.zeros(eps.shape, bool)
-        interval = MultiplierInterval(lo=nan, hi=nan, undefined=nan, censored=nan, lo_bound=no, hi_bound=no)
-        d_lo = d_hi = np.full(n.shape, np.nan)
+        m_iv, d_iv = _no_interval(eps.shape), _no_interval(n.shape)
         c_lo = c_hi = math.nan
     n_t = laws.n_at_error(eps, *t)
     return TransferMetrics(task=task, shift=shift, model=model, eps=eps, n_scratch=laws.n_at_error(eps, *s),
-                           n_transfer=n_t, multiplier=m, multiplier_lo=interval.lo, multiplier_hi=interval.hi,
-                           multiplier_undefined=interval.undefined, multiplier_censored=interval.censored,
-                           multiplier_bound=m_bound, multiplier_lo_bound=interval.lo_bound,
-                           multiplier_hi_bound=interval.hi_bound, transfer_extrapolated=n_t < transfer.n_range[0], n=n,
-                           d_t=d, d_t_lo=d_lo, d_t_hi=d_hi,
+                           n_transfer=n_t, multiplier=m, multiplier_lo=m_iv.lo, multiplier_hi=m_iv.hi,
+                           multiplier_undefined=m_iv.undefined, multiplier_censored=m_iv.censored,
+                           multiplier_bound=m_bound, multiplier_lo_bound=m_iv.lo_bound,
+                           multiplier_hi_bound=m_iv.hi_bound, transfer_extrapolated=n_t < transfer.n_range[0], n=n,
+                           d_t=d, d_t_lo=d_iv.lo, d_t_hi=d_iv.hi, d_t_bound=d_bound, d_t_lo_bound=d_iv.lo_bound,
+                           d_t_hi_bound=d_iv.hi_bound, horizon=horizon,
                            catch_up=c, catch_up_lo=c_lo, catch_up_hi=c_hi, confidence=conf)
+
+
+def _no_interval(shape: tuple[int, ...]) -> CensoredInterval:
+    """No bootstrap: every end missing, nothing flagged."""
+    nan, no = np.full(shape, np.nan), np.zeros(shape, bool)
+    return CensoredInterval(lo=nan, hi=nan, undefined=nan, censored=nan, lo_bound=no, hi_bound=no)
 
 
 def _point(fit: PowerLawFit) -> tuple[float, float, float]:

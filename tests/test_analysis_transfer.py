@@ -32,15 +32,19 @@ def test_multiplier_is_exact_for_the_analytic_pair() -> None:
 def test_data_transferred_is_exact_for_the_analytic_pair() -> None:
     n = np.array([8.0, 64.0, 1024.0])
     # err_t(N) = E + (A/9) N^-1/2 = E + A (81 N)^-1/2  =>  N_scratch(err_t(N)) = 81 N
-    assert data_transferred(n, SCRATCH, TRANSFER) == pytest.approx(80.0 * n)
+    d_t, censored = data_transferred(n, SCRATCH, TRANSFER)
+    assert d_t == pytest.approx(80.0 * n) and not censored.any()
+    d_t, censored = data_transferred(n, SCRATCH, TRANSFER, n_high=1e4)  # 81 N > 1e4 at N = 1024
+    assert d_t == pytest.approx([640.0, 5120.0, 1e4 - 1024]) and censored.tolist() == [False, False, True]
 
 
 def test_catch_up_is_where_the_curves_cross() -> None:
     scratch = (0.01, 2.0, 0.5)
     transfer = (0.03, 0.5, 0.5)  # better at small N, worse floor
     # 0.01 + 2/sqrt(N) = 0.03 + 0.5/sqrt(N)  =>  sqrt(N) = 1.5 / 0.02 = 75
-    assert catch_up(scratch, transfer, 8.0)[0] == pytest.approx(75.0 ** 2, rel=0.02)
-    assert np.isinf(catch_up(SCRATCH, TRANSFER, 8.0)[0])
+    assert catch_up(scratch, transfer, 8.0, 1e9)[0] == pytest.approx(75.0 ** 2, rel=0.02)
+    assert np.isinf(catch_up(scratch, transfer, 8.0, 5000.0)[0])  # beyond the horizon searched
+    assert np.isinf(catch_up(SCRATCH, TRANSFER, 8.0, 1e9)[0])
 
 
 def test_transfer_metrics_propagate_bootstrap_intervals() -> None:
@@ -65,10 +69,10 @@ def test_shift_magnitude_orders_the_e3_ladder() -> None:
 
 def test_undefined_bootstrap_multipliers_are_left_out_and_counted() -> None:
     """Replicates where neither arm reaches eps (nan) do not pull the lower end to 0 (F5)."""
-    from analysis.transfer import multiplier_interval
+    from analysis.transfer import censored_interval
 
     x = np.array([[np.nan, 2.0, np.nan]] * 4 + [[v, 3.0, np.nan] for v in (10.0, 11.0, 12.0, 13.0, 14.0, np.inf)])
-    iv = multiplier_interval(x, 0.8)
+    iv = censored_interval(x, 0.8)
     assert iv.lo[0] >= 10.0 and np.isinf(iv.hi[0])  # inf (only transfer reaches eps) is kept
     assert (iv.lo[1], iv.hi[1]) == (2.0, 3.0)
     assert np.isnan(iv.lo[2]) and np.isnan(iv.hi[2])
@@ -104,14 +108,14 @@ def test_multiplier_is_capped_at_the_extrapolation_horizon() -> None:
 
 
 def test_interval_ends_are_bounds_only_when_a_censored_replicate_reaches_them() -> None:
-    from analysis.transfer import multiplier_interval
+    from analysis.transfer import censored_interval
 
     x = np.array([[v] for v in (2.0, 3.0, 4.0, 5.0, 100.0)])
     censored = np.array([[False]] * 4 + [[True]])  # the 100 is really more
-    iv = multiplier_interval(x, 0.6, censored)
+    iv = censored_interval(x, 0.6, censored)
     assert (iv.lo[0], iv.hi[0]) == (2.0, 5.0) and not iv.lo_bound[0] and not iv.hi_bound[0]
     assert iv.censored[0] == pytest.approx(0.2)
-    iv = multiplier_interval(x, 0.99, censored)  # the upper end is the censored replicate
+    iv = censored_interval(x, 0.99, censored)  # the upper end is the censored replicate
     assert iv.hi[0] == 100.0 and iv.hi_bound[0] and not iv.lo_bound[0]
 
 
@@ -127,3 +131,5 @@ def test_flat_scratch_curve_gives_a_bounded_interval() -> None:
     assert np.all(m.multiplier_hi <= (128 * 10) / (8 / 10))
     assert m.multiplier_hi_bound.any() and m.multiplier_censored.max() > 0
     assert np.array_equal(m.multiplier_hi_bound, m.multiplier_hi < unbounded.multiplier_hi)
+    assert np.all(m.d_t_hi <= 128 * 10) and np.all(m.d_t_hi_bound == (m.d_t_hi < unbounded.d_t_hi))
+    assert m.horizon == (0.8, 1280.0) and unbounded.horizon == (0.0, math.inf)
