@@ -1,0 +1,6 @@
+"""``python -m repro``: the ``repro`` command without an installed console script (e.g. a GPU box
+where the project is on PYTHONPATH rather than pip-installed)."""
+
+from repro.cli import app
+
+app(prog_name="repro")
