@@ -62,3 +62,14 @@ def test_every_command_has_help_with_an_example() -> None:
         result = runner.invoke(app, [name, "--help"])
         assert result.exit_code == 0, (name, result.output)
         assert "repro " + name in result.output or "Example" in result.output, f"{name} --help shows no example"
+
+
+def test_gpu_checks_script_parses_and_refuses_unknown_sections(tmp_path: Path) -> None:
+    """benchmarks/gpu_checks.sh is what a GPU session runs in one call: it must at least parse and
+    fail fast on a typo (its full CPU rehearsal, DEVICE=cpu SMOKE=1, takes about a minute)."""
+    script = ROOT / "benchmarks" / "gpu_checks.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    env = {"PATH": "/usr/bin:/bin:" + str(Path(sys.executable).parent), "OUT": str(tmp_path), "DEVICE": "cpu",
+           "REPRO_HOME": str(tmp_path / "home")}
+    res = subprocess.run(["bash", str(script), "benchmark"], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "unknown section 'benchmark': allowed: bench, grid" in res.stderr

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Every GPU check of the project in one command, with its numbers written under $OUT:
+#   bench  bench_generate + bench_train on the device (SYS-1 throughput, fast vs reference FNO
+#          path, batched ensembles, bf16 accuracy)
+#   grid   `repro run-grid --grid gpu-demo` timed end to end (dry-run estimate first), then
+#          `repro status`; the MLflow store it produced is copied to $OUT (gzip'd SQLite)
+#
+#   OUT=/tmp/gpu bash benchmarks/gpu_checks.sh                 # both sections on cuda
+#   OUT=/tmp/gpu bash benchmarks/gpu_checks.sh grid            # one section
+#   OUT=/tmp/gpu DEVICE=cpu SMOKE=1 bash benchmarks/gpu_checks.sh   # seconds-long CPU rehearsal
+#
+# On the lent device machine (python3 with torch, no MLflow): first `bash ../shared/tools/gpu-wheels.sh`
+# here, carry `.whl`; the wheels are installed into /tmp/site below.  Each section ends well inside
+# the device tool's 10-minute limit per command, so the two can also be run as two calls.
+# Then, here: `repro fit-laws --tracking-uri sqlite:///<store> --grid gpu-demo` and `repro report`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DEVICE=${DEVICE:-cuda}
+SMOKE=${SMOKE:-0}
+OUT=${OUT:-$PWD/gpu-checks}
+sections=("${@:-bench grid}")
+read -r -a sections <<< "${sections[*]}"
+mkdir -p "$OUT"
+if [ -d .whl ] && ! python3 -c "import mlflow" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "could not install the carried wheels" >&2; exit 2; }
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+# A fresh store and data folder per call: the timings are for a cold grid.
+export REPRO_HOME=${REPRO_HOME:-$(mktemp -d /tmp/repro-gpu.XXXX)}
+summary=$OUT/summary.txt
+: > "$summary"
+
+# step NAME CMD...: run CMD, keep its log as $OUT/NAME.log and its wall time and exit status in the summary.
+step() {
+  local name=$1; shift
+  local start=$SECONDS
+  echo "== $name: $*" | tee -a "$summary"
+  "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  tail -n 40 "$OUT/$name.log"
+  echo "== $name: exit $rc, wall $((SECONDS - start)) s" | tee -a "$summary"
+}
+
+{ python3 -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__,
+  'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))"
+  command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  nproc; } 2>&1 | tee -a "$summary"
+
+grid=gpu-demo
+if [ "$SMOKE" = 1 ]; then
+  grid=$OUT/smoke-grid.toml  # same shape as gpu-demo, tiny: 2 sizes, 2 N, 2 shifts, 3 arms, 2 LRs, 1 seed
+  cat > "$grid" <<'EOF'
+label = "gpu-checks-smoke"
+resolution = 16
+models = ["xxs", "xs"]
+n_train = [8, 16]
+arms = ["scratch", "transfer", "zero_shot"]
+lrs = [1e-3, 3e-3]
+seeds = [0]
+batch_size = 8
+[upstream]
+n_train = 32
+n_val = 16
+n_test = 16
+[downstream]
+n_train = 16
+n_val = 16
+n_test = 16
+[pretrain]
+epochs = 2
+lr = 1e-3
+[finetune]
+steps = 4
+min_epochs = 1
+max_epochs = 4
+[[shifts]]
+upstream = "poisson(1,5)"
+downstream = "poisson(5,10)"
+[[shifts]]
+upstream = "advdiff(0.2,1)"
+downstream = "advdiff(1,2)"
+EOF
+fi
+
+for section in "${sections[@]}"; do
+  case $section in
+    bench)
+      if [ "$SMOKE" = 1 ]; then
+        step bench_generate python3 benchmarks/bench_generate.py --device "$DEVICE" --resolution 32 --n-ref 2 --n-batched 64
+        step bench_train python3 benchmarks/bench_train.py --device "$DEVICE" --resolution 16 --sizes xxs --steps 1
+      else
+        step bench_generate python3 benchmarks/bench_generate.py --device "$DEVICE"
+        step bench_train python3 benchmarks/bench_train.py --device "$DEVICE"
+      fi ;;
+    grid)
+      step grid_estimate python3 -m repro run-grid --grid "$grid" --device "$DEVICE" --dry-run
+      step grid python3 -m repro run-grid --grid "$grid" --device "$DEVICE"
+      step grid_status python3 -m repro status --grid "$grid"
+      python3 - "$REPRO_HOME/mlflow.db" "$OUT/mlflow.db" <<'EOF'
+import sqlite3, sys
+# A consistent single-file copy even if a WAL is still attached (sqlite's online backup).
+src, dst = sqlite3.connect(sys.argv[1]), sqlite3.connect(sys.argv[2])
+src.backup(dst)
+dst.close(); src.close()
+EOF
+      gzip -f "$OUT/mlflow.db" && ls -la "$OUT/mlflow.db.gz" | tee -a "$summary" ;;
+    *) echo "unknown section '$section': allowed: bench, grid" >&2; exit 2 ;;
+  esac
+done
+echo "summary: $summary"
+cat "$summary"
