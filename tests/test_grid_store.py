@@ -126,3 +126,22 @@ def test_a_zombie_worker_counts_as_gone() -> None:
     finally:
         child.wait()
     assert store.identity_alive(store.process_identity()) is True
+
+
+def test_device_slots_pin_one_gpu_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One slot per GPU × --runs-per-gpu, each with its own CUDA_VISIBLE_DEVICES; CPU slots split threads."""
+    from repro.grid.local import make_slots
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    slots = make_slots(device="cuda", workers=None, runs_per_gpu=2, n_gpus=2)
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["0", "0", "1", "1"]
+    assert [s.index for s in slots] == [0, 1, 2, 3]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # the job's allocation, e.g. under SLURM
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in make_slots(device="cuda", workers=None, n_gpus=2)] == ["3", "5"]
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in make_slots(device="cuda", workers=3, n_gpus=2)] == ["3", "5", "3"]
+    with pytest.raises(RuntimeError, match="no CUDA device is visible"):
+        make_slots(device="cuda", workers=None, n_gpus=0)
+    monkeypatch.setattr("repro.grid.local.cpu_count", lambda: 8)
+    cpu = make_slots(device="cpu", workers=4)
+    assert len(cpu) == 4 and all(s.env == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "CUDA_VISIBLE_DEVICES": ""}
+                                 for s in cpu)
