@@ -209,6 +209,12 @@ def train(
 # --- run-grid / status / ui (grid launcher) -------------------------------------------------
 
 
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def _load_plan(grid: str):
     from repro.config import SpecError
     from repro.grid.plan import expand
@@ -225,7 +231,8 @@ def run_grid_cmd(
     grid: str = typer.Option("quick", "--grid", help="shipped grid name (runs/NAME.toml) or path to a TOML file"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, what is finished and the estimated cost; run nothing"),
     workers: int = typer.Option(None, help="parallel workers (default: CPU cores, or GPUs x --runs-per-gpu)"),
-    device: str = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
+    device: str = typer.Option(None, help="cpu | cuda (default: cuda if available; with --executor slurm, "
+                                          "cuda when --gpus-per-task > 0: the compute nodes' device)"),
     runs_per_gpu: int = typer.Option(1, help="worker slots per GPU"),
     max_members: int = typer.Option(16, help="at most this many runs trained together as one ensemble (1: no batching)"),
     executor: str = typer.Option("local", help="local | slurm"),
@@ -264,28 +271,32 @@ def run_grid_cmd(
 
     plan = _load_plan(grid)
     uri = tracking_uri or tracking.default_tracking_uri()
-    device = device or autodetect_device()
     if executor not in ("local", "slurm"):
         fail(f"--executor {executor!r} is invalid: allowed: local, slurm")
+    # SLURM runs on the compute nodes: the launcher's own machine (a login node) may have no GPU.
+    remote = executor == "slurm"
+    device = device or (("cuda" if gpus_per_task > 0 else "cpu") if remote else autodetect_device())
     if device != "cpu" and not device.startswith("cuda"):
         fail(f"--device {device!r} is invalid: allowed: cpu, cuda")
-    if max_members < 1 or runs_per_gpu < 1 or (workers is not None and workers < 1):
-        fail("--max-members, --runs-per-gpu and --workers must be >= 1")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            fail("--device cuda but no CUDA device is visible")
-        slots = workers or torch.cuda.device_count() * runs_per_gpu
+    if max_members < 1 or runs_per_gpu < 1 or (workers is not None and workers < 1) or array_parallelism < 1:
+        fail("--max-members, --runs-per-gpu, --workers and --array-parallelism must be >= 1")
+    local_cuda = _cuda_count() if device.startswith("cuda") else 0
+    if device.startswith("cuda") and not remote and not local_cuda:
+        fail("--device cuda but no CUDA device is visible")
+    if remote:
+        slots = array_parallelism
     else:
-        slots = workers or cpu_count()
+        slots = workers or (local_cuda * runs_per_gpu if device.startswith("cuda") else cpu_count())
     try:
         if dry_run:
             from repro.grid import estimate as est_mod
 
             sv = launcher.survey(plan, uri, reap=False, stale_after=stale_after)
             est = None
-            if calibrate:
+            if calibrate and device.startswith("cuda") and not local_cuda:
+                typer.echo("no CUDA device here to calibrate the estimate on: run --dry-run on a GPU node "
+                           "for the cost", err=True)
+            elif calibrate:
                 done = set(sv.finished)
                 est = est_mod.estimate_units(plan.units(sv.todo, max_members=max_members, device=device), device=device, fast=fast,
                                              threads=max(1, cpu_count() // slots),

@@ -48,3 +48,33 @@ def test_grid_through_submitit_debug_executor(tmp_path):
     # resubmitting pulls nothing: everything is finished
     again = run_grid(plan, opts, live=False)
     assert again.finished == [] and again.finished_before == 4 and again.parent_run_id is None
+
+
+def test_slurm_from_a_login_node_without_gpus_targets_the_compute_nodes(tmp_path, monkeypatch):
+    """--executor slurm on a machine without CUDA: runs go to the nodes' GPUs, not to this CPU."""
+    from typer.testing import CliRunner
+
+    import repro.grid.launcher as launcher
+    from repro.cli import app
+
+    monkeypatch.setattr("repro.cli._cuda_count", lambda: 0)  # a login node, also on a GPU test machine
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    seen = {}
+
+    def fake_run_grid(plan, opts, costs=None):
+        seen.update(device=opts.device, workers=opts.workers, slurm=opts.slurm)
+        raise KeyboardInterrupt  # stop before submitting anything
+
+    monkeypatch.setattr(launcher, "run_grid", fake_run_grid)
+    res = CliRunner().invoke(app, ["run-grid", "--grid", "quick", "--executor", "slurm", "--array-parallelism", "8",
+                                   "--tracking-uri", uri, "--slurm-folder", str(tmp_path / "slurm")])
+    assert res.exit_code == 130, res.output
+    assert seen["device"] == "cuda" and seen["workers"] == 8 and seen["slurm"].gpus_per_task == 1
+    res = CliRunner().invoke(app, ["run-grid", "--grid", "quick", "--executor", "slurm", "--gpus-per-task", "0",
+                                   "--tracking-uri", uri, "--slurm-folder", str(tmp_path / "slurm")])
+    assert seen["device"] == "cpu"
+    res = CliRunner().invoke(app, ["run-grid", "--grid", "quick", "--executor", "slurm", "--dry-run",
+                                   "--tracking-uri", uri])
+    assert res.exit_code == 0 and "to do 84" in res.output and "no CUDA device here to calibrate" in res.output
+    res = CliRunner().invoke(app, ["run-grid", "--grid", "quick", "--device", "cuda", "--tracking-uri", uri])
+    assert res.exit_code != 0 and "--device cuda but no CUDA device is visible" in res.output  # local needs one
