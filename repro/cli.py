@@ -238,7 +238,8 @@ def run_grid_cmd(
     executor: str = typer.Option("local", help="local | slurm"),
     partition: str = typer.Option(None, help="SLURM partition"),
     time_limit: int = typer.Option(240, "--time", help="SLURM time limit per array task, minutes"),
-    gpus_per_task: int = typer.Option(1, help="SLURM GPUs per array task"),
+    gpus_per_task: int = typer.Option(1, help="SLURM GPUs per array task (an array task trains on one GPU: "
+                                              "scale out with --array-parallelism)"),
     array_parallelism: int = typer.Option(16, help="SLURM: at most this many array tasks at once"),
     slurm_tasks: int = typer.Option(None, help="SLURM array size (default: one task per unit, at most 256)"),
     slurm_folder: str = typer.Option(None, help="SLURM logs and scripts (default: <REPRO_HOME>/slurm)"),
