@@ -294,15 +294,17 @@ def run_grid_cmd(
 
             sv = launcher.survey(plan, uri, reap=False, stale_after=stale_after)
             est = None
-            if calibrate and device.startswith("cuda") and not local_cuda:
-                typer.echo("no CUDA device here to calibrate the estimate on: run --dry-run on a GPU node "
-                           "for the cost", err=True)
-            elif calibrate:
-                done = set(sv.finished)
+            here = not (device.startswith("cuda") and not local_cuda)  # can the runs' device be timed here?
+            done = set(sv.finished)
+            if calibrate and (here or done):
                 est = est_mod.estimate_units(plan.units(sv.todo, max_members=max_members, device=device), device=device, fast=fast,
                                              threads=max(1, cpu_count() // slots),
                                              finished=est_mod.finished_walls(sv.states),
-                                             finished_units=plan.units(done, max_members=max_members, device=device) if done else None)
+                                             finished_units=plan.units(done, max_members=max_members, device=device) if done else None,
+                                             calibrate_here=here)
+            elif calibrate:
+                typer.echo("no CUDA device here to calibrate the estimate on, and no finished run to measure: "
+                           "run --dry-run on a GPU node, or once some runs finished, for the cost", err=True)
             typer.echo(launcher.plan_text(plan, sv, est, slots=slots, device=device, max_members=max_members))
             return
         slurm = None

@@ -61,3 +61,19 @@ def test_finished_walls_reads_mlflow_times():
     run = SimpleNamespace(info=SimpleNamespace(start_time=1000, end_time=4500))
     states = {"a": SimpleNamespace(finished=run), "b": SimpleNamespace(finished=None)}
     assert estimate.finished_walls(states) == {"a": 3.5}
+
+
+def test_estimate_from_finished_runs_alone_recovers_their_throughput():
+    """A login node cannot time the GPU: the finished runs' walls give the throughput instead."""
+    tp = Throughput(latency=0.0, per_sample=2e-3, eval_per_sample=estimate.EVAL_FRACTION * 2e-3)
+    done = [SimpleNamespace(specs=(spec(seed=s, n_train=n),), keys=(spec(seed=s, n_train=n).run_key,))
+            for s, n in ((0, 16), (1, 64))]
+    walls = {u.keys[0]: unit_seconds(list(u.specs), tp) for u in done}
+    todo = [SimpleNamespace(specs=(spec(seed=2, epochs=30),), keys=(spec(seed=2, epochs=30).run_key,)),
+            SimpleNamespace(specs=(spec(seed=0, model="xs"),), keys=(spec(seed=0, model="xs").run_key,))]
+    est = estimate.estimate_units(todo, device="cuda", finished=walls, finished_units=done, calibrate_here=False)
+    (measured,) = est.throughput.values()
+    assert measured.per_sample == pytest.approx(2e-3)
+    assert est.device_seconds == pytest.approx(unit_seconds(list(todo[0].specs), tp))
+    assert len(est.not_estimated) == 1  # no xs run finished: nothing to measure it by
+    assert "finished runs" in est.source

@@ -11,6 +11,11 @@ Model of one unit (an ensemble of ``k`` runs sharing data, model size and schedu
 forward/backward/Adam steps of the real FNO at batch 1 and at a larger batch, per model size
 and resolution).  When the store already holds finished runs of the plan, their measured wall
 times rescale the remaining estimate (``scale`` = measured / predicted over the finished units).
+
+Where the runs' device is not here (a SLURM login node without GPUs), there is nothing to
+calibrate on: ``per_sample`` is then solved from the finished runs themselves, per model size
+and resolution (:func:`throughput_from_finished`), and units of a size with no finished run yet
+are counted as not estimated.
 """
 
 from __future__ import annotations
@@ -129,6 +134,7 @@ class Estimate:
     throughput: dict[tuple, Throughput] = field(default_factory=dict)
     scale: float = 1.0
     source: str = "calibration"
+    not_estimated: list[str] = field(default_factory=list)  # unit task ids without a throughput
 
     @property
     def device_seconds(self) -> float:
@@ -147,18 +153,47 @@ def _tp_key(spec: RunSpec) -> tuple:
     return (spec.model, spec.data.resolution, spec.model_spec.in_channels)
 
 
+def throughput_from_finished(finished: Mapping[str, float], finished_units: Iterable) -> dict[tuple, Throughput]:
+    """Per (model, resolution, channels): the ``per_sample`` that makes the unit model reproduce the
+    measured walls of the finished units (pooled: total time over total sample work).
+
+    The step latency is folded into ``per_sample`` (it cannot be told apart from wall times alone)
+    and an evaluation sample costs :data:`EVAL_FRACTION` of a training one.
+    """
+    unit_work = Throughput(latency=0.0, per_sample=1.0, eval_per_sample=EVAL_FRACTION)
+    no_work = Throughput(latency=0.0, per_sample=0.0, eval_per_sample=0.0)
+    work: dict[tuple, float] = {}
+    spent: dict[tuple, float] = {}
+    for unit in finished_units:
+        walls = [finished[k] for k in unit.keys if k in finished]
+        if not walls:
+            continue
+        specs = list(unit.specs)
+        overhead = unit_seconds(specs, no_work)
+        key = _tp_key(specs[0])
+        work[key] = work.get(key, 0.0) + unit_seconds(specs, unit_work) - overhead
+        spent[key] = spent.get(key, 0.0) + max(max(walls) - overhead, 0.0)
+    return {key: Throughput(latency=0.0, per_sample=max(spent[key], 1e-9) / w,
+                            eval_per_sample=EVAL_FRACTION * max(spent[key], 1e-9) / w)
+            for key, w in work.items() if w > 0}
+
+
 def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = None, threads: int | None = None,
                    cache: dict[tuple, Throughput] | None = None,
                    finished: Mapping[str, float] | None = None,
-                   finished_units: Iterable | None = None) -> Estimate:
+                   finished_units: Iterable | None = None, calibrate_here: bool = True) -> Estimate:
     """Estimate ``units`` (objects with ``.specs`` and ``.keys``, e.g. :class:`repro.grid.plan.Unit`).
 
     ``finished`` maps run_key -> measured seconds (:func:`finished_walls`; an ensemble's
-    members run concurrently, so a unit's time is its slowest member's) for runs already in the store; ``finished_units`` are the plan's
-    units over those keys, used to rescale the prediction.
+    members run concurrently, so a unit's time is its slowest member's) for runs already in the
+    store; ``finished_units`` are the plan's units over those keys, used to rescale the
+    prediction, or, with ``calibrate_here=False`` (the runs' device is not on this machine), as
+    the only source of throughput.
     """
     cache = {} if cache is None else cache
     units = list(units)
+    if not calibrate_here:
+        return _estimate_from_finished(units, finished or {}, list(finished_units or []))
 
     def tp_for(spec: RunSpec) -> Throughput:
         key = _tp_key(spec)
@@ -182,6 +217,20 @@ def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = 
 
     for unit in units:
         est.unit_seconds[unit_task_id(unit)] = est.scale * unit_seconds(list(unit.specs), tp_for(unit.specs[0]))
+    return est
+
+
+def _estimate_from_finished(units: list, finished: Mapping[str, float], finished_units: list) -> Estimate:
+    from repro.grid.launcher import unit_task_id
+
+    measured = throughput_from_finished(finished, finished_units)
+    est = Estimate(throughput=measured, source=f"measured on {len(finished)} finished runs, no calibration here")
+    for unit in units:
+        tp = measured.get(_tp_key(unit.specs[0]))
+        if tp is None:
+            est.not_estimated.append(unit_task_id(unit))
+        else:
+            est.unit_seconds[unit_task_id(unit)] = unit_seconds(list(unit.specs), tp)
     return est
 
 

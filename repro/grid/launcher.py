@@ -445,6 +445,9 @@ def plan_text(plan: Plan, sv: Survey, est: Any = None, *, slots: int = 1, device
         lines.append(f"estimated cost: {hours:.3f} {device}-hours ({est.source}); "
                      f"wall time about {_hms(wall)} with {slots} {'GPU slot' if device.startswith('cuda') else 'worker'}"
                      f"{'s' if slots != 1 else ''}")
+        if est.not_estimated:
+            lines.append(f"  not estimated: {len(est.not_estimated)} units of model sizes / resolutions with no "
+                         f"finished run yet (the estimate above leaves them out)")
         for key, tp in sorted(est.throughput.items()):
             model, res, ch = key
             lines.append(f"  throughput {model} at {res}x{res} ({ch} channels): "
