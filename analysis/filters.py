@@ -110,12 +110,42 @@ def drop_duplicates(df: pd.DataFrame) -> tuple[pd.DataFrame, FilterReport]:
                    reason)
 
 
+#: What must agree between the runs of one curve point (they may differ in LR and seed only).
+PROTOCOL_COLUMNS: tuple[str, ...] = (
+    schema.P_EPOCHS, schema.P_BATCH_SIZE, schema.P_EVAL_EVERY, schema.P_LAYOUT, schema.P_INIT_FROM,
+    schema.P_DATA_N_TRAIN, schema.P_DATA_N_VAL, schema.P_DATA_N_TEST, schema.P_DATA_SEED,
+)
+_POINT = (schema.C_TASK, schema.C_SHIFT, schema.P_MODEL, schema.P_N_TRAIN, schema.P_ARM)
+
+
+def flag_mixed_protocols(df: pd.DataFrame) -> tuple[pd.DataFrame, FilterReport]:
+    """Flag curve points that pool runs of different protocols (keeps every run).
+
+    Two grids of one physics and resolution but e.g. other epochs or another pre-trained
+    checkpoint land on the same (task, shift, model, N, arm) when analysed together, and LR
+    selection would then compare across protocols.  ``--grid`` selects one grid.
+    """
+    cols = [c for c in PROTOCOL_COLUMNS if c in df]
+    protocol = pd.Series([repr(t) for t in df[cols].itertuples(index=False, name=None)], index=df.index, dtype=object)
+    n_protocols = protocol.groupby([df[c] for c in _POINT], dropna=False).transform("nunique")
+    mixed = n_protocols > 1
+    kept, rep = _report("protocol", "runs of one curve point that differ in more than LR and seed (flagged, "
+                        "kept: analyse one grid with --grid)", df, pd.Series(False, index=df.index), "")
+    flagged = df.loc[mixed].copy()
+    flagged["filter"] = "protocol"
+    differing = {c for c in cols if df.loc[mixed].groupby(list(_POINT), dropna=False)[c].nunique(dropna=False).gt(1).any()}
+    flagged["reason"] = [f"its curve point pools {n} protocols (differing in {', '.join(sorted(differing))}); "
+                         "select one grid with --grid" for n in n_protocols[mixed]]
+    return kept, dataclasses.replace(rep, flagged=flagged[list(EXCLUSION_COLUMNS)].reset_index(drop=True))
+
+
 #: Filters in the order they apply: a FAILED run is "failed", not "duplicate" of its re-run.
 FILTERS: dict[str, Callable[[pd.DataFrame], tuple[pd.DataFrame, FilterReport]]] = {
     "unfinished": drop_unfinished,
     "failed": drop_failed,
     "diverged": drop_diverged,
     "duplicate": drop_duplicates,
+    "protocol": flag_mixed_protocols,
 }
 
 

@@ -92,7 +92,7 @@ def test_default_tracking_uri(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 def test_analysis_recovers_the_planted_truth(runs) -> None:
     result = analyze(runs, n_boot=50, workers=1)
-    assert [r.n_excluded for r in result.filter_reports] == [0, 1, 0, 0]
+    assert [r.n_excluded for r in result.filter_reports] == [0, 1, 0, 0, 0]
     assert len(result.curves) == 2 * 2 * 2  # (scratch per task + transfer per shift) x 2 models
     fit = result.curves[CurveKey("poisson(5,10)", "", "xs", "scratch")]
     assert fit.params["alpha"] == pytest.approx(QUICK.alpha, abs=0.1)

@@ -32,7 +32,7 @@ def test_filters_count_and_explain() -> None:
     ])
     kept, reports = apply_filters(df)
     assert [(r.name, r.before, r.after) for r in reports] == [
-        ("unfinished", 6, 5), ("failed", 5, 4), ("diverged", 4, 3), ("duplicate", 3, 2)]
+        ("unfinished", 6, 5), ("failed", 5, 4), ("diverged", 4, 3), ("duplicate", 3, 2), ("protocol", 2, 2)]
     assert list(kept[schema.C_RUN_ID]) == ["r3", "r5"]  # val rel L2 3 > 1: flagged, not dropped
     ex = exclusions(reports).set_index(schema.C_RUN_ID)
     assert ex.loc["r1", "reason"] == "CUDA out of memory"
@@ -41,7 +41,7 @@ def test_filters_count_and_explain() -> None:
     assert ex.loc["r0", "reason"] == "superseded by newer run r5"
     fl = flagged(reports).set_index(schema.C_RUN_ID)
     assert list(fl.index) == ["r3"] and "3 > 1" in fl.loc["r3", "reason"]
-    assert [r.n_flagged for r in reports] == [0, 0, 1, 0]
+    assert [r.n_flagged for r in reports] == [0, 0, 1, 0, 0]
 
 
 def test_small_n_cell_above_one_survives_selection() -> None:
@@ -96,3 +96,19 @@ def test_pretrain_run_on_a_downstream_task_is_its_scratch_point() -> None:
     scratch = sel[sel[schema.P_ARM] == "scratch"]
     assert sorted(scratch[schema.P_N_TRAIN]) == [8, 1024]
     assert set(scratch[schema.C_SHIFT]) == {""}
+
+
+def test_a_curve_point_pooling_two_protocols_is_flagged_not_dropped() -> None:
+    """Two grids of one physics and resolution, other epochs: analysed together, their runs meet in
+    one curve point; every run is kept and flagged, naming what differs."""
+    df = runs_to_frame([
+        _run(0, **{schema.P_EPOCHS: "100", schema.P_LR: "0.001"}),
+        _run(1, **{schema.P_EPOCHS: "100", schema.P_LR: "0.003"}),  # LR differs: one protocol
+        _run(2, **{schema.P_EPOCHS: "500", schema.P_LR: "0.001"}),  # another grid's schedule
+        _run(3, **{schema.P_EPOCHS: "500", schema.P_N_TRAIN: "16"}),  # alone at its N
+    ])
+    kept, reports = apply_filters(df)
+    assert len(kept) == 4
+    fl = flagged(reports).set_index(schema.C_RUN_ID)
+    assert sorted(fl.index) == ["r0", "r1", "r2"]
+    assert "pools 2 protocols (differing in epochs)" in fl.loc["r2", "reason"] and "--grid" in fl.loc["r2", "reason"]
