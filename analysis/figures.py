@@ -40,6 +40,21 @@ def to_png(plot: "ggplot", width: float, height: float, dpi: int = 96) -> bytes:
     return buf.getvalue()
 
 
+_ESTIMATE, _BOUND = "estimate", "lower bound (capped at the extrapolation horizon)"
+
+
+def _bound_labels(is_bound: pd.Series) -> pd.Categorical:
+    """Point labels for values that may be capped: a capped one is only a lower bound."""
+    return pd.Categorical(np.where(is_bound.astype(bool), _BOUND, _ESTIMATE), categories=[_ESTIMATE, _BOUND])
+
+
+def _bound_shapes():
+    """Filled dots for estimates, up-triangles for lower bounds (the true value lies above)."""
+    from plotnine import scale_shape_manual
+
+    return scale_shape_manual(values={_ESTIMATE: "o", _BOUND: "^"}, name="", drop=False)
+
+
 def _order_models(df: pd.DataFrame, result: "AnalysisResult", column: str = "model") -> pd.DataFrame:
     """Model sizes as a categorical ordered by parameter count (legends read small -> large)."""
     models = sorted(df[column].astype(str).unique(), key=lambda m: (result.model_params.get(m, math.inf), m))
@@ -106,8 +121,8 @@ def error_vs_n(result: "AnalysisResult", shift: str) -> "ggplot | None":
 
 def multiplier_vs_eps(result: "AnalysisResult") -> "ggplot | None":
     """Data-efficiency multiplier N_scratch(eps) / N_transfer(eps) with bootstrap bands."""
-    from plotnine import (aes, facet_wrap, geom_hline, geom_line, geom_ribbon, ggplot, labs, scale_x_log10,
-                          scale_y_log10, theme_bw)
+    from plotnine import (aes, facet_wrap, geom_hline, geom_line, geom_point, geom_ribbon, ggplot, labs,
+                          scale_x_log10, scale_y_log10, theme_bw)
 
     frames = [m.eps_frame() for m in result.transfer.values()]
     if not frames:
@@ -119,9 +134,11 @@ def multiplier_vs_eps(result: "AnalysisResult") -> "ggplot | None":
     df = _order_models(df, result)
     df["multiplier_lo"] = df["multiplier_lo"].clip(lower=df["multiplier"].min() / 10)
     df["multiplier_hi"] = df["multiplier_hi"].where(np.isfinite(df["multiplier_hi"]), df["multiplier"].max() * 10)
+    df["value"] = _bound_labels(df["multiplier_bound"])
     return (ggplot(df, aes("eps", "multiplier", colour="model", fill="model"))
             + geom_ribbon(aes(ymin="multiplier_lo", ymax="multiplier_hi"), alpha=0.15, colour="none")
-            + geom_line() + geom_hline(yintercept=1, linetype="dotted")
+            + geom_line() + geom_point(aes(shape="value"), size=2) + _bound_shapes()
+            + geom_hline(yintercept=1, linetype="dotted")
             + scale_x_log10(minor_breaks=[]) + scale_y_log10(minor_breaks=[])
             + facet_wrap("shift", ncol=3)
             + labs(x="target error eps (scratch's fitted error at its observed N)",
@@ -167,7 +184,8 @@ def ood_ladder(result: "AnalysisResult") -> "ggplot | None":
 
 def data_transferred(result: "AnalysisResult") -> "ggplot | None":
     """Effective data transferred D_T(N) with bootstrap bands."""
-    from plotnine import aes, facet_wrap, geom_line, geom_ribbon, ggplot, labs, scale_x_log10, scale_y_log10, theme_bw
+    from plotnine import (aes, facet_wrap, geom_line, geom_point, geom_ribbon, ggplot, labs, scale_x_log10,
+                          scale_y_log10, theme_bw)
 
     frames = [m.n_frame() for m in result.transfer.values()]
     if not frames:
@@ -180,9 +198,11 @@ def data_transferred(result: "AnalysisResult") -> "ggplot | None":
     df["d_t_lo"] = df["d_t_lo"].clip(lower=df["d_t"].min() / 10)
     df["d_t_hi"] = df["d_t_hi"].where(np.isfinite(df["d_t_hi"]), df["d_t"].max() * 10)
     df["n_train"] = df["n_train"].astype(float)
+    df["value"] = _bound_labels(df["d_t_bound"])
     return (ggplot(df, aes("n_train", "d_t", colour="model", fill="model"))
             + geom_ribbon(aes(ymin="d_t_lo", ymax="d_t_hi"), alpha=0.15, colour="none")
-            + geom_line() + scale_x_log10(minor_breaks=[]) + scale_y_log10(minor_breaks=[]) + facet_wrap("shift", ncol=3)
+            + geom_line() + geom_point(aes(shape="value"), size=2) + _bound_shapes()
+            + scale_x_log10(minor_breaks=[]) + scale_y_log10(minor_breaks=[]) + facet_wrap("shift", ncol=3)
             + labs(x="downstream N", y="D_T(N) = N_scratch(err_transfer(N)) - N",
                    title="Effective data transferred (Hernandez et al. 2021)")
             + theme_bw())
