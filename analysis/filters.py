@@ -131,11 +131,14 @@ def flag_mixed_protocols(df: pd.DataFrame) -> tuple[pd.DataFrame, FilterReport]:
     mixed = n_protocols > 1
     kept, rep = _report("protocol", "runs of one curve point that differ in more than LR and seed (flagged, "
                         "kept: analyse one grid with --grid)", df, pd.Series(False, index=df.index), "")
+    if not mixed.any():
+        return kept, rep
     flagged = df.loc[mixed].copy()
     flagged["filter"] = "protocol"
-    differing = {c for c in cols if df.loc[mixed].groupby(list(_POINT), dropna=False)[c].nunique(dropna=False).gt(1).any()}
-    flagged["reason"] = [f"its curve point pools {n} protocols (differing in {', '.join(sorted(differing))}); "
-                         "select one grid with --grid" for n in n_protocols[mixed]]
+    # what differs, per curve point (the reason of each run names its own point's differences)
+    differing = flagged.groupby(list(_POINT), dropna=False)[cols].transform(lambda c: c.nunique(dropna=False) > 1)
+    flagged["reason"] = [f"its curve point pools {n} protocols (differing in {', '.join(c for c in cols if row[c])}); "
+                         "select one grid with --grid" for n, (_, row) in zip(n_protocols[mixed], differing.iterrows())]
     return kept, dataclasses.replace(rep, flagged=flagged[list(EXCLUSION_COLUMNS)].reset_index(drop=True))
 
 

@@ -106,9 +106,12 @@ def test_a_curve_point_pooling_two_protocols_is_flagged_not_dropped() -> None:
         _run(1, **{schema.P_EPOCHS: "100", schema.P_LR: "0.003"}),  # LR differs: one protocol
         _run(2, **{schema.P_EPOCHS: "500", schema.P_LR: "0.001"}),  # another grid's schedule
         _run(3, **{schema.P_EPOCHS: "500", schema.P_N_TRAIN: "16"}),  # alone at its N
+        _run(4, **{schema.P_N_TRAIN: "32", schema.P_DATA_SEED: "0"}),  # another point, other data seeds
+        _run(5, **{schema.P_N_TRAIN: "32", schema.P_DATA_SEED: "1"}),
     ])
     kept, reports = apply_filters(df)
-    assert len(kept) == 4
+    assert len(kept) == 6
     fl = flagged(reports).set_index(schema.C_RUN_ID)
-    assert sorted(fl.index) == ["r0", "r1", "r2"]
+    assert sorted(fl.index) == ["r0", "r1", "r2", "r4", "r5"]
     assert "pools 2 protocols (differing in epochs)" in fl.loc["r2", "reason"] and "--grid" in fl.loc["r2", "reason"]
+    assert "(differing in data.seed)" in fl.loc["r4", "reason"]  # each run names its own point's difference
