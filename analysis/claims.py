@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from analysis.transfer import EITHER, EXACT, LOWER_BOUND, UPPER_BOUND
+
 PASS = "PASS"
 FAIL = "FAIL"
 NOT_ENOUGH = "NOT ENOUGH DATA"
@@ -73,9 +75,14 @@ def format_number(x: object) -> str:
     return f"{v:.3g}"
 
 
-def format_bound(x: object, is_bound: bool) -> str:
-    """:func:`format_number`, prefixed with ``≥`` when ``x`` is only a lower bound."""
-    return ("≥" if is_bound else "") + format_number(x)
+#: How a value clipped to the extrapolation horizon is shown (analysis.transfer's directions).
+_BOUND_PREFIX = {LOWER_BOUND: "≥", UPPER_BOUND: "≤", EITHER: "~"}
+
+
+def format_bound(x: object, direction: int) -> str:
+    """:func:`format_number`, prefixed ``≥`` for a lower bound, ``≤`` for an upper bound and ``~``
+    for an interval end that clipped replicates could move either way."""
+    return _BOUND_PREFIX.get(int(direction), "") + format_number(x)
 
 
 def claim_data_efficiency(summary: pd.DataFrame) -> Claim:
@@ -91,9 +98,9 @@ def claim_data_efficiency(summary: pd.DataFrame) -> Claim:
     verdict = PASS if med >= MULTIPLIER_THRESHOLD else FAIL
     text = (f"median multiplier {format_number(med)} over {len(m)} pairs (range {format_number(float(np.min(m)))}–{format_number(float(np.max(m)))}); "
             f"{lo_ok}/{len(m)} with the interval's lower end >= {MULTIPLIER_THRESHOLD:g}")
-    bounds = int(summary["multiplier_bound"].sum()) if "multiplier_bound" in summary else 0
+    bounds = int((summary["multiplier_bound"] != EXACT).sum()) if "multiplier_bound" in summary else 0
     if bounds:
-        text += f"; {bounds} multiplier(s) capped at the extrapolation horizon (lower bounds)"
+        text += f"; {bounds} multiplier(s) clipped at the extrapolation horizon (bounds only)"
     return _claim(1, rule, verdict, text, median=med, n_pairs=len(m), lower_bound_ok=lo_ok)
 
 

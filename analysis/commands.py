@@ -34,7 +34,7 @@ def _pct(x: Any) -> str:
     return "n/a" if math.isnan(v) else f"{v:.0%}"
 
 
-def _ci(lo: Any, hi: Any, lo_bound: bool = False, hi_bound: bool = False) -> str:
+def _ci(lo: Any, hi: Any, lo_bound: int = 0, hi_bound: int = 0) -> str:
     return f"[{format_bound(lo, lo_bound)}, {format_bound(hi, hi_bound)}]"
 
 
@@ -75,7 +75,7 @@ def print_result(result: AnalysisResult, console: Console) -> None:
     summary = result.transfer_summary
     if len(summary):
         tm = Table(title="Transfer metrics (multiplier at ε* = scratch's error at its largest N)",
-                   caption=f"≥: a lower bound; laws are not extrapolated beyond {EXTRAPOLATION_FACTOR:g}× the N range run "
+                   caption=f"≥ / ≤: a lower / upper bound; laws are not extrapolated beyond {EXTRAPOLATION_FACTOR:g}× the N range run "
                            "(catch-up inf: not within it)")
         for col in ("shift", "model", "ε*", "multiplier", "95% CI", "undefined boot.", "D_T(N_min)", "catch-up N"):
             tm.add_column(col, overflow="fold")

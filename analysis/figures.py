@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from repro import schema
+from analysis.transfer import LOWER_BOUND, UPPER_BOUND
 
 if TYPE_CHECKING:  # pragma: no cover
     from plotnine import ggplot
@@ -40,19 +41,21 @@ def to_png(plot: "ggplot", width: float, height: float, dpi: int = 96) -> bytes:
     return buf.getvalue()
 
 
-_ESTIMATE, _BOUND = "estimate", "lower bound (capped at the extrapolation horizon)"
+_ESTIMATE, _LOWER, _UPPER = "estimate", "lower bound (clipped at the horizon)", "upper bound (clipped at the horizon)"
 
 
-def _bound_labels(is_bound: pd.Series) -> pd.Categorical:
-    """Point labels for values that may be capped: a capped one is only a lower bound."""
-    return pd.Categorical(np.where(is_bound.astype(bool), _BOUND, _ESTIMATE), categories=[_ESTIMATE, _BOUND])
+def _bound_labels(direction: pd.Series) -> pd.Categorical:
+    """Point labels for values that may be clipped to the extrapolation horizon."""
+    d = direction.to_numpy(int)
+    labels = np.select([d == LOWER_BOUND, d == UPPER_BOUND], [_LOWER, _UPPER], _ESTIMATE)
+    return pd.Categorical(labels, categories=[_ESTIMATE, _LOWER, _UPPER])
 
 
 def _bound_shapes():
-    """Filled dots for estimates, up-triangles for lower bounds (the true value lies above)."""
+    """Dots for estimates; up-triangles for lower bounds (the true value lies above), down for upper."""
     from plotnine import scale_shape_manual
 
-    return scale_shape_manual(values={_ESTIMATE: "o", _BOUND: "^"}, name="", drop=False)
+    return scale_shape_manual(values={_ESTIMATE: "o", _LOWER: "^", _UPPER: "v"}, name="", drop=False)
 
 
 def _order_models(df: pd.DataFrame, result: "AnalysisResult", column: str = "model") -> pd.DataFrame:

@@ -49,6 +49,27 @@ _CATCH_UP_GRID = 1200
 EXTRAPOLATION_FACTOR = 10.0
 
 
+#: Direction of a value clipped to the horizon: the true (unclipped) value is at least it
+#: (LOWER_BOUND), at most it (UPPER_BOUND), or either, for an interval end reached by both kinds.
+EXACT, LOWER_BOUND, UPPER_BOUND, EITHER = 0, 1, -1, 2
+
+
+def _law_n(eps: ArrayLike, law: Sequence[ArrayLike]) -> np.ndarray:
+    """N at which ``law`` reaches ``eps``; ``nan`` for a law with non-finite parameters (a failed
+    bootstrap fit), not the ``inf`` of a curve that never gets there."""
+    n = laws.n_at_error(eps, *law)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(np.asarray(law[0], float) + np.asarray(law[1], float) + np.asarray(law[2], float))
+    return np.where(bad, np.nan, n)
+
+
+def _direction(true: np.ndarray, clipped: np.ndarray) -> np.ndarray:
+    """LOWER_BOUND where clipping lowered the value, UPPER_BOUND where it raised it, else EXACT."""
+    with np.errstate(invalid="ignore"):
+        step = np.sign(true - clipped)  # inf - finite = inf: a cap on an infinite value is a lower bound
+    return np.where(np.isnan(step), EXACT, step).astype(np.int8)
+
+
 def multiplier(eps: ArrayLike, scratch: Sequence[ArrayLike], transfer: Sequence[ArrayLike],
                horizon: tuple[float, float] = (0.0, math.inf)) -> tuple[np.ndarray, np.ndarray]:
     """Data-efficiency multiplier N_scratch(eps) / N_transfer(eps), both N kept inside ``horizon``.
@@ -57,77 +78,89 @@ def multiplier(eps: ArrayLike, scratch: Sequence[ArrayLike], transfer: Sequence[
     that broadcast with ``eps`` (e.g. bootstrap columns of shape (B, 1)).
 
     Inverting a law far outside the N it was fitted on is not evidence: a nearly flat scratch
-    curve puts N_scratch(eps) at 1e50 in some bootstrap replicates, and the interval's upper end
-    with it.  So N_scratch is capped at ``horizon[1]`` and N_transfer floored at ``horizon[0]``.
-    Both only lower the ratio, so a censored value is a *lower bound* of the uncapped one.
+    curve puts N_scratch(eps) at 1e50 (or 1e-33) in some bootstrap replicates, and the interval
+    with it.  So both N are clipped to ``horizon`` = (n_low, n_high) before the ratio is taken,
+    and each clipped ratio says which way it is off: a lower bound of the true ratio (e.g. scratch
+    capped at n_high, or only transfer reaching eps) or an upper bound.
 
     Returns
     -------
-    (multiplier, censored)
-        ``nan`` where neither arm reaches ``eps`` within the horizon; ``inf`` where only
-        transfer does and the horizon is unbounded; ``censored`` marks values hit by a cap.
+    (multiplier, direction)
+        ``nan`` where neither arm ever reaches ``eps`` (or a fit failed); ``inf`` where only
+        transfer does and the horizon is unbounded; ``direction`` per value is EXACT,
+        LOWER_BOUND or UPPER_BOUND.
     """
     n_low, n_high = horizon
-    n_s = laws.n_at_error(eps, *scratch)
-    n_t = laws.n_at_error(eps, *transfer)
-    undefined = (n_s > n_high) & (n_t > n_high) | np.isinf(n_s) & np.isinf(n_t)
-    censored = ((n_s > n_high) | (n_t < n_low)) & ~undefined
+    n_s, n_t = _law_n(eps, scratch), _law_n(eps, transfer)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.minimum(n_s, n_high) / np.maximum(n_t, n_low)
-    return np.where(undefined, np.nan, ratio), censored
+        true = n_s / n_t  # inf / inf = nan: neither arm gets there
+        ratio = np.clip(n_s, n_low, n_high) / np.clip(n_t, n_low, n_high)
+    undefined = np.isnan(true)
+    return np.where(undefined, np.nan, ratio), np.where(undefined, EXACT, _direction(true, ratio)).astype(np.int8)
 
 
 @dataclass(frozen=True)
 class CensoredInterval:
-    """Percentile interval of bootstrap replicates, some of them lower bounds, per column."""
+    """Percentile interval of bootstrap replicates, some of them bounds only, per column."""
 
     lo: np.ndarray
     hi: np.ndarray
-    undefined: np.ndarray  # share of replicates where neither arm reaches eps in the horizon (left out)
-    censored: np.ndarray  # share of replicates capped by the extrapolation horizon
-    lo_bound: np.ndarray  # lo is only a lower bound (a censored replicate lies at or below it)
-    hi_bound: np.ndarray  # hi is only a lower bound
+    undefined: np.ndarray  # share of replicates that are nan (left out)
+    censored: np.ndarray  # share of replicates clipped to the extrapolation horizon
+    lo_bound: np.ndarray  # direction of the lower end: EXACT, LOWER_BOUND, UPPER_BOUND or EITHER
+    hi_bound: np.ndarray  # direction of the upper end
+
+
+def _end_direction(samples: np.ndarray, direction: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Which way an interval end may move once clipped replicates take their true values.
+
+    Raising replicates (lower bounds) can only raise a quantile, and only if one of them lies at
+    or below it; lowering replicates (upper bounds) can only lower it, if one lies at or above it.
+    """
+    up = np.any((direction == LOWER_BOUND) & (samples <= end), axis=0)
+    down = np.any((direction == UPPER_BOUND) & (samples >= end), axis=0)
+    return np.select([up & down, up, down], [EITHER, LOWER_BOUND, UPPER_BOUND], EXACT).astype(np.int8)
 
 
 def censored_interval(samples: np.ndarray, confidence: float,
-                      censored: np.ndarray | None = None) -> CensoredInterval:
+                      direction: np.ndarray | None = None) -> CensoredInterval:
     """Percentile interval of bootstrap replicates (on axis 0), ignoring undefined ones.
 
     A replicate is undefined (``nan``) e.g. where neither arm's curve reaches the error level; it
     is left out of the percentiles (counting it as 0 would drag the lower end down) and reported.
     ``inverted_cdf`` picks observed values, so an end is never interpolated with ``inf``.
-    ``censored`` (same shape) marks replicates that are lower bounds (:func:`multiplier`):
-    an interval end is exact only when every censored replicate lies strictly above it, since
-    raising those replicates to their true values cannot move it then.  ``nan`` ends where every
+    ``direction`` (same shape, from :func:`multiplier`) marks replicates that are bounds only;
+    each end then says whether it is exact or which way it may be off.  ``nan`` ends where every
     replicate is undefined.
     """
     samples = np.asarray(samples, dtype=float)
-    censored = np.zeros(samples.shape, bool) if censored is None else np.asarray(censored, bool)
+    direction = np.zeros(samples.shape, np.int8) if direction is None else np.asarray(direction, np.int8)
     undefined = np.isnan(samples).mean(axis=0)
     tail = (1.0 - confidence) / 2.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-nan columns give nan, as they should
         lo, hi = np.nanquantile(samples, [tail, 1.0 - tail], axis=0, method="inverted_cdf")
-    return CensoredInterval(lo=lo, hi=hi, undefined=undefined, censored=censored.mean(axis=0),
-                              lo_bound=np.any(censored & (samples <= lo), axis=0),
-                              hi_bound=np.any(censored & (samples <= hi), axis=0))
+    return CensoredInterval(lo=lo, hi=hi, undefined=undefined, censored=(direction != EXACT).mean(axis=0),
+                            lo_bound=_end_direction(samples, direction, lo),
+                            hi_bound=_end_direction(samples, direction, hi))
 
 
 def data_transferred(n: ArrayLike, scratch: Sequence[ArrayLike], transfer: Sequence[ArrayLike],
-                     n_high: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
+                     horizon: tuple[float, float] = (0.0, math.inf)) -> tuple[np.ndarray, np.ndarray]:
     """Effective data transferred D_T(N) = N_scratch(err_transfer(N)) - N (Hernandez et al. 2021).
 
-    N_scratch is capped at ``n_high`` (see :func:`multiplier`); a capped D_T is a lower bound.
+    N_scratch is clipped to ``horizon`` as in :func:`multiplier`.
 
     Returns
     -------
-    (d_t, censored)
-        ``inf`` where the transfer error at N is below anything scratch can reach and
-        ``n_high`` is unbounded; ``censored`` marks values hit by the cap.
+    (d_t, direction)
+        ``inf`` where the transfer error at N is below anything scratch can reach and the
+        horizon is unbounded; ``direction`` per value as in :func:`multiplier`.
     """
     n = np.asarray(n, dtype=float)
-    n_s = laws.n_at_error(laws.saturating(n, *transfer), *scratch)
-    return np.minimum(n_s, n_high) - n, n_s > n_high
+    n_s = _law_n(laws.saturating(n, *transfer), scratch)
+    clipped = np.clip(n_s, *horizon)
+    return clipped - n, _direction(n_s, clipped)
 
 
 def catch_up(scratch: Sequence[ArrayLike], transfer: Sequence[ArrayLike], n_min: float,
@@ -173,16 +206,17 @@ class TransferMetrics:
     multiplier_lo: np.ndarray
     multiplier_hi: np.ndarray
     multiplier_undefined: np.ndarray  # fraction of bootstrap replicates where neither arm reaches eps
-    multiplier_censored: np.ndarray  # fraction of replicates capped at the extrapolation horizon
-    multiplier_bound: np.ndarray  # the point estimate is capped: the true one is at least this
-    multiplier_lo_bound: np.ndarray  # the interval's lower end is only a lower bound
-    multiplier_hi_bound: np.ndarray  # the interval's upper end is only a lower bound
+    multiplier_censored: np.ndarray  # fraction of replicates clipped to the extrapolation horizon
+    # Directions (EXACT, LOWER_BOUND, UPPER_BOUND, EITHER) of the point estimate and the ends.
+    multiplier_bound: np.ndarray
+    multiplier_lo_bound: np.ndarray
+    multiplier_hi_bound: np.ndarray
     transfer_extrapolated: np.ndarray  # N_transfer(eps) below the smallest observed N
     n: np.ndarray
     d_t: np.ndarray
     d_t_lo: np.ndarray
     d_t_hi: np.ndarray
-    d_t_bound: np.ndarray  # D_T capped at the extrapolation horizon: the true one is at least this
+    d_t_bound: np.ndarray  # directions, as for the multiplier
     d_t_lo_bound: np.ndarray
     d_t_hi_bound: np.ndarray
     horizon: tuple[float, float]  # the N range laws are inverted in (and catch-up searched)
@@ -232,8 +266,8 @@ def transfer_metrics(scratch: PowerLawFit, transfer: PowerLawFit, *, task: str, 
         Error levels for the multiplier (default: the scratch curve's fitted error at each n).
     extrapolation
         N_scratch and N_transfer are kept within this factor of the two fits' N range
-        (:func:`multiplier`), and catch-up is searched up to it; a capped multiplier, D_T or
-        interval end is flagged a lower bound.
+        (:func:`multiplier`), and catch-up is searched up to it; a clipped multiplier, D_T or
+        interval end carries the direction in which it is a bound.
     """
     lo_n = min(scratch.n_range[0], transfer.n_range[0])
     hi_n = max(scratch.n_range[1], transfer.n_range[1])
@@ -245,14 +279,14 @@ def transfer_metrics(scratch: PowerLawFit, transfer: PowerLawFit, *, task: str, 
     conf = min(scratch.confidence, transfer.confidence)
     horizon = (lo_n / extrapolation, hi_n * extrapolation)
     m, m_bound = multiplier(eps, s, t, horizon)
-    d, d_bound = data_transferred(n, s, t, horizon[1])
+    d, d_bound = data_transferred(n, s, t, horizon)
     search_to = min(horizon[1], CATCH_UP_MAX)
     c = float(catch_up(s, t, lo_n, search_to)[0])
     B = min(len(scratch.bootstrap), len(transfer.bootstrap))
     if B > 0:
         bs, bt = _columns(scratch.bootstrap[:B]), _columns(transfer.bootstrap[:B])
         m_boot, m_censored = multiplier(eps[None, :], bs, bt, horizon)
-        d_boot, d_censored = data_transferred(n[None, :], bs, bt, horizon[1])
+        d_boot, d_censored = data_transferred(n[None, :], bs, bt, horizon)
         m_iv = censored_interval(m_boot, conf, m_censored)
         d_iv = censored_interval(d_boot, conf, d_censored)
         c_boot = catch_up([x[:, 0] for x in bs], [x[:, 0] for x in bt], lo_n, search_to)
@@ -273,7 +307,7 @@ def transfer_metrics(scratch: PowerLawFit, transfer: PowerLawFit, *, task: str, 
 
 def _no_interval(shape: tuple[int, ...]) -> CensoredInterval:
     """No bootstrap: every end missing, nothing flagged."""
-    nan, no = np.full(shape, np.nan), np.zeros(shape, bool)
+    nan, no = np.full(shape, np.nan), np.zeros(shape, np.int8)
     return CensoredInterval(lo=nan, hi=nan, undefined=nan, censored=nan, lo_bound=no, hi_bound=no)
 
 

@@ -34,8 +34,8 @@ def test_data_transferred_is_exact_for_the_analytic_pair() -> None:
     # err_t(N) = E + (A/9) N^-1/2 = E + A (81 N)^-1/2  =>  N_scratch(err_t(N)) = 81 N
     d_t, censored = data_transferred(n, SCRATCH, TRANSFER)
     assert d_t == pytest.approx(80.0 * n) and not censored.any()
-    d_t, censored = data_transferred(n, SCRATCH, TRANSFER, n_high=1e4)  # 81 N > 1e4 at N = 1024
-    assert d_t == pytest.approx([640.0, 5120.0, 1e4 - 1024]) and censored.tolist() == [False, False, True]
+    d_t, direction = data_transferred(n, SCRATCH, TRANSFER, horizon=(1.0, 1e4))  # 81 N > 1e4 at N = 1024
+    assert d_t == pytest.approx([640.0, 5120.0, 1e4 - 1024]) and direction.tolist() == [0, 0, 1]
 
 
 def test_catch_up_is_where_the_curves_cross() -> None:
@@ -91,32 +91,45 @@ def test_transfer_metrics_report_the_undefined_share() -> None:
     assert "multiplier_undefined" in m.eps_frame()
 
 
-def test_multiplier_is_capped_at_the_extrapolation_horizon() -> None:
-    """N beyond the horizon is capped; the capped ratio is flagged as a lower bound."""
+def test_multiplier_is_clipped_to_the_extrapolation_horizon() -> None:
+    """Both N are clipped to the horizon; each clipped ratio says which way it is off."""
+    from analysis.transfer import EXACT, LOWER_BOUND, UPPER_BOUND
+
     # N_scratch: 16.7, 1.6e7, 1.6e9 (N_transfer = N_scratch / 81), never
     eps = np.array([0.5, 0.0105, 0.01005, 0.005])
-    m, censored = multiplier(eps, SCRATCH, TRANSFER, horizon=(0.1, 1e6))
-    assert m[0] == pytest.approx(81.0) and not censored[0]
-    assert m[1] == pytest.approx(1e6 / laws.n_at_error(0.0105, *TRANSFER)) and censored[1]
-    assert np.isnan(m[2]) and not censored[2]  # neither arm gets there within the horizon: undefined
-    assert np.isnan(m[3]) and not censored[3]  # neither arm ever gets there
-    m, censored = multiplier(0.5, SCRATCH, TRANSFER, horizon=(1.0, 1e6))  # N_transfer 0.21 floored at 1
-    assert m == pytest.approx(laws.n_at_error(0.5, *SCRATCH)) and censored
-    only_transfer = (0.02, 2.0, 0.5)  # scratch's floor above eps: only transfer gets there
-    m, censored = multiplier(0.015, only_transfer, TRANSFER, horizon=(1.0, 1e4))
-    assert np.isfinite(m) and censored
+    m, direction = multiplier(eps, SCRATCH, TRANSFER, horizon=(0.1, 1e6))
+    assert m[0] == pytest.approx(81.0) and direction[0] == EXACT
+    assert m[1] == pytest.approx(1e6 / laws.n_at_error(0.0105, *TRANSFER)) and direction[1] == LOWER_BOUND
+    assert m[2] == 1.0 and direction[2] == LOWER_BOUND  # both beyond: 1, and the true ratio (81) is above
+    assert np.isnan(m[3]) and direction[3] == EXACT  # neither arm ever gets there: undefined
+    m, direction = multiplier(0.5, SCRATCH, TRANSFER, horizon=(1.0, 1e6))  # N_transfer 0.21 raised to 1
+    assert m == pytest.approx(laws.n_at_error(0.5, *SCRATCH)) and direction == LOWER_BOUND
+    m, direction = multiplier(0.5, TRANSFER, SCRATCH, horizon=(1.0, 1e6))  # swapped: N_scratch 0.21 raised
+    assert m == pytest.approx(1.0 / laws.n_at_error(0.5, *SCRATCH)) and direction == UPPER_BOUND
+    only_scratch = (0.02, 2.0, 0.5)  # transfer's floor above eps: only scratch gets there
+    m, direction = multiplier(0.015, SCRATCH, only_scratch, horizon=(1.0, 1e6))
+    assert m == pytest.approx(laws.n_at_error(0.015, *SCRATCH) / 1e6) and direction == UPPER_BOUND  # true: 0
+    m, direction = multiplier(0.015, only_scratch, TRANSFER, horizon=(1.0, 1e6))
+    assert np.isfinite(m) and direction == LOWER_BOUND  # true: inf
+    m, direction = multiplier(0.5, (np.nan, 2.0, 0.5), TRANSFER, horizon=(1.0, 1e6))  # a failed bootstrap fit
+    assert np.isnan(m) and direction == EXACT
 
 
-def test_interval_ends_are_bounds_only_when_a_censored_replicate_reaches_them() -> None:
-    from analysis.transfer import censored_interval
+def test_interval_ends_are_bounds_only_when_a_clipped_replicate_reaches_them() -> None:
+    from analysis.transfer import EITHER, EXACT, LOWER_BOUND, UPPER_BOUND, censored_interval
 
     x = np.array([[v] for v in (2.0, 3.0, 4.0, 5.0, 100.0)])
-    censored = np.array([[False]] * 4 + [[True]])  # the 100 is really more
-    iv = censored_interval(x, 0.6, censored)
-    assert (iv.lo[0], iv.hi[0]) == (2.0, 5.0) and not iv.lo_bound[0] and not iv.hi_bound[0]
+    lower = np.array([[EXACT]] * 4 + [[LOWER_BOUND]])  # the 100 is really more
+    iv = censored_interval(x, 0.6, lower)
+    assert (iv.lo[0], iv.hi[0]) == (2.0, 5.0) and iv.lo_bound[0] == EXACT and iv.hi_bound[0] == EXACT
     assert iv.censored[0] == pytest.approx(0.2)
-    iv = censored_interval(x, 0.99, censored)  # the upper end is the censored replicate
-    assert iv.hi[0] == 100.0 and iv.hi_bound[0] and not iv.lo_bound[0]
+    iv = censored_interval(x, 0.99, lower)  # the upper end is the clipped replicate
+    assert iv.hi[0] == 100.0 and iv.hi_bound[0] == LOWER_BOUND and iv.lo_bound[0] == EXACT
+    upper = np.array([[UPPER_BOUND]] + [[EXACT]] * 3 + [[LOWER_BOUND]])  # the 2 is really less
+    iv = censored_interval(x, 0.99, upper)
+    assert iv.lo_bound[0] == UPPER_BOUND and iv.hi_bound[0] == LOWER_BOUND
+    iv = censored_interval(x, 0.6, np.array([[EXACT], [LOWER_BOUND], [EXACT], [UPPER_BOUND], [EXACT]]))
+    assert iv.hi[0] == 5.0 and iv.hi_bound[0] == EITHER  # 3 may rise past 5 and 5 may fall
 
 
 def test_flat_scratch_curve_gives_a_bounded_interval() -> None:
@@ -128,8 +141,9 @@ def test_flat_scratch_curve_gives_a_bounded_interval() -> None:
     unbounded = transfer_metrics(s, t, task="a", shift="b -> a", model="xs", extrapolation=math.inf)
     assert np.nanmax(unbounded.multiplier_hi) > 1e6  # the failure this guards against
     m = transfer_metrics(s, t, task="a", shift="b -> a", model="xs")
-    assert np.all(m.multiplier_hi <= (128 * 10) / (8 / 10))
+    assert np.all(m.multiplier_hi <= (128 * 10) / (8 / 10)) and np.all(m.multiplier_lo >= (8 / 10) / (128 * 10))
+    assert np.nanmin(unbounded.multiplier_lo) < 1e-6  # the lower end extrapolated as wildly, before
     assert m.multiplier_hi_bound.any() and m.multiplier_censored.max() > 0
-    assert np.array_equal(m.multiplier_hi_bound, m.multiplier_hi < unbounded.multiplier_hi)
+    assert np.array_equal(m.multiplier_hi_bound == 1, m.multiplier_hi < unbounded.multiplier_hi)
     assert np.all(m.d_t_hi <= 128 * 10) and np.all(m.d_t_hi_bound == (m.d_t_hi < unbounded.d_t_hi))
     assert m.horizon == (0.8, 1280.0) and unbounded.horizon == (0.0, math.inf)
