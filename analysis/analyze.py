@@ -23,6 +23,7 @@ import pandas as pd
 
 from repro import schema
 from analysis import claims as claims_mod
+from analysis.collect import system_of
 from analysis.filters import FilterReport, apply_filters, exclusions
 from analysis.fits import (N_BOOT, N_BOOT_JOINT, FitSkipped, JointFit, PowerLawFit, fit_joint, fit_saturating,
                            single_thread_blas)
@@ -112,10 +113,6 @@ def _geo_mean(x: pd.Series) -> float:
     return float(np.exp(np.mean(np.log(x)))) if len(x) else math.nan
 
 
-def _pde(label: str) -> str:
-    return label.split("(")[0]
-
-
 def zero_shot_table(selected: pd.DataFrame) -> pd.DataFrame:
     """Zero-shot error per (task, shift, model): geometric mean over runs, shift magnitude."""
     zs = selected[selected[schema.P_ARM] == "zero_shot"]
@@ -183,7 +180,7 @@ def benefit_table(pointwise: pd.DataFrame, zero_shot: pd.DataFrame, selected: pd
     out["magnitude"] = [_magnitude(r) for r in _range_rows(transfer_runs, out)]
     zs = zero_shot.set_index([schema.C_SHIFT, schema.P_MODEL])["zero_shot"] if len(zero_shot) else pd.Series(dtype=float)
     out["zero_shot"] = [zs.get((s, m), math.nan) for s, m in zip(out[schema.C_SHIFT], out[schema.P_MODEL])]
-    out["pde"] = out[schema.C_TASK].map(_pde)
+    out["pde"] = out[schema.C_TASK].map(system_of)
     return out
 
 

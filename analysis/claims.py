@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from analysis.collect import system_of
 from analysis.transfer import EITHER, EXACT, LOWER_BOUND, UPPER_BOUND
 
 PASS = "PASS"
@@ -195,7 +196,7 @@ def claim_mixed(mixed: pd.DataFrame) -> Claim:
             "on one, NOT ENOUGH DATA if fewer than three systems have mixed runs.")
     if mixed.empty:
         return _claim(5, rule, NOT_ENOUGH, "no runs pre-trained on the mixture")
-    m = mixed.assign(pde=mixed["task"].str.split("(").str[0])
+    m = mixed.assign(pde=mixed["task"].map(system_of))
     per: dict[str, dict[str, Any]] = {}
     for pde, g in m.groupby("pde"):
         both = g.dropna(subset=["scratch", "transfer_mixed"])

@@ -283,6 +283,14 @@ def _qualify_by_resolution(df: pd.DataFrame) -> None:
     df.loc[has_shift, schema.C_SHIFT] = df.loc[has_shift, schema.C_SHIFT] + suffix[has_shift[ambiguous]]
 
 
+def system_of(task: str) -> str:
+    """The physics system of a task label, with its resolution qualifier if any:
+    ``poisson(5,10)`` -> ``poisson``, ``poisson(5,10)@32`` -> ``poisson@32``, ``mixed`` -> ``mixed``.
+    Claims and figures that group tasks by system group by this, so resolutions stay apart."""
+    label, at, resolution = task.partition("@")
+    return label.split("(")[0] + at + resolution
+
+
 def _labels(df: pd.DataFrame, pde: str, low: str, high: str) -> pd.Series:
     """Dataset labels (``DatasetSpec.label``, e.g. ``poisson(5,10)``) for each row, "" if absent.
 

@@ -261,5 +261,6 @@ def test_same_physics_at_two_resolutions_are_separate_tasks(tmp_path: Path) -> N
     # one grid alone keeps the short labels
     assert set(collect_runs(uri, "tiny64").loc[lambda d: d[schema.T_ROLE] == schema.ROLE_DOWNSTREAM, schema.C_TASK]) \
         == {"poisson(2.5,7.5)"}
-    pointwise = analyze(both, n_boot=10, workers=1).pointwise
-    assert len(pointwise) == 2 * len(TINY.n_values)  # one row per (resolution, N), never pooled
+    result = analyze(both, n_boot=10, workers=1)
+    assert len(result.pointwise) == 2 * len(TINY.n_values)  # one row per (resolution, N), never pooled
+    assert set(result.benefit["pde"]) == {"poisson@32", "poisson@64"}  # the OOD-ladder claim groups by this
