@@ -20,6 +20,9 @@ SMOKE=${SMOKE:-0}
 OUT=${OUT:-$PWD/gpu-checks}
 sections=("${@:-bench grid}")
 read -r -a sections <<< "${sections[*]}"
+for section in "${sections[@]}"; do  # before anything runs: a typo must not cost a 10-minute grid first
+  case $section in bench|grid) ;; *) echo "unknown section '$section': allowed: bench, grid" >&2; exit 2 ;; esac
+done
 mkdir -p "$OUT"
 if [ -d .whl ] && ! python3 -c "import mlflow" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -27,10 +30,13 @@ if [ -d .whl ] && ! python3 -c "import mlflow" 2>/dev/null; then
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
-# A fresh store and data folder per call: the timings are for a cold grid.
+# A fresh store and data folder per call: the timings are for a cold grid (and the store copied
+# below is the one the grid wrote, whatever the caller's environment points at).
 export REPRO_HOME=${REPRO_HOME:-$(mktemp -d /tmp/repro-gpu.XXXX)}
+unset REPRO_TRACKING_URI REPRO_DATA_DIR
 summary=$OUT/summary.txt
 : > "$summary"
+failed=0
 
 # step NAME CMD...: run CMD, keep its log as $OUT/NAME.log and its wall time and exit status in the summary.
 step() {
@@ -39,6 +45,7 @@ step() {
   echo "== $name: $*" | tee -a "$summary"
   "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
+  [ "$rc" = 0 ] || failed=1
   tail -n 40 "$OUT/$name.log"
   echo "== $name: exit $rc, wall $((SECONDS - start)) s" | tee -a "$summary"
 }
@@ -106,8 +113,8 @@ src.backup(dst)
 dst.close(); src.close()
 EOF
       gzip -f "$OUT/mlflow.db" && ls -la "$OUT/mlflow.db.gz" | tee -a "$summary" ;;
-    *) echo "unknown section '$section': allowed: bench, grid" >&2; exit 2 ;;
   esac
 done
 echo "summary: $summary"
 cat "$summary"
+exit "$failed"  # non-zero when any step failed (each step's log is under $OUT)

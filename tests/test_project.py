@@ -71,5 +71,7 @@ def test_gpu_checks_script_parses_and_refuses_unknown_sections(tmp_path: Path) -
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     env = {"PATH": "/usr/bin:/bin:" + str(Path(sys.executable).parent), "OUT": str(tmp_path), "DEVICE": "cpu",
            "REPRO_HOME": str(tmp_path / "home")}
-    res = subprocess.run(["bash", str(script), "benchmark"], env=env, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(["bash", str(script), "grid", "benchmark"], env=env, capture_output=True, text=True,
+                         timeout=120)
     assert res.returncode == 2 and "unknown section 'benchmark': allowed: bench, grid" in res.stderr
+    assert not (tmp_path / "summary.txt").exists()  # refused before the grid section ran
