@@ -238,8 +238,9 @@ def run_grid_cmd(
     executor: str = typer.Option("local", help="local | slurm"),
     partition: str = typer.Option(None, help="SLURM partition"),
     time_limit: int = typer.Option(240, "--time", help="SLURM time limit per array task, minutes"),
-    gpus_per_task: int = typer.Option(1, help="SLURM GPUs per array task (an array task trains on one GPU: "
-                                              "scale out with --array-parallelism)"),
+    gpus_per_task: int = typer.Option(None, help="SLURM GPUs per array task (default: 1 with --device cuda, 0 with "
+                                                 "cpu; an array task trains on one GPU: scale out with "
+                                                 "--array-parallelism)"),
     array_parallelism: int = typer.Option(16, help="SLURM: at most this many array tasks at once"),
     slurm_tasks: int = typer.Option(None, help="SLURM array size (default: one task per unit, at most 256)"),
     slurm_folder: str = typer.Option(None, help="SLURM logs and scripts (default: <REPRO_HOME>/slurm)"),
@@ -276,7 +277,18 @@ def run_grid_cmd(
         fail(f"--executor {executor!r} is invalid: allowed: local, slurm")
     # SLURM runs on the compute nodes: the launcher's own machine (a login node) may have no GPU.
     remote = executor == "slurm"
-    device = device or (("cuda" if gpus_per_task > 0 else "cpu") if remote else autodetect_device())
+    if remote:
+        if workers is not None:
+            fail("--workers applies to --executor local; with slurm, --array-parallelism sets the parallel tasks")
+        if gpus_per_task is not None and gpus_per_task < 0:
+            fail(f"--gpus-per-task {gpus_per_task} is invalid: allowed: >= 0")
+        device = device or ("cpu" if gpus_per_task == 0 else "cuda")
+        gpus_per_task = (1 if device.startswith("cuda") else 0) if gpus_per_task is None else gpus_per_task
+        if device.startswith("cuda") and gpus_per_task == 0:
+            fail("--device cuda with --gpus-per-task 0: the array tasks would have no GPU; allowed: >= 1")
+        if device == "cpu" and gpus_per_task > 0:
+            fail(f"--device cpu with --gpus-per-task {gpus_per_task}: the GPUs would sit idle; use 0 (the default)")
+    device = device or autodetect_device()
     if device != "cpu" and not device.startswith("cuda"):
         fail(f"--device {device!r} is invalid: allowed: cpu, cuda")
     if max_members < 1 or runs_per_gpu < 1 or (workers is not None and workers < 1) or array_parallelism < 1:
@@ -302,6 +314,8 @@ def run_grid_cmd(
                                              finished=est_mod.finished_walls(sv.states),
                                              finished_units=plan.units(done, max_members=max_members, device=device) if done else None,
                                              calibrate_here=here)
+                if remote and here and not done:
+                    est.source += ", timed on this machine: the compute nodes may differ"
             elif calibrate:
                 typer.echo("no CUDA device here to calibrate the estimate on, and no finished run to measure: "
                            "run --dry-run on a GPU node, or once some runs finished, for the cost", err=True)
