@@ -3,4 +3,5 @@ where the project is on PYTHONPATH rather than pip-installed)."""
 
 from repro.cli import app
 
-app(prog_name="repro")
+if __name__ == "__main__":
+    app(prog_name="repro")

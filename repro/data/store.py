@@ -312,6 +312,8 @@ def ensure_split(spec: DatasetSpec, split: str, data_dir: Path, *, progress: boo
 def regenerate_split(spec: DatasetSpec, split: str, data_dir: Path, *, progress: bool = False) -> Path:
     """(Re)write a split's file without reading what is there: for a caller that already found it
     missing or bad (re-hashing a corrupt file a second time only costs time)."""
+    if split not in SPLITS:
+        raise ValueError(f"split = {split!r} is invalid: allowed: {', '.join(SPLITS)}")
     path = dataset_path(spec, split, Path(data_dir))
     path.parent.mkdir(parents=True, exist_ok=True)
     _write(spec, split, path, progress)
