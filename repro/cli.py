@@ -239,8 +239,7 @@ def run_grid_cmd(
     partition: str = typer.Option(None, help="SLURM partition"),
     time_limit: int = typer.Option(240, "--time", help="SLURM time limit per array task, minutes"),
     gpus_per_task: int = typer.Option(None, help="SLURM GPUs per array task (default: 1 with --device cuda, 0 with "
-                                                 "cpu; an array task trains on one GPU: scale out with "
-                                                 "--array-parallelism)"),
+                                                 "cpu; an array task runs one worker per GPU it gets)"),
     array_parallelism: int = typer.Option(16, help="SLURM: at most this many array tasks at once"),
     slurm_tasks: int = typer.Option(None, help="SLURM array size (default: one task per unit, at most 256)"),
     slurm_folder: str = typer.Option(None, help="SLURM logs and scripts (default: <REPRO_HOME>/slurm)"),

@@ -83,3 +83,31 @@ def test_slurm_from_a_login_node_without_gpus_targets_the_compute_nodes(tmp_path
                           (["--workers", "4"], "--array-parallelism sets the parallel tasks")):
         res = CliRunner().invoke(app, ["run-grid", "--grid", "quick", "--executor", "slurm", *args, "--tracking-uri", uri])
         assert res.exit_code == 2 and message in res.output, (args, res.output)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_an_array_task_with_several_devices_runs_a_worker_per_device(tmp_path, monkeypatch):
+    """--gpus-per-task 2: an array task spreads its share over a local pool, one worker per GPU.
+    Here two CPU slots stand in for the two GPUs (the same pool code, no GPU needed)."""
+    import repro.grid.slurm as slurm_mod
+    from repro.grid import store
+    from repro.grid.launcher import Options, run_grid
+    from repro.grid.local import make_slots
+
+    pools = []
+
+    def two_slots(settings):
+        pools.append(settings.device)
+        return make_slots(device="cpu", workers=2)
+
+    monkeypatch.setattr(slurm_mod, "_allocation_slots", two_slots)
+    grid = write_grid(tmp_path / "g.toml", "slurm-pool", n_train="[8, 16]", up="32", pre_epochs=2, ft_epochs=2)
+    plan = expand(load_grid(grid))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    opts = Options(tracking_uri=uri, data_dir=tmp_path / "data", executor="slurm",
+                   slurm=SlurmOptions(cluster="debug", folder=tmp_path / "slurm", tasks=1))
+    out = run_grid(plan, opts, live=False)
+    assert out.ok and len(out.finished) == len(plan), out
+    assert pools  # every phase's single array task went through the pool
+    assert Counter(s.status for s in store.key_states(uri, plan.keys).values()) == {schema.FINISHED: len(plan)}

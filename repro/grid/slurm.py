@@ -73,17 +73,51 @@ def sbatch_script(opts: SlurmOptions, n_tasks: int, *, name: str = "repro-grid")
     return _make_sbatch_string(command=command, folder=folder, **{k: v for k, v in params.items() if v is not None})
 
 
-def array_task(tasks: list[DataTask | UnitTask], settings: Settings) -> list[tuple[str, list[dict] | None, str | None]]:
-    """Body of one array task: run its share of the phase; never raises for one task's failure."""
+TaskResult = tuple[str, list[dict] | None, str | None]  # task id, run outcomes, error
+
+
+def array_task(tasks: list[DataTask | UnitTask], settings: Settings) -> list[TaskResult]:
+    """Body of one array task: run its share of the phase; never raises for one task's failure.
+
+    With several GPUs in the allocation (``--gpus-per-task`` > 1) the share runs on a local
+    pool of one worker per GPU, so no GPU idles; otherwise task after task in this process.
+    """
+    return run_share(tasks, settings, _allocation_slots(settings))
+
+
+def _allocation_slots(settings: Settings) -> list:
+    """One slot per GPU SLURM gave this task (its CUDA_VISIBLE_DEVICES); none for one GPU or CPU."""
+    if not settings.device.startswith("cuda"):
+        return []
+    from repro.grid.local import _gpu_count, make_slots
+
+    n_gpus = _gpu_count()
+    return make_slots(device="cuda", workers=None, n_gpus=n_gpus) if n_gpus > 1 else []
+
+
+def run_share(tasks: list[DataTask | UnitTask], settings: Settings, slots: list) -> list[TaskResult]:
+    """Run independent tasks (one phase) in this process, or on ``slots`` when there are several."""
+    if len(slots) <= 1:
+        return [_run_here(task, settings) for task in tasks]
+    from repro.grid.local import Scheduler, run_local
+
+    results: dict[str, tuple[list[dict] | None, str | None]] = {}
+
+    def record(task: DataTask | UnitTask, outcomes: list[dict] | None, error: str | None) -> None:
+        results[task.task_id] = (outcomes, error)
+
+    run_local(Scheduler(tasks=list(tasks), deps={}), settings, slots, on_start=lambda task: None,
+              on_result=record, on_blocked=lambda task, reason: record(task, None, reason))
+    return [(task.task_id, *results.get(task.task_id, (None, "never started"))) for task in tasks]
+
+
+def _run_here(task: DataTask | UnitTask, settings: Settings) -> TaskResult:
     import traceback
 
-    out = []
-    for task in tasks:
-        try:
-            out.append((task.task_id, run_task(task, settings), None))
-        except Exception:  # noqa: BLE001 - recorded by the launcher
-            out.append((task.task_id, None, traceback.format_exc(limit=5).strip().splitlines()[-1]))
-    return out
+    try:
+        return (task.task_id, run_task(task, settings), None)
+    except Exception:  # noqa: BLE001 - recorded by the launcher
+        return (task.task_id, None, traceback.format_exc(limit=5).strip().splitlines()[-1])
 
 
 def _run_phase(tasks: list[DataTask | UnitTask], settings: Settings, opts: SlurmOptions, name: str,
