@@ -158,7 +158,9 @@ def throughput_from_finished(finished: Mapping[str, float], finished_units: Iter
     measured walls of the finished units (pooled: total time over total sample work).
 
     The step latency is folded into ``per_sample`` (it cannot be told apart from wall times alone)
-    and an evaluation sample costs :data:`EVAL_FRACTION` of a training one.
+    and an evaluation sample costs :data:`EVAL_FRACTION` of a training one.  ``finished_units``
+    should group the runs as they were trained (same ``--max-members``): an ensemble's members
+    share one wall time.
     """
     unit_work = Throughput(latency=0.0, per_sample=1.0, eval_per_sample=EVAL_FRACTION)
     no_work = Throughput(latency=0.0, per_sample=0.0, eval_per_sample=0.0)
