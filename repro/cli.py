@@ -395,6 +395,45 @@ def ui(
     os.execvp(cmd[0], cmd)
 
 
+@app.command()
+def export(
+    grid: str = typer.Option("quick", "--grid", help="shipped grid name or path to a TOML file"),
+    to: str = typer.Option(..., "--to", help="new SQLite file to write (never overwritten), e.g. reports/NAME/mlflow.db"),
+    tracking_uri: str = typer.Option(None, help="MLflow store to read (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
+    artifacts: bool = typer.Option(False, "--artifacts/--no-artifacts", help="copy checkpoints and figures too"),
+) -> None:
+    """Copy one grid's runs into a new, portable SQLite MLflow store.
+
+    Every run of the grid's plan (failed ones too) with tags, params, full metric histories and
+    statuses, plus the grid's parent runs; status, fit-laws, report and ui work on the copy.
+
+    Examples:
+
+      repro export --grid gpu-demo --to reports/gpu-demo/mlflow.db
+
+      repro export --grid paper-e1 --tracking-uri http://head:5000 --to e1.db --artifacts
+
+      repro fit-laws --grid gpu-demo --tracking-uri sqlite:///reports/gpu-demo/mlflow.db
+    """
+    from rich.progress import Progress
+
+    from repro.grid import export as export_mod
+    from repro.grid import store
+    from repro.train import tracking
+
+    plan = _load_plan(grid)
+    uri = tracking_uri or tracking.default_tracking_uri()
+    try:
+        with Progress(transient=True) as bar:
+            job = bar.add_task(f"exporting {plan.grid.label}", total=None)
+            result = export_mod.export_grid(plan, uri, Path(to), artifacts=artifacts,
+                                            on_run=lambda: bar.advance(job))
+    except store.StoreError as err:
+        fail(str(err))
+    typer.echo(f"exported {result.n_runs} runs and {result.n_parents} grid invocation(s) of {plan.grid.label} "
+               f"to {result.path} (open with --tracking-uri sqlite:///{result.path})")
+
+
 # --- fit-laws / report (analysis) -----------------------------------------------------------
 
 from pathlib import Path  # noqa: E402  - kept in this section; typer resolves the annotations below

@@ -186,6 +186,40 @@ class RunRecorder:
         client.set_terminated(self.run_id, status=schema.FAILED)
 
 
+def copy_run(run: Any, src_uri: str, dst_uri: str, *, parent_ids: Mapping[str, str],
+             artifacts: bool = False) -> str:
+    """Write ``run`` (an MLflow Run read from ``src_uri``) into ``dst_uri`` as a new run: tags,
+    params, every metric's full history, status and times; returns the new run id.
+
+    ``parent_ids`` maps source parent run ids to their copies (the parent tag is rewritten, so
+    the copy's grid -> run tree holds).  With ``artifacts`` the run's files (checkpoint, figure)
+    are copied too.
+    """
+    from mlflow.entities import Metric, Param
+
+    src, dst = _client(src_uri), _client(dst_uri)
+    tags = dict(run.data.tags)
+    if schema.T_PARENT_RUN_ID in tags:
+        tags[schema.T_PARENT_RUN_ID] = parent_ids.get(tags[schema.T_PARENT_RUN_ID], "")
+    copy = dst.create_run(experiment_id(dst_uri), start_time=run.info.start_time, tags=tags,
+                          run_name=run.info.run_name)
+    new_id = copy.info.run_id
+    metrics = [Metric(m.key, m.value, m.timestamp, m.step) for key in run.data.metrics
+               for m in src.get_metric_history(run.info.run_id, key)]
+    params = [Param(k, v) for k, v in run.data.params.items()]
+    for i in range(0, len(params), 100):  # MLflow caps one batch at 100 params and 1000 metrics
+        dst.log_batch(new_id, params=params[i:i + 100])
+    for i in range(0, len(metrics), 1000):
+        dst.log_batch(new_id, metrics=metrics[i:i + 1000])
+    if artifacts and run.info.artifact_uri:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = src.download_artifacts(run.info.run_id, "", tmp)
+            if any(Path(local).iterdir()):
+                dst.log_artifacts(new_id, local)
+    dst.set_terminated(new_id, status=run.info.status, end_time=run.info.end_time)
+    return new_id
+
+
 def finished_run_id(uri: str, run_key: str) -> str | None:
     """The newest FINISHED run with this run_key, if any."""
     client = _client(uri)

@@ -1,0 +1,62 @@
+"""Export one grid's runs from any MLflow store into a new, portable SQLite store.
+
+For sharing a grid's results (e.g. committing them under ``reports/``) or moving them off a
+cluster's tracking server: the copy holds the grid's parent runs and every child run of its plan
+with tags, params, full metric histories and statuses, so ``repro status``, ``fit-laws``,
+``report`` and ``repro ui`` work on it as on the original.  Failed and killed runs are copied
+too (failures are data).  Checkpoints and figures only with ``artifacts=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from repro.grid import store
+from repro.grid.plan import Plan
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    n_parents: int
+    n_runs: int
+
+
+def grid_runs(plan: Plan, uri: str) -> tuple[list[Any], list[Any]]:
+    """(parent runs, child runs) of ``plan`` in the store: children by planned run_key (also those
+    finished under another grid that shares them), parents those children hang from."""
+    children = [run for state in store.key_states(uri, plan.keys).values() for run in state.runs]
+    parents = store.parents_of(uri, children)
+    return sorted(parents.values(), key=lambda r: r.info.start_time), sorted(children, key=lambda r: r.info.start_time)
+
+
+def export_grid(plan: Plan, src_uri: str, dst: Path, *, artifacts: bool = False,
+                on_run: Callable[[], None] = lambda: None) -> ExportResult:
+    """Copy ``plan``'s runs from ``src_uri`` into a new SQLite store at ``dst``.
+
+    Raises
+    ------
+    store.StoreError
+        ``dst`` exists (an export never overwrites a store) or the grid has no runs.
+    """
+    from repro.train import tracking
+
+    dst = Path(dst)
+    if dst.exists():
+        raise store.StoreError(f"{dst}: already exists; an export never overwrites a store (choose a new path)")
+    parents, children = grid_runs(plan, src_uri)
+    if not children:
+        raise store.StoreError(f"grid {plan.grid.label!r}: no runs in {src_uri}")
+    dst_uri = f"sqlite:///{dst.resolve()}"
+    tracking.init_store(dst_uri)
+    parent_ids: dict[str, str] = {}
+    for run in parents:
+        parent_ids[run.info.run_id] = tracking.copy_run(run, src_uri, dst_uri, parent_ids={}, artifacts=False)
+        on_run()
+    for run in children:
+        tracking.copy_run(run, src_uri, dst_uri, parent_ids=parent_ids, artifacts=artifacts)
+        on_run()
+    return ExportResult(path=dst, n_parents=len(parents), n_runs=len(children))
+
