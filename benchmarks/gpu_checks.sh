@@ -3,7 +3,7 @@
 #   bench  bench_generate + bench_train on the device (SYS-1 throughput, fast vs reference FNO
 #          path, batched ensembles, bf16 accuracy)
 #   grid   `repro run-grid --grid gpu-demo` timed end to end (dry-run estimate first), then
-#          `repro status`; the MLflow store it produced is copied to $OUT (gzip'd SQLite)
+#          `repro status`; its runs are exported (`repro export`) to $OUT/mlflow.db.gz
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_checks.sh                 # both sections on cuda
 #   OUT=/tmp/gpu bash benchmarks/gpu_checks.sh grid            # one section
@@ -12,6 +12,7 @@
 # On the lent device machine (python3 with torch, no MLflow): first `bash ../shared/tools/gpu-wheels.sh`
 # here, carry `.whl`; the wheels are installed into /tmp/site below.  Each section ends well inside
 # the device tool's 10-minute limit per command, so the two can also be run as two calls.
+# At most 8 files come back from the device tool: the summary, one log per step and the store.
 # Then, here: `repro fit-laws --tracking-uri sqlite:///<store> --grid gpu-demo` and `repro report`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -57,7 +58,7 @@ step() {
 
 grid=gpu-demo
 if [ "$SMOKE" = 1 ]; then
-  grid=$OUT/smoke-grid.toml  # same shape as gpu-demo, tiny: 2 sizes, 2 N, 2 shifts, 3 arms, 2 LRs, 1 seed
+  grid=$REPRO_HOME/smoke-grid.toml  # same shape as gpu-demo, tiny: 2 sizes, 2 N, 2 shifts, 3 arms, 2 LRs, 1 seed
   cat > "$grid" <<'EOF'
 label = "gpu-checks-smoke"
 resolution = 16
@@ -105,13 +106,8 @@ for section in "${sections[@]}"; do
       step grid_estimate python3 -m repro run-grid --grid "$grid" --device "$DEVICE" --dry-run
       step grid python3 -m repro run-grid --grid "$grid" --device "$DEVICE"
       step grid_status python3 -m repro status --grid "$grid"
-      python3 - "$REPRO_HOME/mlflow.db" "$OUT/mlflow.db" <<'EOF'
-import sqlite3, sys
-# A consistent single-file copy even if a WAL is still attached (sqlite's online backup).
-src, dst = sqlite3.connect(sys.argv[1]), sqlite3.connect(sys.argv[2])
-src.backup(dst)
-dst.close(); src.close()
-EOF
+      rm -f "$OUT/mlflow.db" "$OUT/mlflow.db.gz"
+      step export python3 -m repro export --grid "$grid" --to "$OUT/mlflow.db"
       gzip -f "$OUT/mlflow.db" && ls -la "$OUT/mlflow.db.gz" | tee -a "$summary" ;;
   esac
 done
