@@ -20,6 +20,11 @@ def test_data_efficiency() -> None:
     assert claim_data_efficiency(summary).verdict == PASS
     assert claim_data_efficiency(summary.assign(multiplier=[3.0, 4.0])).verdict == FAIL
     assert claim_data_efficiency(pd.DataFrame()).verdict == NOT_ENOUGH
+    assert claim_data_efficiency(summary).numbers["lower_bound_ok"] == 1
+    # a lower end clipped replicates could pull down (≤) is not counted as clearing the bar
+    flagged = summary.assign(multiplier_lo_bound=[-1, 0], multiplier_bound=[1, 0])
+    c = claim_data_efficiency(flagged)
+    assert c.numbers["lower_bound_ok"] == 0 and "1 multiplier(s) clipped" in c.summary
 
 
 def test_at_or_below_and_narrowing() -> None:
