@@ -209,6 +209,26 @@ def train(
 # --- run-grid / status / ui (grid launcher) -------------------------------------------------
 
 
+def _slurm_device(device: str | None, gpus_per_task: int | None, workers: int | None) -> tuple[str, int]:
+    """(device, GPUs per array task) for the SLURM executor.
+
+    The runs execute on the compute nodes, so the launcher's own machine (a login node) may have
+    no GPU: the device defaults to cuda (cpu with --gpus-per-task 0), never to what is here.
+    """
+    if workers is not None:
+        fail("--workers applies to --executor local; with slurm, --array-parallelism sets the parallel tasks")
+    if gpus_per_task is not None and gpus_per_task < 0:
+        fail(f"--gpus-per-task {gpus_per_task} is invalid: allowed: >= 0")
+    device = device or ("cpu" if gpus_per_task == 0 else "cuda")
+    if gpus_per_task is None:
+        gpus_per_task = 1 if device.startswith("cuda") else 0
+    if device.startswith("cuda") and gpus_per_task == 0:
+        fail("--device cuda with --gpus-per-task 0: the array tasks would have no GPU; allowed: >= 1")
+    if device == "cpu" and gpus_per_task > 0:
+        fail(f"--device cpu with --gpus-per-task {gpus_per_task}: the GPUs would sit idle; use 0 (the default)")
+    return device, gpus_per_task
+
+
 def _cuda_count() -> int:
     import torch
 
@@ -274,30 +294,19 @@ def run_grid_cmd(
     uri = tracking_uri or tracking.default_tracking_uri()
     if executor not in ("local", "slurm"):
         fail(f"--executor {executor!r} is invalid: allowed: local, slurm")
-    # SLURM runs on the compute nodes: the launcher's own machine (a login node) may have no GPU.
+    if max_members < 1 or runs_per_gpu < 1 or (workers is not None and workers < 1) or array_parallelism < 1:
+        fail("--max-members, --runs-per-gpu, --workers and --array-parallelism must be >= 1")
     remote = executor == "slurm"
     if remote:
-        if workers is not None:
-            fail("--workers applies to --executor local; with slurm, --array-parallelism sets the parallel tasks")
-        if gpus_per_task is not None and gpus_per_task < 0:
-            fail(f"--gpus-per-task {gpus_per_task} is invalid: allowed: >= 0")
-        device = device or ("cpu" if gpus_per_task == 0 else "cuda")
-        gpus_per_task = (1 if device.startswith("cuda") else 0) if gpus_per_task is None else gpus_per_task
-        if device.startswith("cuda") and gpus_per_task == 0:
-            fail("--device cuda with --gpus-per-task 0: the array tasks would have no GPU; allowed: >= 1")
-        if device == "cpu" and gpus_per_task > 0:
-            fail(f"--device cpu with --gpus-per-task {gpus_per_task}: the GPUs would sit idle; use 0 (the default)")
+        device, gpus_per_task = _slurm_device(device, gpus_per_task, workers)
+        slots = array_parallelism
     device = device or autodetect_device()
     if device != "cpu" and not device.startswith("cuda"):
         fail(f"--device {device!r} is invalid: allowed: cpu, cuda")
-    if max_members < 1 or runs_per_gpu < 1 or (workers is not None and workers < 1) or array_parallelism < 1:
-        fail("--max-members, --runs-per-gpu, --workers and --array-parallelism must be >= 1")
     local_cuda = _cuda_count() if device.startswith("cuda") else 0
-    if device.startswith("cuda") and not remote and not local_cuda:
-        fail("--device cuda but no CUDA device is visible")
-    if remote:
-        slots = array_parallelism
-    else:
+    if not remote:
+        if device.startswith("cuda") and not local_cuda:
+            fail("--device cuda but no CUDA device is visible")
         slots = workers or (local_cuda * runs_per_gpu if device.startswith("cuda") else cpu_count())
     try:
         if dry_run:
