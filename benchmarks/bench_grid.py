@@ -81,7 +81,7 @@ def main() -> None:
             wall = time.perf_counter() - t0
             assert out.ok, out.failed
             rows.append((name, wall, len(out.finished)))
-        print(f"grid: {len(plan)} runs, {len(plan.units())} batched units, device {args.device}, "
+        print(f"grid: {len(plan)} runs, {len(plan.units(device=args.device))} batched units, device {args.device}, "
               f"{cpu_count()} CPU cores, pid {os.getpid()}")
         for name, wall, n in rows:
             print(f"  {name:<55} {wall:8.1f} s  ({n / wall:.2f} runs/s)")
