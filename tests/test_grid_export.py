@@ -84,3 +84,28 @@ def test_export_never_overwrites_and_copies_checkpoints_on_request(source, tmp_p
     assert again.exit_code == 2 and "never overwrites" in again.output and dst.stat().st_mtime_ns == before
     empty = CliRunner().invoke(app, ["export", "--grid", "quick", "--tracking-uri", uri, "--to", str(tmp_path / "q.db")])
     assert empty.exit_code == 2 and "no runs" in empty.output
+
+
+def test_an_interrupted_export_leaves_nothing_behind(source, tmp_path: Path, monkeypatch) -> None:
+    import repro.train.tracking as tracking
+    from repro.grid.export import export_grid
+    from repro.grid.store import key_states
+
+    uri, plan, _ = source
+    real, calls = tracking.copy_run, []
+
+    def dies_on_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracking, "copy_run", dies_on_the_third)
+    dst = tmp_path / "e.db"
+    with pytest.raises(KeyboardInterrupt):
+        export_grid(plan, uri, dst)
+    assert not dst.exists() and not list(tmp_path.glob(".e.db.*"))
+    monkeypatch.setattr(tracking, "copy_run", real)
+    result = export_grid(plan, uri, dst)  # the next attempt is not blocked
+    assert dst.is_file() and result.n_runs == sum(len(s.runs) for s in key_states(uri, plan.keys).values())
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -9,6 +9,7 @@ too (failures are data).  Checkpoints and figures only with ``artifacts=True``.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -49,14 +50,26 @@ def export_grid(plan: Plan, src_uri: str, dst: Path, *, artifacts: bool = False,
     parents, children = grid_runs(plan, src_uri)
     if not children:
         raise store.StoreError(f"grid {plan.grid.label!r}: no runs in {src_uri}")
-    dst_uri = f"sqlite:///{dst.resolve()}"
-    tracking.init_store(dst_uri)
-    parent_ids: dict[str, str] = {}
-    for run in parents:
-        parent_ids[run.info.run_id] = tracking.copy_run(run, src_uri, dst_uri, parent_ids={}, artifacts=False)
-        on_run()
-    for run in children:
-        tracking.copy_run(run, src_uri, dst_uri, parent_ids=parent_ids, artifacts=artifacts)
-        on_run()
+    # Written under a temporary name and renamed when complete: an interrupted export leaves no
+    # half store at ``dst`` (and so never blocks the next attempt).  The name is new per attempt:
+    # MLflow caches its database engine (and we the experiment id) per URI.
+    folder = dst.resolve().parent
+    for stale in folder.glob(f".{dst.name}.*.partial"):  # left by a killed export
+        stale.unlink(missing_ok=True)
+    partial = folder / f".{dst.name}.{uuid.uuid4().hex[:12]}.partial"
+    dst_uri = f"sqlite:///{partial}"
+    try:
+        tracking.init_store(dst_uri)
+        parent_ids: dict[str, str] = {}
+        for run in parents:
+            parent_ids[run.info.run_id] = tracking.copy_run(run, src_uri, dst_uri, parent_ids={}, artifacts=False)
+            on_run()
+        for run in children:
+            tracking.copy_run(run, src_uri, dst_uri, parent_ids=parent_ids, artifacts=artifacts)
+            on_run()
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(dst)
     return ExportResult(path=dst, n_parents=len(parents), n_runs=len(children))
 
