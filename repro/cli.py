@@ -229,12 +229,6 @@ def _slurm_device(device: str | None, gpus_per_task: int | None, workers: int | 
     return device, gpus_per_task
 
 
-def _cuda_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def _load_plan(grid: str):
     from repro.config import SpecError
     from repro.grid.plan import expand
@@ -287,6 +281,7 @@ def run_grid_cmd(
     from pathlib import Path
 
     from repro.grid import launcher, store
+    from repro.grid import local
     from repro.grid.local import cpu_count
     from repro.train import tracking
 
@@ -303,7 +298,7 @@ def run_grid_cmd(
     device = device or autodetect_device()
     if device != "cpu" and not device.startswith("cuda"):
         fail(f"--device {device!r} is invalid: allowed: cpu, cuda")
-    local_cuda = _cuda_count() if device.startswith("cuda") else 0
+    local_cuda = local.gpu_count() if device.startswith("cuda") else 0
     if not remote:
         if device.startswith("cuda") and not local_cuda:
             fail("--device cuda but no CUDA device is visible")

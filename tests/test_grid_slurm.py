@@ -57,7 +57,7 @@ def test_slurm_from_a_login_node_without_gpus_targets_the_compute_nodes(tmp_path
     import repro.grid.launcher as launcher
     from repro.cli import app
 
-    monkeypatch.setattr("repro.cli._cuda_count", lambda: 0)  # a login node, also on a GPU test machine
+    monkeypatch.setattr("repro.grid.local.gpu_count", lambda: 0)  # a login node, also on a GPU test machine
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     seen = {}
 

@@ -44,7 +44,7 @@ def cpu_count() -> int:
 def make_slots(*, device: str, workers: int | None, runs_per_gpu: int = 1, n_gpus: int | None = None) -> list[Slot]:
     """The pool's slots: GPU slots (``n_gpus × runs_per_gpu``) on CUDA, else ``workers`` CPU slots."""
     if device.startswith("cuda"):
-        gpus = list(range(n_gpus if n_gpus is not None else _gpu_count()))
+        gpus = list(range(n_gpus if n_gpus is not None else gpu_count()))
         if not gpus:
             raise RuntimeError("--device cuda but no CUDA device is visible")
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -59,7 +59,8 @@ def make_slots(*, device: str, workers: int | None, runs_per_gpu: int = 1, n_gpu
     return [Slot(i, dict(env)) for i in range(n)]
 
 
-def _gpu_count() -> int:
+def gpu_count() -> int:
+    """CUDA devices visible to this process (0 without CUDA)."""
     import torch
 
     return torch.cuda.device_count()

@@ -89,9 +89,9 @@ def _allocation_slots(settings: Settings) -> list:
     """One slot per GPU SLURM gave this task (its CUDA_VISIBLE_DEVICES); none for one GPU or CPU."""
     if not settings.device.startswith("cuda"):
         return []
-    from repro.grid.local import _gpu_count, make_slots
+    from repro.grid.local import gpu_count, make_slots
 
-    n_gpus = _gpu_count()
+    n_gpus = gpu_count()
     return make_slots(device="cuda", workers=None, n_gpus=n_gpus) if n_gpus > 1 else []
 
 
