@@ -2,14 +2,13 @@
 normaliser, coefficient layouts and nested training subsets.
 
 Public API: :func:`default_data_dir`, :func:`dataset_path`, :func:`ensure_split`,
-:func:`regenerate_split`, :func:`load_split`, :class:`SplitData`, :class:`DataError`, :class:`Normaliser`,
+:func:`load_split`, :class:`SplitData`, :class:`DataError`, :class:`Normaliser`,
 :func:`fit_normaliser`, :func:`build_inputs`, :func:`to_layout`, :func:`nested_subset`.
 """
 
 from repro.data.layout import to_layout
 from repro.data.normalise import Normaliser, build_inputs, fit_normaliser
-from repro.data.store import (DataError, SplitData, dataset_path, default_data_dir, ensure_split, load_split,
-                              regenerate_split)
+from repro.data.store import DataError, SplitData, dataset_path, default_data_dir, ensure_split, load_split
 from repro.data.subsets import nested_subset
 
 __all__ = [
@@ -22,7 +21,6 @@ __all__ = [
     "ensure_split",
     "fit_normaliser",
     "load_split",
-    "regenerate_split",
     "nested_subset",
     "to_layout",
 ]

@@ -306,30 +306,41 @@ def ensure_split(spec: DatasetSpec, split: str, data_dir: Path, *, progress: boo
             return path
         except DataError as err:
             log.warning("%s; regenerating", err)
-    return regenerate_split(spec, split, data_dir, progress=progress)
+    return _regenerate(spec, split, data_dir, progress=progress)
 
 
-def regenerate_split(spec: DatasetSpec, split: str, data_dir: Path, *, progress: bool = False) -> Path:
-    """(Re)write a split's file without reading what is there: for a caller that already found it
+def _regenerate(spec: DatasetSpec, split: str, data_dir: Path, *, progress: bool = False) -> Path:
+    """(Re)write a split's file without reading what is there: the caller already found it
     missing or bad (re-hashing a corrupt file a second time only costs time)."""
-    if split not in SPLITS:
-        raise ValueError(f"split = {split!r} is invalid: allowed: {', '.join(SPLITS)}")
     path = dataset_path(spec, split, Path(data_dir))
     path.parent.mkdir(parents=True, exist_ok=True)
     _write(spec, split, path, progress)
     return path
 
 
-def load_split(spec: DatasetSpec, split: str, data_dir: Path) -> SplitData:
+def load_split(spec: DatasetSpec, split: str, data_dir: Path, *, rebuild: bool = False) -> SplitData:
     """Load a split into memory, verifying its content hash.
+
+    With ``rebuild``, a missing or bad file is regenerated (a warning names it) and loaded, so
+    verified, once more: the bad file is hashed once, not again by :func:`ensure_split`.
 
     Raises
     ------
     DataError
-        The file is missing, corrupt, truncated, or was built for another spec.
+        The file is missing, corrupt, truncated, or was built for another spec (without
+        ``rebuild``).
     """
+    if split not in SPLITS:
+        raise ValueError(f"split = {split!r} is invalid: allowed: {', '.join(SPLITS)}")
     path = dataset_path(spec, split, Path(data_dir))
-    d = _read(path, spec, split, keep=True)
+    try:
+        d = _read(path, spec, split, keep=True)
+    except DataError as err:
+        if not rebuild:
+            raise
+        log.warning("%s; regenerating", err)
+        _regenerate(spec, split, data_dir)
+        d = _read(path, spec, split, keep=True)
     normaliser = None
     if split == "train":
         if "normaliser" not in d["attrs"]:

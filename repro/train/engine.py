@@ -14,7 +14,6 @@ exception ends the affected runs FAILED with a ``failure_reason`` tag; other gro
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import tempfile
 import time
@@ -28,15 +27,13 @@ import torch
 
 from repro import schema
 from repro.config import DatasetSpec, RunSpec, to_dict
-from repro.data import DataError, SplitData, default_data_dir, load_split, regenerate_split, to_layout
+from repro.data import SplitData, default_data_dir, load_split, to_layout
 from repro.data.normalise import Normaliser, build_inputs, fit_normaliser
 from repro.data.subsets import nested_subset
 from repro.models import FNO, default_spectral, load_members, member_state
 from repro.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from repro.train import tracking
 from repro.train.loop import EnsembleData, EnsembleResult, EpochReport, Schedule, evaluate, train_ensemble
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -284,15 +281,9 @@ def _load_source(spec: RunSpec, tracking_uri: str) -> _Source:
 def _read_split(data: DatasetSpec, split: str, data_dir: Path) -> SplitData:
     """A verified split, cached per process: the many small runs of a grid worker share it.
 
-    ``load_split`` verifies the content hash; a missing or bad file is regenerated, then loaded
-    (and so verified) once more.
+    ``load_split`` verifies the content hash and rebuilds a missing or bad file.
     """
-    try:
-        return load_split(data, split, data_dir)
-    except DataError as err:
-        log.warning("%s; regenerating", err)
-        regenerate_split(data, split, data_dir)
-        return load_split(data, split, data_dir)
+    return load_split(data, split, data_dir, rebuild=True)
 
 
 def _subsets(group: Sequence[RunSpec]) -> np.ndarray:
