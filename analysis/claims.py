@@ -86,6 +86,11 @@ def format_bound(x: object, direction: int) -> str:
     return _BOUND_PREFIX.get(int(direction), "") + format_number(x)
 
 
+def format_interval(lo: object, hi: object, lo_direction: int = EXACT, hi_direction: int = EXACT) -> str:
+    """``[lo, hi]`` with each end as :func:`format_bound` shows it."""
+    return f"[{format_bound(lo, lo_direction)}, {format_bound(hi, hi_direction)}]"
+
+
 def claim_data_efficiency(summary: pd.DataFrame) -> Claim:
     """Finding 1 from the multiplier at eps* (scratch's fitted error at its largest N)."""
     rule = (f"For every (shift, model size) with both fits, multiplier = N_scratch(eps*) / N_transfer(eps*) at "

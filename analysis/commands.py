@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from analysis.analyze import AnalysisResult, analyze, write_outputs
-from analysis.claims import FAIL, NOT_ENOUGH, PASS, format_bound, format_number
+from analysis.claims import FAIL, NOT_ENOUGH, PASS, format_bound, format_interval, format_number
 from analysis.collect import collect_runs
 from analysis.fits import N_BOOT
 from analysis.report import render_report
@@ -32,10 +32,6 @@ def default_out_dir(grid: str | None) -> Path:
 def _pct(x: Any) -> str:
     v = float(x)
     return "n/a" if math.isnan(v) else f"{v:.0%}"
-
-
-def _ci(lo: Any, hi: Any, lo_bound: int = 0, hi_bound: int = 0) -> str:
-    return f"[{format_bound(lo, lo_bound)}, {format_bound(hi, hi_bound)}]"
 
 
 def selection_note(grid: str | None, keys: Collection[str] | None) -> str:
@@ -69,8 +65,8 @@ def print_result(result: AnalysisResult, console: Console) -> None:
     for key, fit in result.curves.items():
         held = f"{fit.heldout.rel_error:+.1%}" if fit.heldout else "-"
         fits.add_row(key.shift or key.task, key.model, key.arm, str(fit.n_points), format_number(fit.params["E"]),
-                     _ci(*fit.intervals["E"]), format_number(fit.params["alpha"]), _ci(*fit.intervals["alpha"]),
-                     format_number(fit.delta_aic), held)
+                     format_interval(*fit.intervals["E"]), format_number(fit.params["alpha"]),
+                     format_interval(*fit.intervals["alpha"]), format_number(fit.delta_aic), held)
     console.print(fits)
     summary = result.transfer_summary
     if len(summary):
@@ -82,7 +78,7 @@ def print_result(result: AnalysisResult, console: Console) -> None:
         for row in summary.itertuples(index=False):
             tm.add_row(row.shift, row.model, format_number(row.eps_star),
                        format_bound(row.multiplier, row.multiplier_bound),
-                       _ci(row.multiplier_lo, row.multiplier_hi, row.multiplier_lo_bound, row.multiplier_hi_bound),
+                       format_interval(row.multiplier_lo, row.multiplier_hi, row.multiplier_lo_bound, row.multiplier_hi_bound),
                        _pct(row.multiplier_undefined), format_bound(row.d_t_nmin, row.d_t_nmin_bound),
                        format_number(row.catch_up))
         console.print(tm)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from repro import schema
 from analysis import figures
-from analysis.claims import FAIL, NOT_ENOUGH, PASS, format_bound
+from analysis.claims import FAIL, NOT_ENOUGH, PASS, format_bound, format_interval
 from analysis.transfer import EXTRAPOLATION_FACTOR
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -128,11 +128,11 @@ def _context(result: "AnalysisResult", workers: int) -> dict[str, Any]:
     summary = result.transfer_summary.copy()  # columns are added below
     if len(summary):
         summary["multiplier"] = [format_bound(v, b) for v, b in zip(summary["multiplier"], summary["multiplier_bound"])]
-        summary["multiplier_ci"] = [f"[{format_bound(a, a_b)}, {format_bound(b, b_b)}]" for a, b, a_b, b_b in zip(
-            summary["multiplier_lo"], summary["multiplier_hi"], summary["multiplier_lo_bound"], summary["multiplier_hi_bound"])]
+        summary["multiplier_ci"] = list(map(format_interval, summary["multiplier_lo"], summary["multiplier_hi"],
+                                            summary["multiplier_lo_bound"], summary["multiplier_hi_bound"]))
         summary["d_t_nmin"] = [format_bound(v, b) for v, b in zip(summary["d_t_nmin"], summary["d_t_nmin_bound"])]
-        summary["d_t_ci"] = [f"[{format_bound(a, a_b)}, {format_bound(b, b_b)}]" for a, b, a_b, b_b in zip(
-            summary["d_t_nmin_lo"], summary["d_t_nmin_hi"], summary["d_t_nmin_lo_bound"], summary["d_t_nmin_hi_bound"])]
+        summary["d_t_ci"] = list(map(format_interval, summary["d_t_nmin_lo"], summary["d_t_nmin_hi"],
+                                     summary["d_t_nmin_lo_bound"], summary["d_t_nmin_hi_bound"]))
         summary["catch_up_ci"] = [_interval(a, b) for a, b in zip(summary["catch_up_lo"], summary["catch_up_hi"])]
     runs = result.selected[[c for c in SELECTED_COLUMNS if c in result.selected]]
     filters = [{"name": r.name, "description": r.description, "before": r.before, "after": r.after,
