@@ -124,29 +124,12 @@ def error_vs_n(result: "AnalysisResult", shift: str) -> "ggplot | None":
 
 def multiplier_vs_eps(result: "AnalysisResult") -> "ggplot | None":
     """Data-efficiency multiplier N_scratch(eps) / N_transfer(eps) with bootstrap bands."""
-    from plotnine import (aes, facet_wrap, geom_hline, geom_line, geom_point, geom_ribbon, ggplot, labs,
-                          scale_x_log10, scale_y_log10, theme_bw)
+    from plotnine import geom_hline
 
-    frames = [m.eps_frame() for m in result.transfer.values()]
-    if not frames:
-        return None
-    df = pd.concat(frames, ignore_index=True)
-    df = df[np.isfinite(df["multiplier"]) & (df["multiplier"] > 0)].copy()
-    if df.empty:
-        return None
-    df = _order_models(df, result)
-    df["multiplier_lo"] = df["multiplier_lo"].clip(lower=df["multiplier"].min() / 10)
-    df["multiplier_hi"] = df["multiplier_hi"].where(np.isfinite(df["multiplier_hi"]), df["multiplier"].max() * 10)
-    df["value"] = _bound_labels(df["multiplier_bound"])
-    return (ggplot(df, aes("eps", "multiplier", colour="model", fill="model"))
-            + geom_ribbon(aes(ymin="multiplier_lo", ymax="multiplier_hi"), alpha=0.15, colour="none")
-            + geom_line() + geom_point(aes(shape="value"), size=2) + _bound_shapes()
-            + geom_hline(yintercept=1, linetype="dotted")
-            + scale_x_log10(minor_breaks=[]) + scale_y_log10(minor_breaks=[])
-            + facet_wrap("shift", ncol=3)
-            + labs(x="target error eps (scratch's fitted error at its observed N)",
-                   y="N_scratch(eps) / N_transfer(eps)", title="Data-efficiency multiplier")
-            + theme_bw())
+    return _banded_log_plot(result, [m.eps_frame() for m in result.transfer.values()], x="eps", y="multiplier",
+                            labels=dict(x="target error eps (scratch's fitted error at its observed N)",
+                                        y="N_scratch(eps) / N_transfer(eps)", title="Data-efficiency multiplier"),
+                            extra=geom_hline(yintercept=1, linetype="dotted"))
 
 
 def benefit_vs_size(result: "AnalysisResult") -> "ggplot | None":
@@ -187,25 +170,34 @@ def ood_ladder(result: "AnalysisResult") -> "ggplot | None":
 
 def data_transferred(result: "AnalysisResult") -> "ggplot | None":
     """Effective data transferred D_T(N) with bootstrap bands."""
+    return _banded_log_plot(result, [m.n_frame() for m in result.transfer.values()], x="n_train", y="d_t",
+                            labels=dict(x="downstream N", y="D_T(N) = N_scratch(err_transfer(N)) - N",
+                                        title="Effective data transferred (Hernandez et al. 2021)"))
+
+
+def _banded_log_plot(result: "AnalysisResult", frames: list[pd.DataFrame], *, x: str, y: str,
+                     labels: dict[str, str], extra: object = None) -> "ggplot | None":
+    """``y`` against ``x`` per model and shift on log-log axes, with its bootstrap band
+    (``<y>_lo`` / ``<y>_hi``) and its points shaped by ``<y>_bound`` (estimate or bound)."""
     from plotnine import (aes, facet_wrap, geom_line, geom_point, geom_ribbon, ggplot, labs, scale_x_log10,
                           scale_y_log10, theme_bw)
 
-    frames = [m.n_frame() for m in result.transfer.values()]
     if not frames:
         return None
     df = pd.concat(frames, ignore_index=True)
-    df = df[np.isfinite(df["d_t"]) & (df["d_t"] > 0)].copy()
+    df = df[np.isfinite(df[y]) & (df[y] > 0)].copy()
     if df.empty:
         return None
     df = _order_models(df, result)
-    df["d_t_lo"] = df["d_t_lo"].clip(lower=df["d_t"].min() / 10)
-    df["d_t_hi"] = df["d_t_hi"].where(np.isfinite(df["d_t_hi"]), df["d_t"].max() * 10)
-    df["n_train"] = df["n_train"].astype(float)
-    df["value"] = _bound_labels(df["d_t_bound"])
-    return (ggplot(df, aes("n_train", "d_t", colour="model", fill="model"))
-            + geom_ribbon(aes(ymin="d_t_lo", ymax="d_t_hi"), alpha=0.15, colour="none")
-            + geom_line() + geom_point(aes(shape="value"), size=2) + _bound_shapes()
-            + scale_x_log10(minor_breaks=[]) + scale_y_log10(minor_breaks=[]) + facet_wrap("shift", ncol=3)
-            + labs(x="downstream N", y="D_T(N) = N_scratch(err_transfer(N)) - N",
-                   title="Effective data transferred (Hernandez et al. 2021)")
-            + theme_bw())
+    # a band end at 0 or inf cannot be drawn on a log axis: keep it a decade beyond the curve
+    df[f"{y}_lo"] = df[f"{y}_lo"].clip(lower=df[y].min() / 10)
+    df[f"{y}_hi"] = df[f"{y}_hi"].where(np.isfinite(df[f"{y}_hi"]), df[y].max() * 10)
+    df[x] = df[x].astype(float)
+    df["value"] = _bound_labels(df[f"{y}_bound"])
+    plot = (ggplot(df, aes(x, y, colour="model", fill="model"))
+            + geom_ribbon(aes(ymin=f"{y}_lo", ymax=f"{y}_hi"), alpha=0.15, colour="none")
+            + geom_line() + geom_point(aes(shape="value"), size=2) + _bound_shapes())
+    if extra is not None:
+        plot += extra
+    return (plot + scale_x_log10(minor_breaks=[]) + scale_y_log10(minor_breaks=[]) + facet_wrap("shift", ncol=3)
+            + labs(**labels) + theme_bw())
