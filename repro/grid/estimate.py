@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from repro.config import RunSpec
 
@@ -153,6 +153,15 @@ def _tp_key(spec: RunSpec) -> tuple:
     return (spec.model, spec.data.resolution, spec.model_spec.in_channels)
 
 
+def _measured_units(finished: Mapping[str, float], finished_units: Iterable) -> Iterator[tuple[list[RunSpec], float]]:
+    """(specs, measured seconds) of each finished unit with a recorded wall time; a unit's time
+    is its slowest member's, since an ensemble's members train together."""
+    for unit in finished_units:
+        walls = [finished[k] for k in unit.keys if k in finished]
+        if walls:
+            yield list(unit.specs), max(walls)
+
+
 def throughput_from_finished(finished: Mapping[str, float], finished_units: Iterable) -> dict[tuple, Throughput]:
     """Per (model, resolution, channels): the ``per_sample`` that makes the unit model reproduce the
     measured walls of the finished units (pooled: total time over total sample work).
@@ -166,15 +175,11 @@ def throughput_from_finished(finished: Mapping[str, float], finished_units: Iter
     no_work = Throughput(latency=0.0, per_sample=0.0, eval_per_sample=0.0)
     work: dict[tuple, float] = {}
     spent: dict[tuple, float] = {}
-    for unit in finished_units:
-        walls = [finished[k] for k in unit.keys if k in finished]
-        if not walls:
-            continue
-        specs = list(unit.specs)
+    for specs, wall in _measured_units(finished, finished_units):
         overhead = unit_seconds(specs, no_work)
         key = _tp_key(specs[0])
         work[key] = work.get(key, 0.0) + unit_seconds(specs, unit_work) - overhead
-        spent[key] = spent.get(key, 0.0) + max(max(walls) - overhead, 0.0)
+        spent[key] = spent.get(key, 0.0) + max(wall - overhead, 0.0)
     return {key: Throughput(latency=0.0, per_sample=max(spent[key], 1e-9) / w,
                             eval_per_sample=EVAL_FRACTION * max(spent[key], 1e-9) / w)
             for key, w in work.items() if w > 0}
@@ -206,12 +211,9 @@ def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = 
     est = Estimate(throughput=cache)
     if finished and finished_units:
         predicted = measured = 0.0
-        for unit in finished_units:
-            walls = [finished[k] for k in unit.keys if k in finished]
-            if not walls:
-                continue
-            predicted += unit_seconds(list(unit.specs), tp_for(unit.specs[0]))
-            measured += max(walls)
+        for specs, wall in _measured_units(finished, finished_units):
+            predicted += unit_seconds(specs, tp_for(specs[0]))
+            measured += wall
         if predicted > 0 and measured > 0:
             est.scale = min(5.0, max(0.2, measured / predicted))
             est.source = f"calibration rescaled by {len(finished)} finished runs (x{est.scale:.2f})"
