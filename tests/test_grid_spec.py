@@ -235,3 +235,47 @@ def test_parse_grid_from_mapping():
     data["pretrain"]["lr"] = "fast"
     with pytest.raises(SpecError, match=r"inline\.pretrain\.lr: expected a number"):
         parse_grid(data, where="inline")
+
+
+def test_pretrain_seeds_plan_one_pretraining_run_per_seed(tmp_path):
+    """``[pretrain] seeds``: pre-training per (upstream, model, seed); transfer and zero-shot from each."""
+    plan = expand(load_grid(_tiny(tmp_path, TINY.replace("[pretrain]\n", "[pretrain]\nseeds = [0, 1]\n"))))
+    one = expand(load_grid(_tiny(tmp_path)))
+    assert len(plan.pretrain) == 2 * len(one.pretrain)
+    assert Counter((r.spec.data.label, r.spec.seed) for r in plan.pretrain) == \
+        {("poisson(1,5)", 0): 1, ("poisson(1,5)", 1): 1, ("poisson(1,2.5)", 0): 1, ("poisson(1,2.5)", 1): 1}
+    arms = Counter(r.spec.arm for r in plan.downstream)
+    assert arms == {"scratch": 8, "transfer": 32, "zero_shot": 4}  # scratch does not depend on pre-training
+    by_seed = {r.run_key: r.spec.seed for r in plan.pretrain}
+    for r in plan.downstream:
+        if r.spec.arm == "scratch":
+            assert r.pretrain_seed is None and r.axis_values()["pretrain_seed"] == "-"
+        else:
+            assert r.pretrain_seed == by_seed[r.depends_on]
+    # Runs from the two pre-training seeds differ in init_from only.
+    from dataclasses import replace
+
+    transfer = {(r.spec.data.label, r.shifts, r.spec.n_train, r.spec.lr, r.spec.seed, r.pretrain_seed): r
+                for r in plan.downstream if r.spec.arm == "transfer"}
+    for (label, shifts, n, lr, seed, pseed), r in transfer.items():
+        if pseed == 1:
+            twin = transfer[(label, shifts, n, lr, seed, 0)]
+            assert replace(r.spec, init_from=twin.spec.init_from) == twin.spec
+    assert plan.axis_counts()["pretrain_seed"] == {"-": 8, 0: 20, 1: 20}
+    # Seed 0's runs are exactly the one-seed grid's runs: keys of old grids do not move.
+    assert {r.run_key for r in plan if r.pretrain_seed in (0, None)} == set(one.keys)
+
+
+def test_pretrain_seed_spellings(tmp_path):
+    old = expand(load_grid(_tiny(tmp_path, TINY.replace("[pretrain]\n", "[pretrain]\nseed = 3\n"))))
+    new = expand(load_grid(_tiny(tmp_path, TINY.replace("[pretrain]\n", "[pretrain]\nseeds = [3]\n"))))
+    assert old.keys == new.keys and {r.spec.seed for r in old.pretrain} == {3}
+    assert expand(load_grid(_tiny(tmp_path, TINY.replace("[pretrain]\n", "[pretrain]\nseed = 0\n")))).keys == \
+        expand(load_grid(_tiny(tmp_path))).keys
+    for edit, needle in [("seed = 0\nseeds = [0, 1]\n", "not both"), ("seeds = []\n", "at least one"),
+                         ("seeds = [1, 1]\n", "distinct"), ("seeds = [0, -1]\n", r"seeds = \[0, -1\] is invalid"),
+                         ("seed = -1\n", "seed = -1 is invalid"), ("seeds = 1\n", "expected a list")]:
+        path = _tiny(tmp_path, TINY.replace("[pretrain]\n", "[pretrain]\n" + edit))
+        with pytest.raises(SpecError, match=needle) as err:
+            load_grid(path)
+        assert str(path) in str(err.value) and "pretrain" in str(err.value)

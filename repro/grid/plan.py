@@ -2,15 +2,21 @@
 
 Order and identity:
 
-1. Pre-training runs, one per (upstream dataset, model size) used by a ``transfer`` or
-   ``zero_shot`` arm: a ``scratch`` run on the full upstream training split (role ``pretrain``).
-2. Downstream runs, in the order shifts × models × N × lr × seed:
+1. Pre-training runs, one per (upstream dataset, model size, pre-training seed) used by a
+   ``transfer`` or ``zero_shot`` arm: a ``scratch`` run on the full upstream training split
+   (role ``pretrain``) with ``seed`` = the pre-training seed (``[pretrain] seeds``).
+2. Downstream runs, in the order shifts × models × N × lr × seed × pre-training seed:
 
    - ``scratch``: one per (downstream task, model, N, lr, seed), in the native layout, shared
      by every shift that ends at that task (deduplicated by run_key);
-   - ``transfer``: the same axes plus the shift, ``init_from`` = the pre-training run_key;
-     from a ``mixed`` upstream the downstream data is read in the mixed 7-channel layout;
-   - ``zero_shot``: one per (shift, model): n_train = epochs = lr = 0.
+   - ``transfer``: the same axes plus the shift and the pre-training seed, ``init_from`` = the
+     pre-training run_key; from a ``mixed`` upstream the downstream data is read in the mixed
+     7-channel layout;
+   - ``zero_shot``: one per (shift, model, pre-training seed): n_train = epochs = lr = 0.
+
+   Runs from different pre-training seeds differ only in ``init_from`` (the analysis tells the
+   pre-training seeds apart by it); a grid with one pre-training seed plans exactly the runs, keys
+   and order it planned before ``[pretrain] seeds`` existed.
 
 Every run's identity is ``RunSpec.run_key`` (sha256 of its canonical JSON), so the same grid
 expands to the same keys in any process, and two grids that share runs share their keys.
@@ -30,7 +36,7 @@ ROLE_PRETRAIN = schema.ROLE_PRETRAIN
 ROLE_DOWNSTREAM = schema.ROLE_DOWNSTREAM
 
 #: Axes reported by ``--dry-run`` and ``repro status``.
-AXES: tuple[str, ...] = ("role", "arm", "model", "n_train", "lr", "seed", "task", "shift")
+AXES: tuple[str, ...] = ("role", "arm", "model", "n_train", "lr", "seed", "pretrain_seed", "task", "shift")
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,8 @@ class PlannedRun:
     role: str
     #: Shift labels (``"up -> down"``) this run serves; a shared scratch run serves several.
     shifts: tuple[str, ...] = ()
+    #: Seed of the pre-training run: its own (role pretrain) or that of ``init_from``; None for scratch.
+    pretrain_seed: int | None = None
 
     @property
     def run_key(self) -> str:
@@ -54,7 +62,8 @@ class PlannedRun:
     def axis_values(self) -> dict[str, object]:
         spec = self.spec
         return {"role": self.role, "arm": spec.arm, "model": spec.model, "n_train": spec.n_train,
-                "lr": spec.lr, "seed": spec.seed, "task": spec.data.label,
+                "lr": spec.lr, "seed": spec.seed,
+                "pretrain_seed": "-" if self.pretrain_seed is None else self.pretrain_seed, "task": spec.data.label,
                 "shift": ", ".join(self.shifts) if self.shifts else "-"}
 
 
@@ -160,39 +169,41 @@ def expand(grid: GridSpec) -> Plan:
     """Expand a grid into its runs (pure, deterministic; no I/O)."""
     runs: dict[str, PlannedRun] = {}
 
-    def add(spec: RunSpec, role: str, shift: str | None) -> None:
+    def add(spec: RunSpec, role: str, shift: str | None, pretrain_seed: int | None = None) -> None:
         key = spec.run_key
         prev = runs.get(key)
         shifts = tuple(dict.fromkeys((prev.shifts if prev else ()) + ((shift,) if shift else ())))
         if prev is not None and prev.role == ROLE_PRETRAIN:
             role = ROLE_PRETRAIN  # a run that others start from stays a pre-training run
-        runs[key] = PlannedRun(spec=spec, role=role, shifts=shifts)
+            pretrain_seed = prev.pretrain_seed
+        runs[key] = PlannedRun(spec=spec, role=role, shifts=shifts, pretrain_seed=pretrain_seed)
 
     needs_pretrain = any(arm in grid.arms for arm in ("transfer", "zero_shot"))
-    pre: dict[tuple[str, str], RunSpec] = {}
-    if needs_pretrain:
-        for shift in grid.shifts:
-            for model in grid.models:
-                if (shift.upstream, model) in pre:
+    pre_seeds = grid.pretrain.all_seeds if needs_pretrain else ()
+    pre: dict[tuple[str, str, int], RunSpec] = {}
+    for shift in grid.shifts if needs_pretrain else ():
+        for model in grid.models:
+            for pseed in pre_seeds:
+                if (shift.upstream, model, pseed) in pre:
                     continue
                 data = grid.dataset(shift.upstream, "upstream")
                 spec = RunSpec(arm="scratch", data=data, model=model, n_train=data.n_train, lr=grid.pretrain.lr,
                                epochs=grid.pretrain.epochs, layout="mixed" if data.pde == "mixed" else "native",
-                               batch_size=grid.batch_size, seed=grid.pretrain.seed,
-                               eval_every=grid.pretrain.eval_every)
-                pre[(shift.upstream, model)] = spec
-                add(spec, ROLE_PRETRAIN, None)
+                               batch_size=grid.batch_size, seed=pseed, eval_every=grid.pretrain.eval_every)
+                pre[(shift.upstream, model, pseed)] = spec
+                add(spec, ROLE_PRETRAIN, None, pseed)
 
     ft = grid.finetune
     for shift in grid.shifts:
         data = grid.dataset(shift.downstream, "downstream")
         mixed_up = shift.upstream == "mixed"
         for model in grid.models:
-            source = pre.get((shift.upstream, model))
+            sources = [(pseed, pre[(shift.upstream, model, pseed)]) for pseed in pre_seeds]
             if "zero_shot" in grid.arms:
-                add(RunSpec(arm="zero_shot", data=data, model=model, n_train=0, lr=0.0, epochs=0,
-                            layout="mixed" if mixed_up else "native", batch_size=grid.batch_size, seed=0,
-                            init_from=source.run_key, eval_every=1), ROLE_DOWNSTREAM, shift.label)
+                for pseed, source in sources:
+                    add(RunSpec(arm="zero_shot", data=data, model=model, n_train=0, lr=0.0, epochs=0,
+                                layout="mixed" if mixed_up else "native", batch_size=grid.batch_size, seed=0,
+                                init_from=source.run_key, eval_every=1), ROLE_DOWNSTREAM, shift.label, pseed)
             for n in grid.n_train:
                 epochs = ft.epochs_for(n, grid.batch_size)
                 for lr in grid.lrs:
@@ -202,10 +213,11 @@ def expand(grid: GridSpec) -> Plan:
                                         batch_size=grid.batch_size, seed=seed, eval_every=ft.eval_every),
                                 ROLE_DOWNSTREAM, shift.label)
                         if "transfer" in grid.arms:
-                            add(RunSpec(arm="transfer", data=data, model=model, n_train=n, lr=lr, epochs=epochs,
-                                        layout="mixed" if mixed_up else "native", batch_size=grid.batch_size,
-                                        seed=seed, init_from=source.run_key, eval_every=ft.eval_every),
-                                ROLE_DOWNSTREAM, shift.label)
+                            for pseed, source in sources:
+                                add(RunSpec(arm="transfer", data=data, model=model, n_train=n, lr=lr,
+                                            epochs=epochs, layout="mixed" if mixed_up else "native",
+                                            batch_size=grid.batch_size, seed=seed, init_from=source.run_key,
+                                            eval_every=ft.eval_every), ROLE_DOWNSTREAM, shift.label, pseed)
     ordered = [r for r in runs.values() if r.role == ROLE_PRETRAIN] + \
               [r for r in runs.values() if r.role != ROLE_PRETRAIN]
     return Plan(grid=grid, runs=tuple(ordered))

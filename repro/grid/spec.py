@@ -22,7 +22,7 @@ schedules).  :func:`repro.grid.plan.expand` turns it into RunSpecs.  Example (``
     n_val = 128
     n_test = 128
 
-    [pretrain]                # one pre-training run per (upstream, model)
+    [pretrain]                # one pre-training run per (upstream, model, pre-training seed)
     epochs = 30
     lr = 3e-3
 
@@ -77,11 +77,19 @@ class Sizes:
 
 @dataclass(frozen=True, kw_only=True)
 class Pretrain:
-    """One pre-training run per (upstream dataset, model size): a scratch run on the full upstream set."""
+    """Pre-training: one scratch run on the full upstream set per (upstream dataset, model size,
+    pre-training seed).
+
+    ``seeds = [0, 1]`` asks for several pre-training runs per (upstream, model), so that the
+    transfer and zero-shot arms, which are run from every one of them, carry pre-training variance
+    into their intervals.  ``seed = 0`` (one pre-training run) is the older spelling, still read;
+    giving both is an error.  Neither: seed 0.
+    """
 
     epochs: int
     lr: float
-    seed: int = 0
+    seed: int | None = None
+    seeds: tuple[int, ...] | None = None
     eval_every: int = 1
 
     def __post_init__(self) -> None:
@@ -89,10 +97,26 @@ class Pretrain:
             raise SpecError(f"epochs = {self.epochs!r} is invalid: expected an integer >= 1")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise SpecError(f"lr = {self.lr!r} is invalid: expected a learning rate > 0")
-        if self.seed < 0:
-            raise SpecError(f"seed = {self.seed!r} is invalid: expected an integer >= 0")
+        if self.seed is not None and self.seeds is not None:
+            raise SpecError(f"seed = {self.seed!r} and seeds = {list(self.seeds)!r} are both given: use seeds "
+                            "(a list of pre-training seeds) or the older single seed, not both")
+        if self.seeds is not None:
+            if not self.seeds:
+                raise SpecError("seeds = [] is invalid: give at least one pre-training seed")
+            if len(set(self.seeds)) != len(self.seeds):
+                raise SpecError(f"seeds = {list(self.seeds)!r} is invalid: values must be distinct")
+        if any(seed < 0 for seed in self.all_seeds):
+            key, value = ("seeds", list(self.seeds)) if self.seeds is not None else ("seed", self.seed)
+            raise SpecError(f"{key} = {value!r} is invalid: expected integers >= 0")
         if self.eval_every < 1:
             raise SpecError(f"eval_every = {self.eval_every!r} is invalid: expected an integer >= 1")
+
+    @property
+    def all_seeds(self) -> tuple[int, ...]:
+        """The pre-training seeds, in grid order: ``seeds``, else ``(seed,)``, else ``(0,)``."""
+        if self.seeds is not None:
+            return self.seeds
+        return (0 if self.seed is None else self.seed,)
 
 
 @dataclass(frozen=True, kw_only=True)
