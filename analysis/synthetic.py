@@ -163,7 +163,7 @@ def _make(grid: SyntheticGrid, spec: RunSpec, role: str, upstream: DatasetSpec |
     width, n_modes = MODEL_LADDER[spec.model]
     c_in = in_channels(spec.data.pde, spec.layout)
     params: dict[str, Any] = {schema.P_WIDTH: width, schema.P_N_MODES: n_modes, schema.P_IN_CHANNELS: c_in,
-                              schema.P_FAST: False}
+                              schema.P_FAST: False, schema.P_PRECISION: "fp32"}
     tags = {schema.T_RUN_KEY: spec.run_key, schema.T_GRID: grid.name, schema.T_ROLE: role,
             schema.T_GIT_SHA: "0" * 40, schema.T_GIT_DIRTY: "false", schema.T_DEVICE: "synthetic",
             f"{schema.T_DATA_HASH_PREFIX}train": spec.data.label, f"{schema.T_VERSION_PREFIX}repro": "0.1.0"}

@@ -121,6 +121,18 @@ def _hash_of(path: object) -> str:
 # --- train (training engine) ----------------------------------------------------------------
 
 
+def _check_precision(precision: str, device: str, fast: bool | None) -> None:
+    """One-line refusal of a precision the runs cannot use (before any data or run is made)."""
+    if precision == "fp32":
+        return  # always valid; no torch import for the default (a SLURM login node may lack torch)
+    from repro.models.fno import check_precision
+
+    try:
+        check_precision(precision, device, None if fast is None else ("fast" if fast else "reference"))
+    except ValueError as err:
+        fail(f"--precision: {err}")
+
+
 def autodetect_device() -> str:
     """``cuda`` when a GPU is visible, else ``cpu`` (only the CLI autodetects)."""
     import torch
@@ -147,6 +159,10 @@ def train(
     data_seed: int = typer.Option(0, help="dataset seed (as `repro generate --seed` and grids' data_seed)"),
     device: str = typer.Option(None, help="cpu | cuda | cuda:K (default: cuda if available)"),
     fast: bool = typer.Option(None, "--fast/--reference", help="spectral path (default: fastest on the device)"),
+    precision: str = typer.Option("fp32", "--precision", metavar="fp32|bf16",
+                                  help="forward precision: fp32 (default, every device) or bf16 (CUDA and the fast "
+                                       "path only; autocast, ~5e-3 error floor vs fp32: see benchmarks/bench_train.py "
+                                       "--sections bf16)"),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
     data_dir: str = typer.Option(None, help="dataset cache (default: $REPRO_DATA_DIR or ./.repro/data)"),
 ) -> None:
@@ -159,6 +175,8 @@ def train(
       repro train --pde poisson --range 5,10 --arm transfer --from 3f2a9c0d1e4b5a67 --n-train 64 --model m --lr 1e-3
 
       repro train --pde poisson --range 5,10 --arm zero_shot --from path/to/model.pt
+
+      repro train --pde poisson --range 1,5 --model s --device cuda --precision bf16   # explicit bf16 (default fp32)
     """
     from pathlib import Path
 
@@ -166,6 +184,8 @@ def train(
     from repro.train import tracking
 
     uri = tracking_uri or tracking.default_tracking_uri()
+    device = device or autodetect_device()
+    _check_precision(precision, device, fast)
     try:
         n_tr, n_va, n_te = (int(x) for x in sizes.split(","))
     except ValueError:
@@ -199,7 +219,7 @@ def train(
     from repro.train.engine import execute
 
     (outcome,) = execute([spec], tracking_uri=uri, data_dir=Path(data_dir) if data_dir else None,
-                         device=device or autodetect_device(), fast=fast, progress=True)
+                         device=device, fast=fast, precision=precision, progress=True)
     if outcome.status != "FINISHED":
         fail(f"run {outcome.run_key} FAILED: {outcome.failure_reason}", code=1)
     typer.echo(f"run_key {outcome.run_key}  mlflow run {outcome.run_id}  test rel L2 {outcome.test_rel_l2:.4g}"
@@ -260,6 +280,10 @@ def run_grid_cmd(
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
     data_dir: str = typer.Option(None, help="dataset cache (default: $REPRO_DATA_DIR or ./.repro/data)"),
     fast: bool = typer.Option(None, "--fast/--reference", help="spectral path (default: fastest on the device)"),
+    precision: str = typer.Option("fp32", "--precision", metavar="fp32|bf16",
+                                  help="forward precision: fp32 (default, every device) or bf16 (CUDA and the fast "
+                                       "path only; autocast, ~5e-3 error floor vs fp32: see benchmarks/bench_train.py "
+                                       "--sections bf16)"),
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="dry run: time a few steps per model size for the estimate"),
     stale_after: float = typer.Option(600.0, help="seconds without a heartbeat before a remote RUNNING run counts as dead"),
 ) -> None:
@@ -275,6 +299,8 @@ def run_grid_cmd(
       repro run-grid --grid quick --dry-run           # plan, progress so far, estimated cost
 
       repro run-grid --grid gpu-demo --device cuda --runs-per-gpu 2
+
+      repro run-grid --grid gpu-demo --device cuda --precision bf16   # explicit bf16 (default fp32)
 
       repro run-grid --grid paper-e1 --executor slurm --partition gpu --time 720 --tracking-uri http://head:5000
     """
@@ -298,6 +324,7 @@ def run_grid_cmd(
     device = device or autodetect_device()
     if device != "cpu" and not device.startswith("cuda"):
         fail(f"--device {device!r} is invalid: allowed: cpu, cuda")
+    _check_precision(precision, device, fast)
     local_cuda = local.gpu_count() if device.startswith("cuda") else 0
     if not remote:
         if device.startswith("cuda") and not local_cuda:
@@ -313,7 +340,7 @@ def run_grid_cmd(
             done = set(sv.finished)
             if calibrate and (here or done):
                 est = est_mod.estimate_units(plan.units(sv.todo, max_members=max_members, device=device), device=device, fast=fast,
-                                             threads=max(1, cpu_count() // slots),
+                                             precision=precision, threads=max(1, cpu_count() // slots),
                                              finished=est_mod.finished_walls(sv.states),
                                              finished_units=plan.units(done, max_members=max_members, device=device) if done else None,
                                              calibrate_here=here)
@@ -332,12 +359,13 @@ def run_grid_cmd(
                                  array_parallelism=array_parallelism, tasks=slurm_tasks,
                                  folder=Path(slurm_folder) if slurm_folder else tracking.repro_home() / "slurm")
         opts = launcher.Options(tracking_uri=uri, data_dir=Path(data_dir) if data_dir else None, device=device,
-                                fast=fast, workers=slots, runs_per_gpu=runs_per_gpu, max_members=max_members,
+                                fast=fast, precision=precision, workers=slots, runs_per_gpu=runs_per_gpu, max_members=max_members,
                                 executor=executor, slurm=slurm, stale_after=stale_after)
         from repro.grid.estimate import estimate_units
 
         def costs(units):  # per-unit weights for the live ETA
-            return estimate_units(units, device=device, fast=fast, threads=max(1, cpu_count() // slots)).unit_seconds
+            return estimate_units(units, device=device, fast=fast, precision=precision,
+                                  threads=max(1, cpu_count() // slots)).unit_seconds
 
         out = launcher.run_grid(plan, opts, costs=costs if executor == "local" else None)
     except KeyboardInterrupt:

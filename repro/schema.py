@@ -33,7 +33,8 @@ P_IN_CHANNELS = "model.in_channels"
 P_UPSTREAM_PDE = "upstream.pde"  # physics of the pre-trained model (transfer / zero_shot)
 P_UPSTREAM_LOW = "upstream.low"
 P_UPSTREAM_HIGH = "upstream.high"
-P_FAST = "fast"  # fast spectral path (truncated DFT, bf16 on CUDA) or plain rfft2 reference
+P_FAST = "fast"  # fast spectral path (truncated DFT) or plain rfft2 reference
+P_PRECISION = "precision"  # forward precision: "fp32" (default) or "bf16" (explicit; repro.models.fno.PRECISIONS)
 
 # --- metrics -----------------------------------------------------------------------------------
 M_TRAIN_LOSS = "train/loss"  # per epoch, mean over batches of sum-over-pixels squared error

@@ -13,6 +13,7 @@ from repro.config import MODEL_LADDER, ModelSpec
 from repro.models import (FNO, SPECTRAL_PATHS, CheckpointError, build_dft_basis, build_model,
                           count_parameters, default_spectral, load_checkpoint, load_members,
                           member_state, save_checkpoint, spectral_fast, spectral_reference)
+from repro.models.fno import check_precision
 
 TINY = ModelSpec(in_channels=3, width=6, n_modes=3)
 
@@ -318,8 +319,30 @@ def test_default_spectral_and_cpu_precision() -> None:
     assert default_spectral("cuda") == "fast"
     assert default_spectral(torch.device("cuda", 0)) == "fast"
     assert default_spectral("cpu") in SPECTRAL_PATHS
-    out = FNO(TINY, spectral="fast", bf16=True)(_input(TINY, 1, 1, 12))
-    assert out.dtype == torch.float32  # bf16 only ever applies on CUDA
+    model = FNO(TINY, spectral="fast")
+    assert model.precision == "fp32"  # the default on every device: bf16 only when asked for
+    seen = []
+    hook = model.lift.register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    out = model(_input(TINY, 1, 1, 12))
+    hook.remove()
+    assert out.dtype == torch.float32 and seen == [False]  # no autocast by default
+
+
+def test_bf16_is_explicit_and_refused_where_runs_cannot_use_it() -> None:
+    x = _input(TINY, 1, 2, 12)
+    fp32 = FNO(TINY, spectral="fast")
+    bf16 = FNO(TINY, spectral="fast", precision="bf16")
+    bf16.load_state_dict(fp32.state_dict())
+    out = bf16(x)  # the model autocasts on any device (the benchmark's CPU rehearsal) ...
+    assert out.dtype == torch.float32 and 0 < _rel(out, fp32(x)) <= 3e-2
+    check_precision("fp32", "cpu", "reference")
+    check_precision("bf16", "cuda", "fast")
+    with pytest.raises(ValueError, match="precision = 'bf16' needs a CUDA device, not 'cpu'"):
+        check_precision("bf16", "cpu")  # ... but runs refuse bf16 on a CPU
+    with pytest.raises(ValueError, match="needs the fast spectral path"):
+        FNO(TINY, spectral="reference", precision="bf16")
+    with pytest.raises(ValueError, match="precision = 'fp16' is invalid: allowed: fp32, bf16"):
+        FNO(TINY, precision="fp16")
 
 
 @pytest.mark.gpu
@@ -327,8 +350,8 @@ def test_default_spectral_and_cpu_precision() -> None:
 def test_cuda_fast_path_fp32_and_bf16() -> None:
     spec = ModelSpec(in_channels=4, width=16, n_modes=8)
     reference = FNO(spec, members=2, spectral="reference").cuda()
-    fp32 = FNO(spec, members=2, spectral="fast", bf16=False).cuda()
-    bf16 = FNO(spec, members=2, spectral="fast").cuda()
+    fp32 = FNO(spec, members=2, spectral="fast").cuda()  # fp32 by default on CUDA too
+    bf16 = FNO(spec, members=2, spectral="fast", precision="bf16").cuda()
     fp32.load_state_dict(reference.state_dict())
     bf16.load_state_dict(reference.state_dict())
     x = _input(spec, 2, 4, 32).cuda()

@@ -230,16 +230,27 @@ def test_cli_errors_are_one_line_and_name_the_problem(store, tmp_path: Path) -> 
     mismatch = _cli("--pde", "advdiff", "--range", "1,2", "--arm", "transfer", "--from", store["pretrain"].run_key,
                     "--model", "xxs", *base)
     assert mismatch.exit_code == 2 and "channels" in mismatch.output
-    for result in (missing, too_many, unknown, mismatch):
+    bf16 = _cli("--pde", "poisson", "--range", "5,10", "--model", "xxs", "--precision", "bf16", *base)
+    assert bf16.exit_code == 2 and "precision = 'bf16' needs a CUDA device, not 'cpu'" in bf16.output
+    typo = _cli("--pde", "poisson", "--range", "5,10", "--model", "xxs", "--precision", "fp16", *base)
+    assert typo.exit_code == 2 and "allowed: fp32, bf16" in typo.output
+    for result in (missing, too_many, unknown, mismatch, bf16, typo):
         assert "Traceback" not in result.output
+    spec = RunSpec(arm="scratch", data=DOWN, model="xxs", n_train=8, lr=1e-3, epochs=1)
+    with pytest.raises(ValueError, match="needs a CUDA device"):  # before any run is recorded
+        execute([spec], tracking_uri=store["uri"], data_dir=store["data_dir"], precision="bf16", progress=False)
 
 
 def test_cli_trains_a_scratch_run(store) -> None:
     result = _cli("--pde", "poisson", "--range", "5,10", "--n-train", "8", "--model", "xxs", "--epochs", "2",
                   "--tracking-uri", store["uri"], "--data-dir", str(store["data_dir"]), "--resolution", "16",
-                  "--sizes", "64,16,16", "--data-seed", "3", "--device", "cpu")
+                  "--sizes", "64,16,16", "--data-seed", "3", "--device", "cpu", "--precision", "fp32")
     assert result.exit_code == 0, result.output
     assert "test rel L2" in result.output
+    run_id = result.output.split("mlflow run ")[1].split()[0]
+    params = MlflowClient(store["uri"]).get_run(run_id).data.params
+    # precision is an execution option like fast: logged on every run, not part of the run_key
+    assert params[schema.P_PRECISION] == "fp32" and params[schema.P_FAST] == "True"
 
 
 def test_cpu_ensembles_stay_cache_sized() -> None:

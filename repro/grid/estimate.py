@@ -47,7 +47,7 @@ class Throughput:
 
 
 def calibrate(spec: RunSpec, *, device: str = "cpu", fast: bool | None = None, batch: int = 32,
-              repeats: int = 3, threads: int | None = None) -> Throughput:
+              repeats: int = 3, threads: int | None = None, precision: str = "fp32") -> Throughput:
     """Time a few training steps of ``spec``'s model at ``spec``'s resolution (batch 1 and ``batch``).
 
     ``threads``: torch CPU threads during the measurement — the number each worker will use.
@@ -58,7 +58,7 @@ def calibrate(spec: RunSpec, *, device: str = "cpu", fast: bool | None = None, b
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            return calibrate(spec, device=device, fast=fast, batch=batch, repeats=repeats)
+            return calibrate(spec, device=device, fast=fast, batch=batch, repeats=repeats, precision=precision)
         finally:
             torch.set_num_threads(before)
 
@@ -67,7 +67,7 @@ def calibrate(spec: RunSpec, *, device: str = "cpu", fast: bool | None = None, b
     spectral = ("fast" if fast else "reference") if fast is not None else default_spectral(device)
     model_spec = spec.model_spec
     res = spec.data.resolution
-    model = FNO(model_spec, members=1, spectral=spectral, seeds=[0]).to(device)
+    model = FNO(model_spec, members=1, spectral=spectral, precision=precision, seeds=[0]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
 
@@ -185,7 +185,8 @@ def throughput_from_finished(finished: Mapping[str, float], finished_units: Iter
             for key, w in work.items() if w > 0}
 
 
-def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = None, threads: int | None = None,
+def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = None, precision: str = "fp32",
+                   threads: int | None = None,
                    cache: dict[tuple, Throughput] | None = None,
                    finished: Mapping[str, float] | None = None,
                    finished_units: Iterable | None = None, calibrate_here: bool = True) -> Estimate:
@@ -205,7 +206,7 @@ def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = 
     def tp_for(spec: RunSpec) -> Throughput:
         key = _tp_key(spec)
         if key not in cache:
-            cache[key] = calibrate(spec, device=device, fast=fast, threads=threads)
+            cache[key] = calibrate(spec, device=device, fast=fast, threads=threads, precision=precision)
         return cache[key]
 
     est = Estimate(throughput=cache)

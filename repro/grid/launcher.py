@@ -29,6 +29,7 @@ class Options:
     data_dir: Path | None = None
     device: str = "cpu"
     fast: bool | None = None
+    precision: str = "fp32"  # "fp32" | "bf16" (CUDA only; repro.models.fno.check_precision)
     workers: int | None = None
     runs_per_gpu: int = 1
     max_members: int = 16
@@ -257,7 +258,7 @@ def run_grid(plan: Plan, opts: Options, *, console: Any = None, live: bool | Non
     outcome.parent_run_id = parent
     settings = Settings(tracking_uri=uri, data_dir=opts.data_dir, device=opts.device, fast=opts.fast,
                         grid=plan.grid.label, parent_run_id=parent, max_members=opts.max_members,
-                        heartbeat_s=opts.heartbeat_s)
+                        heartbeat_s=opts.heartbeat_s, precision=opts.precision)
     status = schema.FAILED
     try:
         if executor == "slurm":

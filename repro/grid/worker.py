@@ -58,6 +58,7 @@ class Settings:
     parent_run_id: str | None
     max_members: int = 16
     heartbeat_s: float = store.HEARTBEAT_S
+    precision: str = "fp32"  # forward precision, like fast an execution option (not in the run_key)
 
 
 def prepare_dataset(dataset: DatasetSpec, data_dir: Path | None) -> None:
@@ -102,7 +103,8 @@ def run_unit(task: UnitTask, settings: Settings) -> list[dict[str, Any]]:
     beat.start()
     try:
         outcomes = execute(todo, tracking_uri=settings.tracking_uri, data_dir=settings.data_dir,
-                           device=settings.device, fast=settings.fast, grid=settings.grid,
+                           device=settings.device, fast=settings.fast, precision=settings.precision,
+                           grid=settings.grid,
                            parent_run_id=settings.parent_run_id, roles=dict(task.roles), progress=False,
                            max_members=settings.max_members,
                            extra_tags={store.T_WORKER: store.process_identity(), store.T_HEARTBEAT: f"{time.time():.0f}"})

@@ -31,6 +31,7 @@ from repro.data import SplitData, default_data_dir, load_split, to_layout
 from repro.data.normalise import Normaliser, build_inputs, fit_normaliser
 from repro.data.subsets import nested_subset
 from repro.models import FNO, default_spectral, load_members, member_state
+from repro.models.fno import check_precision
 from repro.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from repro.train import tracking
 from repro.train.loop import EnsembleData, EnsembleResult, EpochReport, Schedule, evaluate, train_ensemble
@@ -104,7 +105,7 @@ class _Source:
 
 
 def execute(specs: Sequence[RunSpec], *, tracking_uri: str, data_dir: Path | None = None,
-            device: str = "cpu", fast: bool | None = None, grid: str | None = None,
+            device: str = "cpu", fast: bool | None = None, precision: str = "fp32", grid: str | None = None,
             parent_run_id: str | None = None, roles: Mapping[str, str] | None = None,
             progress: bool = True, max_members: int = 16,
             extra_tags: Mapping[str, str] | None = None) -> list[RunOutcome]:
@@ -124,6 +125,10 @@ def execute(specs: Sequence[RunSpec], *, tracking_uri: str, data_dir: Path | Non
     fast:
         Spectral implementation: truncated-DFT fast path (``True``), plain rfft2 reference
         (``False``) or the device's default (``None``).
+    precision:
+        Forward precision, ``"fp32"`` (default) or ``"bf16"`` (CUDA and the fast path only; its
+        accuracy against fp32 is checked by ``benchmarks/bench_train.py --sections bf16``).  Like
+        ``fast`` an execution option: logged as the ``precision`` param, not part of the run_key.
     roles:
         run_key -> role tag (``schema.ROLE_PRETRAIN`` for runs other runs start from).
     extra_tags:
@@ -133,14 +138,21 @@ def execute(specs: Sequence[RunSpec], *, tracking_uri: str, data_dir: Path | Non
     Returns
     -------
     One :class:`RunOutcome` per spec, in the order given.  Per-run failures do not raise.
+
+    Raises
+    ------
+    ValueError
+        ``precision`` unknown, or bf16 on a CPU or with the reference path (before any run starts).
     """
+    spectral = ("fast" if fast else "reference") if fast is not None else default_spectral(device)
+    check_precision(precision, device, spectral)
     tracking.init_store(tracking_uri)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    spectral = ("fast" if fast else "reference") if fast is not None else default_spectral(device)
     outcomes: dict[str, RunOutcome] = {}
     for group in group_specs(specs, max_members, device):
         for outcome in _execute_group_splitting_on_oom(group, tracking_uri=tracking_uri, data_dir=data_dir,
-                                                       device=torch.device(device), spectral=spectral, grid=grid,
+                                                       device=torch.device(device), spectral=spectral,
+                                                       precision=precision, grid=grid,
                                                        parent_run_id=parent_run_id, roles=roles or {},
                                                        progress=progress, extra_tags=extra_tags or {}):
             outcomes[outcome.run_key] = outcome
@@ -180,11 +192,11 @@ def _one_line(err: BaseException) -> str:
 
 
 def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, device: torch.device,
-                   spectral: str, grid: str | None, parent_run_id: str | None, roles: Mapping[str, str],
+                   spectral: str, precision: str, grid: str | None, parent_run_id: str | None, roles: Mapping[str, str],
                    progress: bool, allow_oom_retry: bool, extra_tags: Mapping[str, str]) -> list[RunOutcome]:
     started = time.perf_counter()
     head = group[0]
-    extra = _model_params(head, spectral)
+    extra = _model_params(head, spectral, precision)
     tags = {**extra_tags, schema.T_DEVICE: tracking.device_name(str(device))}
     if grid:
         tags[schema.T_GRID] = grid
@@ -212,7 +224,8 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
         normaliser, splits, subsets, hashes = _load_splits(group, source, data_dir, device)
         for rec in recorders:
             rec.set_tags({f"{schema.T_DATA_HASH_PREFIX}{name}": digest for name, digest in hashes.items()})
-        model = FNO(head.model_spec, members=len(group), spectral=spectral, seeds=[s.seed for s in group]).to(device)
+        model = FNO(head.model_spec, members=len(group), spectral=spectral, precision=precision,
+                    seeds=[s.seed for s in group]).to(device)
         if source is not None:
             load_members(model, source.checkpoint.state)
         if head.arm == "zero_shot":
@@ -254,10 +267,11 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
     return [outcomes[m] for m in range(len(group))]
 
 
-def _model_params(spec: RunSpec, spectral: str) -> dict[str, object]:
+def _model_params(spec: RunSpec, spectral: str, precision: str) -> dict[str, object]:
     model = spec.model_spec
     return {schema.P_WIDTH: model.width, schema.P_N_MODES: model.n_modes,
-            schema.P_IN_CHANNELS: model.in_channels, schema.P_FAST: spectral == "fast"}
+            schema.P_IN_CHANNELS: model.in_channels, schema.P_FAST: spectral == "fast",
+            schema.P_PRECISION: precision}
 
 
 def _load_source(spec: RunSpec, tracking_uri: str) -> _Source:
