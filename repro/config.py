@@ -77,6 +77,19 @@ class SpecError(ValueError):
     """A specification is invalid; the message names the field and what is allowed."""
 
 
+#: Field metadata of a spec field added after datasets and run_keys existed: while the field holds
+#: its default it is left out of :func:`canonical_json`, hence of every hash, run_key and file
+#: address built from it, so specs that do not use the new option keep their identity.  A spec
+#: that sets it gets a new identity, as it should (it describes different data or a different run).
+#: Use as ``field(default=..., metadata=OMIT_AT_DEFAULT)``; the default must be a plain constant.
+OMIT_AT_DEFAULT: Mapping[str, bool] = types.MappingProxyType({"omit_at_default": True})
+
+#: ``DatasetSpec.stream`` values: ``default`` = the range's own random stream (as every dataset had
+#: before this field existed); ``downstream`` = a separate stream for a downstream dataset whose range
+#: a pre-training dataset of the same grid also uses (else it would be a prefix of that dataset).
+STREAMS: tuple[str, ...] = ("default", "downstream")
+
+
 def _fail(owner: str, field: str, value: Any, allowed: str) -> None:
     raise SpecError(f"{owner}.{field} = {value!r} is invalid: {allowed}")
 
@@ -110,6 +123,8 @@ class DatasetSpec:
     n_val: int = 4096
     n_test: int = 4096
     seed: int = 0
+    #: Random stream of the samples (see :data:`STREAMS`); omitted from hashes at ``default``.
+    stream: str = dataclasses.field(default="default", metadata=OMIT_AT_DEFAULT)
 
     def __post_init__(self) -> None:
         own = "data"
@@ -144,6 +159,8 @@ class DatasetSpec:
         for name in ("n_train", "n_val", "n_test"):
             _check_positive_int(own, name, getattr(self, name))
         _check_positive_int(own, "seed", self.seed, allow_zero=True)
+        if self.stream not in STREAMS:
+            _fail(own, "stream", self.stream, f"allowed: {', '.join(STREAMS)}")
 
     @property
     def label(self) -> str:
@@ -280,10 +297,29 @@ def to_dict(spec: Any) -> dict[str, Any]:
 
 
 def canonical_json(obj: Any) -> str:
-    """Canonical JSON (sorted keys, no spaces, floats as repr) of a spec or mapping."""
+    """Canonical JSON (sorted keys, no spaces, floats as repr) of a spec or mapping.
+
+    Fields marked :data:`OMIT_AT_DEFAULT` are left out while they hold their default (at any depth),
+    so adding such a field changes no existing hash.
+    """
+    return json.dumps(_identity_view(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _identity_view(obj: Any) -> Any:
+    """``dataclasses.asdict`` without the :data:`OMIT_AT_DEFAULT` fields that hold their default."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = dataclasses.asdict(obj)
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.metadata.get("omit_at_default") and value == f.default:
+                continue
+            out[f.name] = _identity_view(value)
+        return out
+    if isinstance(obj, Mapping):
+        return {key: _identity_view(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_identity_view(value) for value in obj]
+    return obj
 
 
 def spec_hash(obj: Any, length: int = 16) -> str:

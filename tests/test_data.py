@@ -13,7 +13,7 @@ import pytest
 
 import repro
 import repro.data.store as store
-from repro.config import KAPPA, DatasetSpec, canonical_json
+from repro.config import KAPPA, DatasetSpec, SpecError, canonical_json
 from repro.data import (
     DataError,
     Normaliser,
@@ -50,10 +50,25 @@ def test_streams_are_separate() -> None:
         generate_chunk(_spec(), "val", 0),  # another split
         generate_chunk(_spec(seed=1), "train", 0),  # another seed
         generate_chunk(_spec("mixed", None, None), "train", 0),  # the mixture's poisson rows
+        generate_chunk(_spec(stream="downstream"), "train", 0),  # a downstream task's own stream
     ]
     for other in others:
         rows = min(len(base), len(other.fields))
         assert not np.allclose(base[:rows], other.fields[:rows, 0])
+
+
+def test_default_stream_keeps_hashes_and_file_names(tmp_path: Path) -> None:
+    """``stream`` (added later) is left out of the spec JSON and the file key at its default."""
+    spec = _spec()
+    assert canonical_json(spec) == ('{"high":5.0,"low":1.0,"n_test":8,"n_train":24,"n_val":8,'
+                                    '"pde":"poisson","resolution":16,"seed":0}')
+    assert "stream" not in store.split_key(spec, "train")
+    own = _spec(stream="downstream")
+    assert json.loads(canonical_json(own))["stream"] == "downstream"
+    assert store.split_key(own, "train")["stream"] == "downstream"
+    assert dataset_path(own, "train", tmp_path) != dataset_path(spec, "train", tmp_path)
+    with pytest.raises(SpecError, match=r"data\.stream = 'upstream' is invalid"):
+        _spec(stream="upstream")
 
 
 def test_smaller_split_is_a_prefix_and_resolution_keeps_draws() -> None:

@@ -16,7 +16,7 @@ from repro.grid.spec import Finetune, load_grid, parse_grid, parse_label, shippe
 
 #: Runs per shipped grid (pre-training + downstream, after deduplication).  A change here is a
 #: change of the science plan: update deliberately.
-GOLDEN = {"quick": 84, "gpu-demo": 392, "paper-e1": 292, "paper-e2": 2920, "paper-e3": 2331, "paper-e4": 2623}
+GOLDEN = {"quick": 84, "gpu-demo": 392, "paper-e1": 292, "paper-e2": 2920, "paper-e3": 2332, "paper-e4": 2626}
 
 TINY = """
 label = "tiny"
@@ -279,3 +279,83 @@ def test_pretrain_seed_spellings(tmp_path):
         with pytest.raises(SpecError, match=needle) as err:
             load_grid(path)
         assert str(path) in str(err.value) and "pretrain" in str(err.value)
+
+
+IN_DISTRIBUTION = """
+label = "in-dist"
+resolution = 16
+models = ["xxs"]
+n_train = [8]
+lrs = [1e-3]
+[upstream]
+n_train = 200
+n_val = 24
+n_test = 24
+[downstream]
+n_train = 32
+n_val = 16
+n_test = 16
+[pretrain]
+epochs = 1
+lr = 1e-3
+[finetune]
+epochs = 1
+[[shifts]]
+upstream = "mixed"
+downstream = "poisson(1,5)"
+[[shifts]]
+upstream = "poisson(1,5)"
+downstream = "poisson(1,5)"
+[[shifts]]
+upstream = "poisson(1,5)"
+downstream = "poisson(5,10)"
+"""
+
+
+def test_in_distribution_downstream_tasks_have_their_own_samples(tmp_path):
+    """E4 in distribution: the downstream poisson(1,5) shares no source with any pre-training split.
+
+    With the range's own stream it was a prefix of the poisson(1,5) pre-training set (train, val and
+    test alike); the OOD task poisson(5,10) keeps the range's stream and so its content.
+    """
+    import numpy as np
+
+    from repro.data import ensure_split, load_split
+
+    plan = expand(load_grid(_tiny(tmp_path, IN_DISTRIBUTION)))
+    ups = {r.spec.data for r in plan.pretrain}
+    downs = {r.spec.data for r in plan.downstream}
+    assert {(d.label, d.stream) for d in ups} == {("mixed", "default"), ("poisson(1,5)", "default")}
+    assert {(d.label, d.stream) for d in downs} == {("poisson(1,5)", "downstream"), ("poisson(5,10)", "default")}
+    # Every run on poisson(1,5) downstream (scratch, and transfer / zero-shot from both upstreams) uses it.
+    assert {r.spec.data.stream for r in plan.downstream if r.spec.data.label == "poisson(1,5)"} == {"downstream"}
+
+    def sources(spec, split):
+        ensure_split(spec, split, tmp_path / "data")
+        return load_split(spec, split, tmp_path / "data").source.reshape(spec.split_size(split), -1)
+
+    upstream = np.concatenate([sources(d, s) for d in ups for s in ("train", "val", "test")])
+    (down,) = (d for d in downs if d.stream == "downstream")
+    for split in ("train", "val", "test"):
+        own = sources(down, split)
+        # (own rows) x (pre-training rows): no downstream source equals any pre-training source
+        same = (own[:, None, :] == upstream[None, :, :]).all(axis=-1)
+        assert not same.any(), split
+    # What the range's stream would have given: a prefix of the pre-training split.
+    from dataclasses import replace
+
+    (pre_p,) = (d for d in ups if d.pde == "poisson")
+    assert np.array_equal(sources(replace(down, stream="default"), "train"), sources(pre_p, "train")[:32])
+
+
+#: run_keys of a few quick-grid runs (pre-training, zero-shot, transfer, scratch).  They identify
+#: finished MLflow runs: a change here orphans every stored run of the grid, so change it deliberately.
+QUICK_KEYS = {"92b9082427daceb2": ("scratch", "poisson(1,5)"), "59495075aa26a59d": ("zero_shot", "poisson(5,10)"),
+              "7b095550c4c14d5a": ("transfer", "poisson(5,10)"), "dfd6c17927cee7f1": ("scratch", "poisson(5,10)")}
+
+
+def test_quick_grid_run_keys_are_stable():
+    plan = expand(load_grid("quick"))
+    for key, (arm, task) in QUICK_KEYS.items():
+        assert key in plan and (plan[key].spec.arm, plan[key].spec.data.label) == (arm, task)
+    assert {r.spec.data.stream for r in plan} == {"default"}

@@ -7,6 +7,10 @@ redraw round)``, where the range key is a stable hash of ``(pde, low, high)``.  
 - never the global RNG; the same spec gives byte-identical arrays;
 - different parameter ranges (and the mixture) never share sources (the authors' fixed seed 0
   reused identical sources across ranges);
+- a dataset with ``stream = "downstream"`` has its own range key (the range's text plus the
+  stream's name), so a downstream task on a pre-training range (E4 in distribution:
+  poisson(1,5) -> poisson(1,5)) shares no sample with the pre-training set, whose split it would
+  otherwise be a prefix of; ``stream = "default"`` keeps the key every dataset had before;
 - the resolution is not in the key: the same draws at another grid size (sources are in
   physical units);
 - sample i depends only on (spec, split, i): chunks have a fixed size and draw a full chunk's
@@ -48,15 +52,15 @@ class Chunk:
     system: np.ndarray | None  # (B,) int8, mixed only
 
 
-def range_key(pde: str, low: float | None, high: float | None) -> int:
-    """Stable 64-bit key of a physics range (part of every stream key)."""
-    text = f"{pde}|{low!r}|{high!r}"
+def range_key(pde: str, low: float | None, high: float | None, stream: str = "default") -> int:
+    """Stable 64-bit key of a physics range and random stream (part of every stream key)."""
+    text = f"{pde}|{low!r}|{high!r}" + ("" if stream == "default" else f"|{stream}")
     return int(hashlib.sha256(text.encode()).hexdigest()[:16], 16)
 
 
 def chunk_stream(spec: DatasetSpec, split: str, chunk: int, component: int = 0) -> Stream:
     """The :data:`repro.pdes.Stream` of one chunk (and mixture component) of a split."""
-    base = (range_key(spec.pde, spec.low, spec.high), SPLITS.index(split), int(chunk), int(component))
+    base = (range_key(spec.pde, spec.low, spec.high, spec.stream), SPLITS.index(split), int(chunk), int(component))
 
     def stream(round_: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence(int(spec.seed), spawn_key=base + (int(round_),)))

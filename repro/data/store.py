@@ -96,8 +96,12 @@ def default_data_dir() -> Path:
 
 
 def split_key(spec: DatasetSpec, split: str) -> dict[str, Any]:
-    """The fields that determine a split's content (and nothing else: not the other splits' sizes)."""
-    return {
+    """The fields that determine a split's content (and nothing else: not the other splits' sizes).
+
+    Options added later (``stream``) enter only when set away from their default, so the files
+    of existing datasets keep their names.
+    """
+    key = {
         "pde": spec.pde,
         "low": spec.low,
         "high": spec.high,
@@ -108,6 +112,9 @@ def split_key(spec: DatasetSpec, split: str) -> dict[str, Any]:
         "generator": GENERATOR_VERSION,
         "chunk": CHUNK,
     }
+    if spec.stream != "default":
+        key["stream"] = spec.stream
+    return key
 
 
 def dataset_path(spec: DatasetSpec, split: str, data_dir: Path) -> Path:

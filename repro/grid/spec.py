@@ -257,11 +257,23 @@ class GridSpec:
                     raise SpecError(f"shifts[{i}].{key} = {getattr(shift, key)!r} is invalid: {err}") from None
 
     def dataset(self, label: str, role: str) -> DatasetSpec:
-        """The :class:`DatasetSpec` of ``label`` with the ``role``'s (upstream/downstream) split sizes."""
+        """The :class:`DatasetSpec` of ``label`` with the ``role``'s (upstream/downstream) split sizes.
+
+        A downstream dataset on a range that one of this grid's pre-training datasets also uses
+        (E4 in distribution, ``poisson(1,5) -> poisson(1,5)``; E3's ``poisson(1,2.5) -> poisson(1,5)``
+        beside ``poisson(1,5)`` upstream) draws from its own random stream (``stream = "downstream"``):
+        with the range's stream its splits would be prefixes of the pre-training splits, so the
+        pre-trained model would have been trained (and selected) on the downstream samples.  Every
+        other downstream dataset keeps the range's stream, hence its content and run_keys.
+        """
         pde, low, high = parse_label(label, allow_mixed=(role == "upstream"), key=role)
         sizes = self.upstream if role == "upstream" else self.downstream
+        stream = "default"
+        if role == "downstream" and (pde, low, high) in {parse_label(s.upstream, allow_mixed=True)
+                                                         for s in self.shifts}:
+            stream = "downstream"
         return DatasetSpec(pde=pde, low=low, high=high, resolution=self.resolution, n_train=sizes.n_train,
-                           n_val=sizes.n_val, n_test=sizes.n_test, seed=self.data_seed)
+                           n_val=sizes.n_val, n_test=sizes.n_test, seed=self.data_seed, stream=stream)
 
     def seeds_for(self, n_train: int) -> tuple[int, ...]:
         if self.multi_seed_max_n is not None and n_train > self.multi_seed_max_n:
