@@ -89,6 +89,10 @@ OMIT_AT_DEFAULT: Mapping[str, bool] = types.MappingProxyType({"omit_at_default":
 #: a pre-training dataset of the same grid also uses (else it would be a prefix of that dataset).
 STREAMS: tuple[str, ...] = ("default", "downstream")
 
+#: ``DatasetSpec.psi_targeting`` values (SYS-2's lam, see :mod:`repro.pdes.advdiff`): ``exact`` =
+#: realised Psi equals the drawn target (ours); ``authors`` = lam from the authors' lookup table.
+PSI_TARGETINGS: tuple[str, ...] = ("exact", "authors")
+
 
 def _fail(owner: str, field: str, value: Any, allowed: str) -> None:
     raise SpecError(f"{owner}.{field} = {value!r} is invalid: {allowed}")
@@ -125,6 +129,9 @@ class DatasetSpec:
     seed: int = 0
     #: Random stream of the samples (see :data:`STREAMS`); omitted from hashes at ``default``.
     stream: str = dataclasses.field(default="default", metadata=OMIT_AT_DEFAULT)
+    #: How SYS-2 (advdiff, and the mixture's SYS-2 third) chooses lam (see :data:`PSI_TARGETINGS`);
+    #: omitted from hashes at ``exact``.
+    psi_targeting: str = dataclasses.field(default="exact", metadata=OMIT_AT_DEFAULT)
 
     def __post_init__(self) -> None:
         own = "data"
@@ -161,6 +168,11 @@ class DatasetSpec:
         _check_positive_int(own, "seed", self.seed, allow_zero=True)
         if self.stream not in STREAMS:
             _fail(own, "stream", self.stream, f"allowed: {', '.join(STREAMS)}")
+        if self.psi_targeting not in PSI_TARGETINGS:
+            _fail(own, "psi_targeting", self.psi_targeting, f"allowed: {', '.join(PSI_TARGETINGS)}")
+        if self.psi_targeting != "exact" and self.pde not in ("advdiff", "mixed"):
+            _fail(own, "psi_targeting", self.psi_targeting,
+                  f"only advdiff and mixed datasets draw a Psi; a {self.pde} dataset takes 'exact'")
 
     @property
     def label(self) -> str:

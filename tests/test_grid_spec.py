@@ -359,3 +359,19 @@ def test_quick_grid_run_keys_are_stable():
     for key, (arm, task) in QUICK_KEYS.items():
         assert key in plan and (plan[key].spec.arm, plan[key].spec.data.label) == (arm, task)
     assert {r.spec.data.stream for r in plan} == {"default"}
+
+
+def test_grid_psi_targeting_applies_to_sys2_datasets_only(tmp_path):
+    text = TINY.replace('downstream = "poisson(5,10)"\n[[shifts]]', 'downstream = "poisson(5,10)"\n[[shifts]]\n'
+                        'upstream = "mixed"\ndownstream = "advdiff(1,2)"\n[[shifts]]')
+    default = expand(load_grid(_tiny(tmp_path, text)))
+    authors = expand(load_grid(_tiny(tmp_path, 'psi_targeting = "authors"\n' + text)))
+    got = {(r.spec.data.label, r.spec.data.psi_targeting) for r in authors}
+    assert got == {("poisson(1,5)", "exact"), ("poisson(1,2.5)", "exact"), ("poisson(5,10)", "exact"),
+                   ("mixed", "authors"), ("advdiff(1,2)", "authors")}
+    assert {r.spec.data.psi_targeting for r in default} == {"exact"}
+    poisson_only = {r.run_key for r in default if r.spec.data.pde == "poisson" and r.spec.init_from is None}
+    assert poisson_only <= set(authors.keys)  # runs that never see SYS-2 data keep their keys
+    assert not {r.run_key for r in default if r.spec.data.pde != "poisson"} & set(authors.keys)
+    with pytest.raises(SpecError, match="psi_targeting = 'table' is invalid: allowed: exact, authors"):
+        load_grid(_tiny(tmp_path, 'psi_targeting = "table"\n' + TINY))

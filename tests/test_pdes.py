@@ -150,6 +150,50 @@ def test_lambda_root_find_hits_target(target: float) -> None:
     np.testing.assert_allclose(advdiff.ratio(u, *coeff), target, rtol=1e-6)
 
 
+@pytest.mark.parametrize("psi_targeting", ["exact", "authors"])
+def test_advdiff_residual_and_ratio_for_both_lambda_choices(psi_targeting: str) -> None:
+    """Either way of choosing lam: the solve's residual with the independent operator, and the stored
+    realised Psi recomputed in real space; the authors' lam is a table entry and misses the target."""
+    n, low, high, b = 64, 1.0, 2.0, 16  # 64^2 as above: the real-space Psi leaves out the Nyquist modes
+    stream = single_stream(np.random.default_rng(4))
+    batch = generate("advdiff", stream, void_fractions(np.arange(b)), n, low, high, psi_targeting=psi_targeting)
+    rng = np.random.default_rng(4)  # the generator's draws again, in its order, to recover the targets
+    draw_amplitudes(rng, void_fractions(np.arange(b)), b)
+    rng.uniform(size=b), rng.uniform(size=b), rng.uniform(size=b)  # theta, e, phi
+    psi_star = rng.uniform(low, high, b)
+    lam = np.hypot(batch.tensor[:, 3], batch.tensor[:, 4])
+    for f, u, t, psi in zip(batch.source, batch.solution, batch.tensor, batch.ratio):
+        assert _rel_residual_no_nyquist(_operator(u, **_coefficients("advdiff", t)), f) <= 1e-8
+        adv = _operator(u, v1=t[3], v2=t[4])
+        dif = _operator(u, k11=t[0], k22=t[1], k12=t[2])
+        assert np.linalg.norm(adv) / np.linalg.norm(dif) == pytest.approx(psi, rel=1e-6)
+    if psi_targeting == "exact":
+        np.testing.assert_allclose(batch.ratio, psi_star, rtol=1e-8)
+    else:
+        table, means = advdiff.authors_table()
+        np.testing.assert_allclose(lam, advdiff.authors_lambda(psi_star), rtol=1e-12)
+        assert np.isin(np.round(lam, 12), np.round(table, 12)).all()
+        assert np.median(np.abs(batch.ratio / psi_star - 1)) > 0.05  # realised Psi misses the target
+    with pytest.raises(ValueError, match="psi_targeting"):
+        generate("advdiff", stream, void_fractions(np.arange(2)), n, low, high, psi_targeting="table")
+    with pytest.raises(ValueError, match="only advdiff"):
+        generate("poisson", stream, void_fractions(np.arange(2)), n, 1.0, 5.0, psi_targeting="authors")
+
+
+def test_authors_lambda_table() -> None:
+    """The rebuilt table: the authors' 59 lam values; mean Psi rising with lam where grids use it."""
+    lams, means = advdiff.authors_table()
+    assert lams.shape == means.shape == (59,)
+    assert lams[0] == pytest.approx(1e-3) and lams[19] == pytest.approx(0.1) and lams[20] == pytest.approx(0.14)
+    assert lams[39] == pytest.approx(0.9) and lams[-1] == pytest.approx(0.9 + 0.1 * 10 ** (-2 / 19))
+    used = lams <= 0.9  # targets up to ~5
+    assert np.all(np.diff(means[used]) > 0)
+    # The authors' table means (utils/ads.npy) at a few lam, as facts: ours agree within 3.5%.
+    for lam, theirs in [(0.0785, 0.3028), (0.18, 0.5945), (0.34, 0.9962), (0.5, 1.4608), (0.9, 5.356)]:
+        assert means[np.argmin(np.abs(lams - lam))] == pytest.approx(theirs, rel=0.035)
+    np.testing.assert_array_equal(advdiff.authors_lambda(np.array([0.0, 1e6])), lams[[0, np.argmax(means)]])
+
+
 def test_helmholtz_omega_integers_and_bounded() -> None:
     low, high = 10, 20
     batch = generate("helmholtz", single_stream(np.random.default_rng(3)), void_fractions(np.arange(40)), 32, low, high)

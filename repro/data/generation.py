@@ -19,6 +19,9 @@ redraw round)``, where the range key is a stable hash of ``(pde, low, high)``.  
 Mixed dataset: sample i belongs to component ``i % 3`` of :data:`repro.config.MIXED_COMPONENTS`
 (equal thirds, interleaved); its coefficients are stored in the mixed layout and ``system[i]`` is
 the component index.  Sparsity: sample i has void fraction ``VOID_FRACTIONS[i % 4]``.
+
+``psi_targeting`` (SYS-2's lam: exact or the authors' table) changes lam, hence the coefficients,
+solutions and realised Psi, but not the random draws: the same sources, K, v and targets.
 """
 
 from __future__ import annotations
@@ -68,6 +71,11 @@ def chunk_stream(spec: DatasetSpec, split: str, chunk: int, component: int = 0) 
     return stream
 
 
+def _options(spec: DatasetSpec, pde: str) -> dict[str, str]:
+    """Generator options of ``spec`` that apply to system ``pde`` (SYS-2's lam targeting)."""
+    return {"psi_targeting": spec.psi_targeting} if pde == "advdiff" else {}
+
+
 def n_chunks(size: int) -> int:
     """Number of chunks of a split with ``size`` samples."""
     return -(-size // CHUNK)
@@ -94,7 +102,7 @@ def generate_chunk(spec: DatasetSpec, split: str, chunk: int) -> Chunk:
     n = spec.resolution
     if spec.pde != "mixed":
         batch = generate_batch(spec.pde, chunk_stream(spec, split, chunk), void_fractions(index), n,
-                               spec.low, spec.high, draw_size=CHUNK)
+                               spec.low, spec.high, draw_size=CHUNK, **_options(spec, spec.pde))
         fields = np.stack([batch.source, batch.solution], axis=1).astype(np.float32)  # (B, 2, n, n)
         ratio = None if batch.ratio is None else np.asarray(batch.ratio, dtype=np.float64)
         return Chunk(start, fields, np.asarray(batch.tensor, dtype=np.float32), ratio, None)
@@ -110,7 +118,7 @@ def generate_chunk(spec: DatasetSpec, split: str, chunk: int) -> Chunk:
         if rows.size == 0:
             continue
         batch = generate_batch(pde, chunk_stream(spec, split, chunk, component=c + 1),
-                               void_fractions(index[rows]), n, low, high, draw_size=per)
+                               void_fractions(index[rows]), n, low, high, draw_size=per, **_options(spec, pde))
         fields[rows, 0] = batch.source
         fields[rows, 1] = batch.solution
         tensor[rows] = to_layout(pde, np.asarray(batch.tensor), "mixed")

@@ -98,8 +98,8 @@ def default_data_dir() -> Path:
 def split_key(spec: DatasetSpec, split: str) -> dict[str, Any]:
     """The fields that determine a split's content (and nothing else: not the other splits' sizes).
 
-    Options added later (``stream``) enter only when set away from their default, so the files
-    of existing datasets keep their names.
+    Options added later (``stream``, ``psi_targeting``) enter only when set away from their
+    default, so the files of existing datasets keep their names.
     """
     key = {
         "pde": spec.pde,
@@ -114,6 +114,8 @@ def split_key(spec: DatasetSpec, split: str) -> dict[str, Any]:
     }
     if spec.stream != "default":
         key["stream"] = spec.stream
+    if spec.psi_targeting != "exact":
+        key["psi_targeting"] = spec.psi_targeting
     return key
 
 

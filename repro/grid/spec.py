@@ -47,7 +47,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from repro.config import ARMS, MODEL_LADDER, SINGLE_PDES, DatasetSpec, SpecError, from_mapping
+from repro.config import ARMS, MODEL_LADDER, PSI_TARGETINGS, SINGLE_PDES, DatasetSpec, SpecError, from_mapping
 
 #: Where the shipped grids live (``runs/`` at the repository root).
 RUNS_DIR = Path(__file__).resolve().parents[2] / "runs"
@@ -206,6 +206,9 @@ class GridSpec:
     multi_seed_max_n: int | None = None
     batch_size: int = 128
     data_seed: int = 0
+    #: How every SYS-2 dataset of the grid (advdiff, and the mixture's SYS-2 third) chooses lam:
+    #: "exact" (realised Psi = target) or "authors" (their lookup table, realised Psi misses it).
+    psi_targeting: str = "exact"
     upstream: Sizes
     downstream: Sizes
     pretrain: Pretrain
@@ -248,6 +251,8 @@ class GridSpec:
             raise SpecError(f"batch_size = {self.batch_size!r} is invalid: expected an integer >= 1")
         if self.multi_seed_max_n is not None and self.multi_seed_max_n < 1:
             raise SpecError(f"multi_seed_max_n = {self.multi_seed_max_n!r} is invalid: expected an integer >= 1")
+        if self.psi_targeting not in PSI_TARGETINGS:
+            raise SpecError(f"psi_targeting = {self.psi_targeting!r} is invalid: allowed: {', '.join(PSI_TARGETINGS)}")
         # Build every dataset once so that bad ranges fail here, naming the shift.
         for i, shift in enumerate(self.shifts):
             for key in ("upstream", "downstream"):
@@ -272,8 +277,10 @@ class GridSpec:
         if role == "downstream" and (pde, low, high) in {parse_label(s.upstream, allow_mixed=True)
                                                          for s in self.shifts}:
             stream = "downstream"
+        psi = self.psi_targeting if pde in ("advdiff", "mixed") else "exact"
         return DatasetSpec(pde=pde, low=low, high=high, resolution=self.resolution, n_train=sizes.n_train,
-                           n_val=sizes.n_val, n_test=sizes.n_test, seed=self.data_seed, stream=stream)
+                           n_val=sizes.n_val, n_test=sizes.n_test, seed=self.data_seed, stream=stream,
+                           psi_targeting=psi)
 
     def seeds_for(self, n_train: int) -> tuple[int, ...]:
         if self.multi_seed_max_n is not None and n_train > self.multi_seed_max_n:

@@ -43,6 +43,7 @@ def generate(
     *,
     draw_size: int | None = None,
     like: Array | None = None,
+    psi_targeting: str = "exact",
 ) -> Batch:
     """Draw and exactly solve ``len(vf)`` instances of one system.
 
@@ -62,6 +63,9 @@ def generate(
         Random numbers are drawn for this many samples (>= B) and the first B kept.
     like
         Array (numpy or torch, any device) fixing backend, device and dtype; default numpy float64.
+    psi_targeting
+        SYS-2 only: ``"exact"`` (lam solved so that the realised Psi is the target) or
+        ``"authors"`` (lam from the authors' lookup table), see :mod:`repro.pdes.advdiff`.
 
     Returns
     -------
@@ -70,4 +74,8 @@ def generate(
     """
     if pde not in GENERATORS:
         raise ValueError(f"pde = {pde!r} is invalid: allowed: {', '.join(GENERATORS)}")
+    if pde == "advdiff":
+        return advdiff.generate(stream, vf, n, low, high, draw_size=draw_size, like=like, psi_targeting=psi_targeting)
+    if psi_targeting != "exact":
+        raise ValueError(f"psi_targeting = {psi_targeting!r} is invalid for {pde}: only advdiff draws a Psi")
     return GENERATORS[pde](stream, vf, n, low, high, draw_size=draw_size, like=like)
