@@ -44,9 +44,20 @@ CATCH_UP_MAX = 1e9
 _CATCH_UP_GRID = 1200
 
 
-#: A fitted law is inverted (or two laws compared) at most this factor beyond the N range the two
-#: arms were run at: further out, every bootstrap replicate extrapolates in its own way.
-EXTRAPOLATION_FACTOR = 10.0
+#: A fitted law is never inverted below the smallest N run (PROTOCOL §4 "how to read them"): where
+#: transfer at N_min already beats eps, the multiplier is the lower bound N_scratch(eps) / N_min.
+EXTRAPOLATION_BELOW = 1.0
+#: ... and at most this factor above the largest N run (one more doubling): further out, every
+#: bootstrap replicate extrapolates in its own way, and a value there is reported as a bound.
+EXTRAPOLATION_ABOVE = 2.0
+#: The paper's headline error level (PROTOCOL §4): the multiplier is reported there when both
+#: arms reach it inside the horizon.
+PAPER_EPS = 1e-2
+#: Error levels inside both arms' fitted ranges at which the multiplier is also reported.
+N_INSIDE_LEVELS = 3
+
+#: What an error level of the multiplier table is (the ``level`` column).
+LEVEL_PAPER, LEVEL_INSIDE, LEVEL_STAR = "paper 1e-2", "inside both ranges", "scratch at N_max"
 
 
 #: Direction of a value clipped to the horizon: the true (unclipped) value is at least it
@@ -200,6 +211,8 @@ class TransferMetrics:
     shift: str
     model: str
     eps: np.ndarray
+    level: np.ndarray  # LEVEL_PAPER | LEVEL_INSIDE | LEVEL_STAR (or "" for caller-given levels)
+    zero_shot_reaches: np.ndarray  # the zero-shot model's error is already <= eps (the N = 0 anchor)
     n_scratch: np.ndarray
     n_transfer: np.ndarray
     multiplier: np.ndarray
@@ -211,6 +224,7 @@ class TransferMetrics:
     multiplier_bound: np.ndarray
     multiplier_lo_bound: np.ndarray
     multiplier_hi_bound: np.ndarray
+    multiplier_replicates: np.ndarray  # (B, len(eps)) the paired replicates' clipped multipliers
     transfer_extrapolated: np.ndarray  # N_transfer(eps) below the smallest observed N
     n: np.ndarray
     d_t: np.ndarray
@@ -220,6 +234,8 @@ class TransferMetrics:
     d_t_lo_bound: np.ndarray
     d_t_hi_bound: np.ndarray
     horizon: tuple[float, float]  # the N range laws are inverted in (and catch-up searched)
+    n_range: tuple[float, float]  # the N range both arms were run at
+    zero_shot: float  # the zero-shot error on this task (nan if not run)
     catch_up: float
     catch_up_lo: float
     catch_up_hi: float
@@ -228,6 +244,7 @@ class TransferMetrics:
     def eps_frame(self) -> pd.DataFrame:
         """One row per eps: N_scratch, N_transfer, multiplier and its interval."""
         return pd.DataFrame({"task": self.task, "shift": self.shift, "model": self.model, "eps": self.eps,
+                             "level": self.level, "zero_shot_reaches": self.zero_shot_reaches,
                              "n_scratch": self.n_scratch, "n_transfer": self.n_transfer,
                              "multiplier": self.multiplier, "multiplier_lo": self.multiplier_lo,
                              "multiplier_hi": self.multiplier_hi, "multiplier_undefined": self.multiplier_undefined,
@@ -248,26 +265,47 @@ def _columns(params: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return params[:, 0:1], params[:, 1:2], params[:, 2:3]
 
 
+def error_levels(scratch: PowerLawFit, transfer: PowerLawFit,
+                 n_inside: int = N_INSIDE_LEVELS) -> tuple[np.ndarray, np.ndarray]:
+    """The error levels of the multiplier table, and what each is.
+
+    - ``PAPER_EPS`` (1e-2), the paper's headline level;
+    - ``n_inside`` log-spaced levels inside both arms' fitted error ranges over the N they were
+      run at (none where the ranges do not overlap: transfer at its smallest N already beats
+      scratch at its largest, and every multiplier is a bound);
+    - eps* = scratch's fitted error at its largest N.
+    """
+    s_hi, s_lo = (float(v) for v in scratch.predict(np.array(scratch.n_range)))
+    t_hi, t_lo = (float(v) for v in transfer.predict(np.array(transfer.n_range)))
+    lo, hi = max(s_lo, t_lo), min(s_hi, t_hi)
+    inside = np.geomspace(lo, hi, n_inside + 2)[1:-1] if lo < hi else np.empty(0)
+    eps = np.concatenate([[PAPER_EPS], inside, [s_lo]])
+    level = np.array([LEVEL_PAPER, *[LEVEL_INSIDE] * inside.size, LEVEL_STAR])
+    return eps, level
+
+
 def transfer_metrics(scratch: PowerLawFit, transfer: PowerLawFit, *, task: str, shift: str, model: str,
-                     n: ArrayLike | None = None, eps: ArrayLike | None = None,
-                     extrapolation: float = EXTRAPOLATION_FACTOR) -> TransferMetrics:
+                     n: ArrayLike | None = None, eps: ArrayLike | None = None, zero_shot: float = math.nan,
+                     below: float = EXTRAPOLATION_BELOW, above: float = EXTRAPOLATION_ABOVE) -> TransferMetrics:
     """Multiplier, D_T and catch-up N of one transfer curve against its scratch curve.
 
     Parameters
     ----------
     scratch, transfer
-        Fits of the two arms on the same task and model size.  Their bootstrap replicates
-        are paired by index (both resample the same seeds when the designs match).
+        Fits of the two arms on the same task and model size.  Their bootstrap replicates are
+        paired by index (each replicate redraws both arms' seed curves).
     task, shift, model
         Labels carried into the result.
     n
         N values for D_T (default: the union of the two fits' N ranges on a log2 grid).
     eps
-        Error levels for the multiplier (default: the scratch curve's fitted error at each n).
-    extrapolation
-        N_scratch and N_transfer are kept within this factor of the two fits' N range
-        (:func:`multiplier`), and catch-up is searched up to it; a clipped multiplier, D_T or
-        interval end carries the direction in which it is a bound.
+        Error levels for the multiplier (default: :func:`error_levels`).
+    zero_shot
+        The zero-shot error on the task: levels it already reaches are flagged (the N = 0 anchor).
+    below, above
+        The horizon: N_scratch and N_transfer are kept within [N_min / below, N_max * above] of
+        the two fits' N range (:func:`multiplier`), and catch-up is searched up to its top; a
+        clipped multiplier, D_T or interval end carries the direction in which it is a bound.
     """
     lo_n = min(scratch.n_range[0], transfer.n_range[0])
     hi_n = max(scratch.n_range[1], transfer.n_range[1])
@@ -275,9 +313,13 @@ def transfer_metrics(scratch: PowerLawFit, transfer: PowerLawFit, *, task: str, 
         n = np.unique(np.exp2(np.arange(math.floor(math.log2(lo_n)), math.ceil(math.log2(hi_n)) + 1)))
     n = np.asarray(n, dtype=float)
     s, t = _point(scratch), _point(transfer)
-    eps = scratch.predict(n) if eps is None else np.asarray(eps, dtype=float)
+    if eps is None:
+        eps, level = error_levels(scratch, transfer)
+    else:
+        eps = np.atleast_1d(np.asarray(eps, dtype=float))
+        level = np.full(eps.shape, "", dtype=object)
     conf = min(scratch.confidence, transfer.confidence)
-    horizon = (lo_n / extrapolation, hi_n * extrapolation)
+    horizon = (lo_n / below, hi_n * above)
     m, m_bound = multiplier(eps, s, t, horizon)
     d, d_bound = data_transferred(n, s, t, horizon)
     search_to = min(horizon[1], CATCH_UP_MAX)
@@ -294,14 +336,19 @@ def transfer_metrics(scratch: PowerLawFit, transfer: PowerLawFit, *, task: str, 
     else:
         m_iv, d_iv = _no_interval(eps.shape), _no_interval(n.shape)
         c_lo = c_hi = math.nan
+        m_boot = np.empty((0, eps.size))
     n_t = laws.n_at_error(eps, *t)
-    return TransferMetrics(task=task, shift=shift, model=model, eps=eps, n_scratch=laws.n_at_error(eps, *s),
+    with np.errstate(invalid="ignore"):
+        zs_reaches = np.isfinite(zero_shot) & (zero_shot <= eps)
+    return TransferMetrics(task=task, shift=shift, model=model, eps=eps, level=level, zero_shot_reaches=zs_reaches,
+                           n_scratch=laws.n_at_error(eps, *s),
                            n_transfer=n_t, multiplier=m, multiplier_lo=m_iv.lo, multiplier_hi=m_iv.hi,
                            multiplier_undefined=m_iv.undefined, multiplier_censored=m_iv.censored,
                            multiplier_bound=m_bound, multiplier_lo_bound=m_iv.lo_bound,
-                           multiplier_hi_bound=m_iv.hi_bound, transfer_extrapolated=n_t < transfer.n_range[0], n=n,
+                           multiplier_hi_bound=m_iv.hi_bound, multiplier_replicates=m_boot,
+                           transfer_extrapolated=n_t < transfer.n_range[0], n=n,
                            d_t=d, d_t_lo=d_iv.lo, d_t_hi=d_iv.hi, d_t_bound=d_bound, d_t_lo_bound=d_iv.lo_bound,
-                           d_t_hi_bound=d_iv.hi_bound, horizon=horizon,
+                           d_t_hi_bound=d_iv.hi_bound, horizon=horizon, n_range=(lo_n, hi_n), zero_shot=float(zero_shot),
                            catch_up=c, catch_up_lo=c_lo, catch_up_hi=c_hi, confidence=conf)
 
 
