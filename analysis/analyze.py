@@ -12,6 +12,7 @@ import json
 import math
 import multiprocessing
 import os
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,12 +23,13 @@ import numpy as np
 import pandas as pd
 
 from repro import schema
+from repro.config import MIXED_COMPONENTS
 from analysis import claims as claims_mod
+from analysis.claims import Pair, PairKey
 from analysis.collect import system_of
-from analysis.filters import FilterReport, apply_filters, exclusions
-from analysis.fits import (N_BOOT, N_BOOT_JOINT, FitSkipped, JointFit, PowerLawFit, fit_joint, fit_saturating,
-                           single_thread_blas)
-from analysis.selection import C_MEDIAN_LR_TEST, C_N_LRS, select_lr
+from analysis.filters import FilterReport, apply_filters, exclusions, flag_unconverged
+from analysis.fits import N_BOOT, N_BOOT_JOINT, FitSkipped, JointFit, PowerLawFit, fit_curve, fit_joint, single_thread_blas
+from analysis.selection import C_MEDIAN_LR_TEST, C_N_LRS, C_PRETRAIN_LR, select_fixed_lr, select_lr
 from analysis.transfer import TransferMetrics, shift_magnitude, transfer_metrics
 
 #: Below this many fits the process pool costs more than it saves.
@@ -54,10 +56,8 @@ class JointKey(NamedTuple):
     arm: str
 
 
-class PairKey(NamedTuple):
-    task: str
-    shift: str
-    model: str
+#: The arm label of a transfer curve fine-tuned at its pre-training LR (Finding 6's untuned choice).
+FIXED_LR_ARM = "transfer@pretrain_lr"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +99,13 @@ class AnalysisResult:
     claims: list[claims_mod.Claim]
     provenance: Provenance
     model_params: dict[str, float] = field(default_factory=dict)
+    #: transfer curves fine-tuned at the pre-training LR (arm :data:`FIXED_LR_ARM`), for Finding 6
+    fixed_lr_curves: dict[CurveKey, PowerLawFit] = field(default_factory=dict)
+    #: per arm: selected trained runs, how many passed the convergence diagnostic, compute
+    convergence: pd.DataFrame = field(default_factory=pd.DataFrame)
+    compute: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: the test errors the selected runs reached, per arm (min, median, max), beside the paper's ~1e-2
+    regime: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: :func:`transfer_tables` of this result, computed once in :func:`analyze`: multiplier per
     #: eps, D_T per N, and the per-pair summary (empty frames when there is no transfer pair).
     multiplier_table: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -225,9 +232,12 @@ def fit_table(result: AnalysisResult) -> pd.DataFrame:
         for name, value in fit.params.items():
             row[name] = value
             row[f"{name}_lo"], row[f"{name}_hi"] = fit.intervals[name]
-        row.update(aic=fit.aic, aic_pure=fit.pure.aic if fit.pure else math.nan, delta_aic=fit.delta_aic,
-                   pure_A=fit.pure.params["A"] if fit.pure else math.nan,
-                   pure_alpha=fit.pure.params["alpha"] if fit.pure else math.nan,
+        effects = fit.seed_effects
+        row.update(aicc_saturating=fit.aicc.get("saturating", math.nan), aicc_pure=fit.aicc.get("pure", math.nan),
+                   delta_aic=fit.delta_aic, identified=fit.identified, unidentified=" ".join(fit.unidentified),
+                   seed_sd=effects.sigma_seed if effects else math.nan,
+                   point_sd=effects.sigma_point if effects else math.nan,
+                   n_seeds=effects.n_seeds if effects else 0, interval_note=fit.interval_note,
                    rms_log_residual=float(np.sqrt(np.mean(fit.residuals ** 2))),
                    heldout_n=fit.heldout.n if fit.heldout else math.nan,
                    heldout_rel_error=fit.heldout.rel_error if fit.heldout else math.nan,
@@ -251,38 +261,95 @@ def joint_table(result: AnalysisResult) -> pd.DataFrame:
 
 
 def transfer_tables(result: AnalysisResult) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(multiplier per eps, D_T per N, summary per pair with catch-up and the claim-1 multiplier)."""
+    """(multiplier per eps, D_T per N, summary per pair: the multiplier at the level Finding 1
+    decides on, D_T at the smallest N, catch-up)."""
     if not result.transfer:
         return pd.DataFrame(), pd.DataFrame(), pd.DataFrame()
     eps = pd.concat([m.eps_frame() for m in result.transfer.values()], ignore_index=True)
     dts = pd.concat([m.n_frame() for m in result.transfer.values()], ignore_index=True)
     rows = []
     for key, m in result.transfer.items():
-        # eps* = what scratch reaches at its largest observed N: the claim-1 comparison point
-        n_max = result.curves[CurveKey(key.task, "", key.model, "scratch")].n_range[1]
-        i = int(np.argmin(np.abs(np.log(m.n) - math.log(n_max))))
-        rows.append({"task": key.task, "shift": key.shift, "model": key.model, "eps_star": m.eps[i],
+        i = claims_mod._deciding_row(m)
+        rows.append({"task": key.task, "shift": key.shift, "model": key.model, "eps": m.eps[i], "level": m.level[i],
                      "n_scratch": m.n_scratch[i], "n_transfer": m.n_transfer[i], "multiplier": m.multiplier[i],
                      "multiplier_lo": m.multiplier_lo[i], "multiplier_hi": m.multiplier_hi[i],
                      "multiplier_undefined": m.multiplier_undefined[i],
                      "multiplier_censored": m.multiplier_censored[i], "multiplier_bound": int(m.multiplier_bound[i]),
                      "multiplier_lo_bound": int(m.multiplier_lo_bound[i]),
                      "multiplier_hi_bound": int(m.multiplier_hi_bound[i]),
-                     "extrapolated": bool(m.transfer_extrapolated[i]), "d_t_nmin": m.d_t[0], "d_t_nmin_lo": m.d_t_lo[0],
+                     "extrapolated": bool(m.transfer_extrapolated[i]),
+                     "zero_shot_reaches": bool(m.zero_shot_reaches[i]), "d_t_nmin": m.d_t[0], "d_t_nmin_lo": m.d_t_lo[0],
                      "d_t_nmin_hi": m.d_t_hi[0], "d_t_nmin_bound": int(m.d_t_bound[0]),
                      "d_t_nmin_lo_bound": int(m.d_t_lo_bound[0]), "d_t_nmin_hi_bound": int(m.d_t_hi_bound[0]),
-                     "n_min": m.n[0], "horizon": m.horizon[1], "catch_up": m.catch_up,
+                     "n_min": m.n_range[0], "n_max": m.n_range[1], "horizon": m.horizon[1], "catch_up": m.catch_up,
                      "catch_up_lo": m.catch_up_lo, "catch_up_hi": m.catch_up_hi})
     return eps, dts, pd.DataFrame(rows)
 
 
+def convergence_table(selected: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: selected trained runs, how many carry the convergence diagnostic, how many pass it."""
+    trained = selected[selected[schema.P_ARM].isin(["scratch", "transfer"])]
+    rows = []
+    for arm, g in trained.groupby(schema.P_ARM, sort=True):
+        flag = g[schema.M_CONVERGED] if schema.M_CONVERGED in g else pd.Series(np.nan, index=g.index)
+        known = flag.notna()
+        rows.append({"arm": arm, "selected_runs": len(g), "with_diagnostic": int(known.sum()),
+                     "converged": int((flag[known] >= 0.5).sum()),
+                     "share_converged": float((flag[known] >= 0.5).mean()) if known.any() else math.nan,
+                     "median_late_improvement": float(g[schema.M_LATE_IMPROVEMENT].median())
+                     if schema.M_LATE_IMPROVEMENT in g else math.nan})
+    return pd.DataFrame(rows)
+
+
+def compute_table(runs: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: the selected runs' training compute (sample-steps, analytic FLOPs), and for transfer
+    the pre-training compute it inherits (each checkpoint counted once); all LRs of the sweep
+    are counted too, since tuning is part of an arm's cost."""
+    if schema.M_FLOPS not in runs:
+        return pd.DataFrame()
+    done = runs[runs[schema.C_STATUS] == schema.FINISHED]
+    rows = []
+    for arm in ("scratch", "transfer"):
+        sel = selected[selected[schema.P_ARM] == arm]
+        sweep = done[(done[schema.P_ARM] == arm) & done[schema.C_ROLE].fillna("downstream").ne("pretrain")]
+        if sel.empty:
+            continue
+        inherited = math.nan
+        if arm == "transfer" and schema.M_PRETRAIN_FLOPS in sel:
+            per_checkpoint = sel.drop_duplicates(schema.P_INIT_FROM)[schema.M_PRETRAIN_FLOPS]
+            inherited = float(per_checkpoint.sum(min_count=1))
+        rows.append({"arm": arm, "selected_sample_steps": float(sel[schema.M_SAMPLE_STEPS].sum(min_count=1)),
+                     "selected_flops": float(sel[schema.M_FLOPS].sum(min_count=1)),
+                     "sweep_flops": float(sweep[schema.M_FLOPS].sum(min_count=1)),
+                     "pretrain_flops": inherited,
+                     "median_flops_per_run": float(sel[schema.M_FLOPS].median())})
+    return pd.DataFrame(rows)
+
+
+def regime_table(selected: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: the smallest, median and largest test error of the selected runs, and the paper's regime."""
+    rows = []
+    for arm, g in selected.groupby(schema.P_ARM, sort=True):
+        e = g[schema.C_TEST_REL_L2].astype(float)
+        rows.append({"arm": arm, "min_test_rel_l2": float(e.min()), "median_test_rel_l2": float(e.median()),
+                     "max_test_rel_l2": float(e.max()), "paper_regime": claims_mod.PAPER_REGIME})
+    return pd.DataFrame(rows)
+
+
 def lr_table(selected: pd.DataFrame) -> pd.DataFrame:
-    """Transfer cells that compared >= 2 LRs: tuned error vs the sweep's median (untuned) error."""
-    t = selected[(selected[schema.P_ARM] == "transfer") & (selected[C_N_LRS] >= 2)]
+    """Transfer cells (one row per selected run): the chosen fine-tuning LR beside the pre-training LR."""
+    t = selected[selected[schema.P_ARM] == "transfer"]
     out = t[[schema.C_TASK, schema.C_SHIFT, schema.P_MODEL, schema.P_N_TRAIN, schema.P_SEED, schema.P_LR,
-             schema.C_TEST_REL_L2, C_MEDIAN_LR_TEST, C_N_LRS]].copy()
-    out["untuned_ratio"] = out[C_MEDIAN_LR_TEST] / out[schema.C_TEST_REL_L2]
+             C_PRETRAIN_LR, schema.C_TEST_REL_L2, C_MEDIAN_LR_TEST, C_N_LRS]].copy()
+    out["differs_from_pretrain_lr"] = ~np.isclose(out[schema.P_LR].to_numpy(float), out[C_PRETRAIN_LR].to_numpy(float))
     return out.reset_index(drop=True)
+
+
+def _chosen_lr_differs(selected: pd.DataFrame) -> tuple[int, int]:
+    """(transfer cells whose chosen LR differs from the pre-training LR, transfer cells with a known one)."""
+    t = lr_table(selected).dropna(subset=[C_PRETRAIN_LR])
+    cells = t.drop_duplicates([schema.C_TASK, schema.C_SHIFT, schema.P_MODEL, schema.P_N_TRAIN])
+    return int(cells["differs_from_pretrain_lr"].sum()), len(cells)
 
 
 # --- fitting -----------------------------------------------------------------------------------
@@ -292,8 +359,25 @@ def _points(selected: pd.DataFrame, key: CurveKey) -> pd.DataFrame:
     sel = selected
     mask = ((sel[schema.C_TASK] == key.task) & (sel[schema.C_SHIFT] == key.shift) & (sel[schema.P_MODEL] == key.model)
             & (sel[schema.P_ARM] == key.arm))
-    # Sorted by (N, seed) so two arms with one design get the same (paired) bootstrap resamples.
     return sel[mask].sort_values([schema.P_N_TRAIN, schema.P_SEED])
+
+
+def _curve_arrays(pts: pd.DataFrame) -> dict[str, np.ndarray]:
+    """A curve's points with the seed curve (unit) and the pre-trained checkpoint (group) of each.
+
+    A seed is one initialisation plus one nested-subset chain, so it is one unit across all N;
+    on a transfer curve that pools several checkpoints, a unit is a (checkpoint, seed) pair.
+    """
+    checkpoint = pts[schema.P_INIT_FROM].fillna("").astype(str).to_numpy()
+    seed = pts[schema.P_SEED].astype(int).astype(str).to_numpy()
+    return {"n": pts[schema.P_N_TRAIN].to_numpy(float), "err": pts[schema.C_TEST_REL_L2].to_numpy(float),
+            "unit": np.char.add(np.char.add(checkpoint, ":"), seed), "group": checkpoint}
+
+
+def _curve_seed(seed: int, key: Any) -> int:
+    """An independent bootstrap stream per curve (stable across runs of the analysis): the arms'
+    seed effects are not assumed correlated, which errs towards wider intervals for their ratios."""
+    return (seed * 1_000_003 + zlib.crc32(repr(tuple(key)).encode())) % (2 ** 32)
 
 
 def _fit_job(job: tuple[str, Any, dict[str, np.ndarray], dict[str, Any]]) -> tuple[Any, Any]:
@@ -301,8 +385,8 @@ def _fit_job(job: tuple[str, Any, dict[str, np.ndarray], dict[str, Any]]) -> tup
     kind, key, arrays, kwargs = job
     try:
         if kind == "curve":
-            return key, fit_saturating(arrays["n"], arrays["err"], **kwargs)
-        return key, fit_joint(arrays["n"], arrays["p"], arrays["err"], **kwargs)
+            return key, fit_curve(arrays["n"], arrays["err"], unit=arrays["unit"], group=arrays["group"], **kwargs)
+        return key, fit_joint(arrays["n"], arrays["p"], arrays["err"], unit=arrays["unit"], **kwargs)
     except FitSkipped as err:
         return key, f"{_label(key)}: skipped, {err}"
 
@@ -330,6 +414,38 @@ def default_workers() -> int:
         return max(1, min(8, os.cpu_count() or 1))
 
 
+def _curve_jobs(selected: pd.DataFrame, fixed: pd.DataFrame, n_boot: int, seed: int) -> list[Any]:
+    trained = selected[selected[schema.P_ARM].isin(["scratch", "transfer"])]
+    keys = sorted({CurveKey(*k) for k in trained[[schema.C_TASK, schema.C_SHIFT, schema.P_MODEL, schema.P_ARM]]
+                   .itertuples(index=False, name=None)})
+    jobs: list[Any] = []
+    for key in keys:
+        jobs.append(("curve", key, _curve_arrays(_points(selected, key)), {"n_boot": n_boot, "seed": _curve_seed(seed, key)}))
+        if key.arm == "transfer":
+            pts = _points(fixed, key)
+            if len(pts):
+                fkey = key._replace(arm=FIXED_LR_ARM)
+                jobs.append(("curve", fkey, _curve_arrays(pts), {"n_boot": n_boot, "seed": _curve_seed(seed, fkey)}))
+    return jobs
+
+
+def _joint_jobs(selected: pd.DataFrame, model_params: dict[str, float], n_boot: int, seed: int) -> list[Any]:
+    trained = selected[selected[schema.P_ARM].isin(["scratch", "transfer"])]
+    jobs: list[Any] = []
+    for jk in sorted({JointKey(*k) for k in trained[[schema.C_TASK, schema.C_SHIFT, schema.P_ARM]]
+                      .itertuples(index=False, name=None)}):
+        pts = trained[(trained[schema.C_TASK] == jk.task) & (trained[schema.C_SHIFT] == jk.shift)
+                      & (trained[schema.P_ARM] == jk.arm)].sort_values([schema.P_MODEL, schema.P_N_TRAIN, schema.P_SEED])
+        p = pts[schema.P_MODEL].map(model_params).to_numpy(float)
+        if pts[schema.P_MODEL].nunique() < 3 or not np.all(np.isfinite(p)):
+            continue  # the joint law needs >= 3 sizes; nothing to report otherwise
+        arrays = _curve_arrays(pts)
+        # one seed curve per (model size, seed): different sizes are different initialisations
+        arrays["unit"] = np.char.add(np.char.add(pts[schema.P_MODEL].astype(str).to_numpy(), "/"), arrays["unit"])
+        jobs.append(("joint", jk, {**arrays, "p": p}, {"n_boot": n_boot, "seed": _curve_seed(seed, jk)}))
+    return jobs
+
+
 def analyze(runs: pd.DataFrame, *, tracking_uri: str = "", n_boot: int = N_BOOT, n_boot_joint: int = N_BOOT_JOINT,
             seed: int = 0, workers: int | None = None, selection: str = "") -> AnalysisResult:
     """Filter, select LRs, fit every curve and joint law, compute transfer metrics and claims.
@@ -343,7 +459,7 @@ def analyze(runs: pd.DataFrame, *, tracking_uri: str = "", n_boot: int = N_BOOT,
     n_boot, n_boot_joint
         Bootstrap replicates per curve / per joint N x P fit.
     seed
-        Bootstrap seed (the same for every curve, so matching designs are resampled alike).
+        Bootstrap seed (each curve draws its own stream from it, see :func:`_curve_seed`).
     workers
         Fitting processes (default: available CPUs, at most 8).
     selection
@@ -355,54 +471,88 @@ def analyze(runs: pd.DataFrame, *, tracking_uri: str = "", n_boot: int = N_BOOT,
     """
     kept, reports = apply_filters(runs)
     selected = select_lr(kept)
+    reports = [*reports, flag_unconverged(selected)]
+    fixed = select_fixed_lr(kept)
     model_params = _model_params(selected)
-    trained = selected[selected[schema.P_ARM].isin(["scratch", "transfer"])]
-    keys = sorted({CurveKey(*k) for k in trained[[schema.C_TASK, schema.C_SHIFT, schema.P_MODEL, schema.P_ARM]]
-                   .itertuples(index=False, name=None)})
-    jobs: list[Any] = []
-    skipped: list[str] = []
-    opts = {"n_boot": n_boot, "seed": seed}
-    for key in keys:
-        pts = _points(selected, key)
-        jobs.append(("curve", key, {"n": pts[schema.P_N_TRAIN].to_numpy(float),
-                                    "err": pts[schema.C_TEST_REL_L2].to_numpy(float)}, opts))
-    jkeys = sorted({JointKey(t, s, a) for t, s, _, a in keys})
-    for jk in jkeys:
-        pts = trained[(trained[schema.C_TASK] == jk.task) & (trained[schema.C_SHIFT] == jk.shift)
-                      & (trained[schema.P_ARM] == jk.arm)].sort_values([schema.P_MODEL, schema.P_N_TRAIN, schema.P_SEED])
-        p = pts[schema.P_MODEL].map(model_params).to_numpy(float)
-        if pts[schema.P_MODEL].nunique() < 3 or not np.all(np.isfinite(p)):
-            continue  # the joint law needs >= 3 sizes; nothing to report otherwise
-        jobs.append(("joint", jk, {"n": pts[schema.P_N_TRAIN].to_numpy(float), "p": p,
-                                   "err": pts[schema.C_TEST_REL_L2].to_numpy(float)},
-                     {"n_boot": n_boot_joint, "seed": seed}))
+    jobs = _curve_jobs(selected, fixed, n_boot, seed) + _joint_jobs(selected, model_params, n_boot_joint, seed)
     curves: dict[CurveKey, PowerLawFit] = {}
+    fixed_curves: dict[CurveKey, PowerLawFit] = {}
     joint: dict[JointKey, JointFit] = {}
+    skipped: list[str] = []
     with single_thread_blas():
         done = _run_jobs(jobs, default_workers() if workers is None else workers)
     for key, out in done:
         if isinstance(out, str):
             skipped.append(out)
         elif isinstance(key, CurveKey):
-            curves[key] = out
+            (fixed_curves if key.arm == FIXED_LR_ARM else curves)[key] = out
         else:
             joint[key] = out
-    transfer = _transfer(curves, skipped)
     zero_shot = zero_shot_table(selected)
+    transfer = _transfer(curves, zero_shot, skipped)
     pointwise = pointwise_table(selected)
     benefit = benefit_table(pointwise, zero_shot, selected, model_params)
     mixed = mixed_table(selected)
     partial = AnalysisResult(runs=runs, filter_reports=reports, exclusions=exclusions(reports), selected=selected,
                              curves=curves, joint=joint, skipped=skipped, transfer=transfer, pointwise=pointwise,
                              benefit=benefit, zero_shot=zero_shot, mixed=mixed, claims=[],
-                             provenance=_provenance(runs, kept, tracking_uri, n_boot, selection), model_params=model_params)
+                             provenance=_provenance(runs, kept, tracking_uri, n_boot, selection), model_params=model_params,
+                             fixed_lr_curves=fixed_curves, convergence=convergence_table(selected),
+                             compute=compute_table(runs, selected), regime=regime_table(selected))
     eps, dts, summary = transfer_tables(partial)
-    found = claims_mod.evaluate_claims(summary=summary, pointwise=pointwise, benefit=benefit, mixed=mixed,
-                                       lr=lr_table(selected))
+    pairs = build_pairs(partial)
+    found = claims_mod.evaluate_claims(pairs, in_distribution=in_mixture_distribution,
+                                       chosen_lr_differs=_chosen_lr_differs(selected))
     return dataclasses.replace(partial, claims=found, multiplier_table=eps, d_t_table=dts, transfer_summary=summary)
 
 
-def _transfer(curves: dict[CurveKey, PowerLawFit], skipped: list[str]) -> dict[PairKey, TransferMetrics]:
+def in_mixture_distribution(task: str) -> bool:
+    """Whether a task's physics range lies inside one of the mixture's pre-training ranges (E4's ID tasks)."""
+    from repro.grid.spec import parse_label
+
+    try:
+        pde, low, high = parse_label(task.split("@")[0], allow_mixed=False)
+    except Exception:  # noqa: BLE001 - an unparsable label is simply not in distribution
+        return False
+    return any(pde == p and lo <= low and high <= hi for p, lo, hi in MIXED_COMPONENTS)
+
+
+def _unconverged(selected: pd.DataFrame, *keys: CurveKey) -> int:
+    if schema.M_CONVERGED not in selected:
+        return 0
+    total = 0
+    for key in keys:
+        pts = _points(selected, key)
+        total += int((pts[schema.M_CONVERGED] < 0.5).sum())
+    return total
+
+
+def build_pairs(result: AnalysisResult) -> list[Pair]:
+    """Every transfer curve with its scratch baseline and what the claims need beside it."""
+    zs = {}
+    if len(result.zero_shot):
+        zs = {(r[schema.C_SHIFT], r[schema.P_MODEL]): float(r["zero_shot"]) for _, r in result.zero_shot.iterrows()}
+    magnitude = {}
+    if len(result.benefit):
+        magnitude = {(r[schema.C_SHIFT], r[schema.P_MODEL]): float(r["magnitude"]) for _, r in result.benefit.iterrows()}
+    upstream = result.selected.drop_duplicates(schema.C_SHIFT).set_index(schema.C_SHIFT)[schema.C_UPSTREAM]
+    pairs = []
+    for key, m in result.transfer.items():
+        s_key, t_key = CurveKey(key.task, "", key.model, "scratch"), CurveKey(key.task, key.shift, key.model, "transfer")
+        pairs.append(Pair(key=key, scratch=result.curves[s_key], transfer=result.curves[t_key],
+                          upstream=str(upstream.get(key.shift, "")), magnitude=magnitude.get((key.shift, key.model), math.nan),
+                          n_params=result.model_params.get(key.model, math.nan),
+                          zero_shot=zs.get((key.shift, key.model), math.nan),
+                          fixed_lr=result.fixed_lr_curves.get(t_key._replace(arm=FIXED_LR_ARM)), metrics=m,
+                          unconverged=_unconverged(result.selected, s_key, t_key)))
+    return pairs
+
+
+def _transfer(curves: dict[CurveKey, PowerLawFit], zero_shot: pd.DataFrame,
+              skipped: list[str]) -> dict[PairKey, TransferMetrics]:
+    zs = {}
+    if len(zero_shot):
+        zs = {(r[schema.C_SHIFT], r[schema.P_MODEL]): float(r["zero_shot"]) for _, r in zero_shot.iterrows()}
     out: dict[PairKey, TransferMetrics] = {}
     for key, fit in curves.items():
         if key.arm != "transfer":
@@ -411,8 +561,8 @@ def _transfer(curves: dict[CurveKey, PowerLawFit], skipped: list[str]) -> dict[P
         if base is None:
             skipped.append(f"{key.shift} | {key.model}: no scratch fit on {key.task}, transfer metrics skipped")
             continue
-        out[PairKey(key.task, key.shift, key.model)] = transfer_metrics(base, fit, task=key.task, shift=key.shift,
-                                                                        model=key.model)
+        out[PairKey(key.task, key.shift, key.model)] = transfer_metrics(
+            base, fit, task=key.task, shift=key.shift, model=key.model, zero_shot=zs.get((key.shift, key.model), math.nan))
     return out
 
 
@@ -446,7 +596,8 @@ def write_outputs(result: AnalysisResult, out_dir: Path) -> list[Path]:
     eps, dts, summary = result.multiplier_table, result.d_t_table, result.transfer_summary
     tables = {"fits": fit_table(result), "joint_fits": joint_table(result), "multiplier": eps, "d_t": dts,
               "transfer_summary": summary, "benefit": result.benefit, "zero_shot": result.zero_shot,
-              "mixed": result.mixed, "exclusions": result.exclusions,
+              "mixed": result.mixed, "exclusions": result.exclusions, "convergence": result.convergence,
+              "compute": result.compute, "regime": result.regime, "claims": claims_mod.claims_frame(result.claims),
               "selected_runs": result.selected[[c for c in SELECTED_COLUMNS if c in result.selected]]}
     paths = []
     for name, table in tables.items():

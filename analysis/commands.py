@@ -19,7 +19,7 @@ from analysis.claims import FAIL, NOT_ENOUGH, PASS, format_bound, format_interva
 from analysis.collect import collect_runs
 from analysis.fits import N_BOOT
 from analysis.report import render_report
-from analysis.transfer import EXTRAPOLATION_FACTOR
+from analysis.transfer import EXTRAPOLATION_ABOVE
 
 _VERDICT_STYLE = {PASS: "bold green", FAIL: "bold red", NOT_ENOUGH: "dim"}
 
@@ -58,36 +58,45 @@ def load(tracking_uri: str, grid: str | None, n_boot: int = N_BOOT, workers: int
 
 
 def print_result(result: AnalysisResult, console: Console) -> None:
-    """Rich tables: fits, transfer metrics, claims; then the skipped cells."""
-    fits = Table(title="Fitted laws: err(N) = E + A·N^-α (95% bootstrap intervals)", show_lines=False)
-    for col in ("task / shift", "model", "arm", "pts", "E", "E CI", "α", "α CI", "ΔAIC", "held-out err"):
+    """Rich tables: fits, transfer metrics, claims with stability and regime; then convergence and skips."""
+    fits = Table(title="Fitted laws per curve (law chosen by AICc; 95% intervals from whole-seed-curve bootstrap)",
+                 show_lines=False)
+    for col in ("task / shift", "model", "arm", "pts", "law", "E", "α", "α CI", "seed sd", "not identified",
+                "held-out err"):
         fits.add_column(col, overflow="fold")
     for key, fit in result.curves.items():
         held = f"{fit.heldout.rel_error:+.1%}" if fit.heldout else "-"
-        fits.add_row(key.shift or key.task, key.model, key.arm, str(fit.n_points), format_number(fit.params["E"]),
-                     format_interval(*fit.intervals["E"]), format_number(fit.params["alpha"]),
-                     format_interval(*fit.intervals["alpha"]), format_number(fit.delta_aic), held)
+        seed_sd = format_number(fit.seed_effects.sigma_seed) if fit.seed_effects else "n/a"
+        alpha_ci = format_interval(*fit.intervals["alpha"]) if not fit.interval_note else "none (one seed)"
+        fits.add_row(key.shift or key.task, key.model, key.arm, str(fit.n_points), fit.law,
+                     format_number(fit.params["E"]), format_number(fit.params["alpha"]), alpha_ci, seed_sd,
+                     " ".join(fit.unidentified) or "-", held)
     console.print(fits)
     summary = result.transfer_summary
     if len(summary):
-        tm = Table(title="Transfer metrics (multiplier at ε* = scratch's error at its largest N)",
-                   caption=f"≥ / ≤: a lower / upper bound; laws are not extrapolated beyond {EXTRAPOLATION_FACTOR:g}× the N range run "
-                           "(catch-up inf: not within it)")
-        for col in ("shift", "model", "ε*", "multiplier", "95% CI", "undefined boot.", "D_T(N_min)", "catch-up N"):
+        tm = Table(title="Data-efficiency multiplier at the level Finding 1 decides on",
+                   caption=f"≥ / ≤: a lower / upper bound; laws are never inverted below the smallest N run nor beyond "
+                           f"{EXTRAPOLATION_ABOVE:g}× the largest (catch-up inf: not within it); every level is in "
+                           "multiplier.csv")
+        for col in ("shift", "model", "ε", "level", "multiplier", "95% CI", "zero-shot ≤ ε", "D_T(N_min)", "catch-up N"):
             tm.add_column(col, overflow="fold")
         for row in summary.itertuples(index=False):
-            tm.add_row(row.shift, row.model, format_number(row.eps_star),
+            tm.add_row(row.shift, row.model, format_number(row.eps), str(row.level),
                        format_bound(row.multiplier, row.multiplier_bound),
                        format_interval(row.multiplier_lo, row.multiplier_hi, row.multiplier_lo_bound, row.multiplier_hi_bound),
-                       _pct(row.multiplier_undefined), format_bound(row.d_t_nmin, row.d_t_nmin_bound),
+                       "yes" if row.zero_shot_reaches else "no", format_bound(row.d_t_nmin, row.d_t_nmin_bound),
                        format_number(row.catch_up))
         console.print(tm)
-    claims = Table(title="The paper's findings on these runs")
-    for col in ("#", "verdict", "deciding numbers"):
+    claims = Table(title="The paper's findings on these runs (decided on 95% intervals)")
+    for col in ("#", "verdict", "stability", "deciding numbers", "regime"):
         claims.add_column(col, overflow="fold")
     for c in result.claims:
-        claims.add_row(str(c.id), f"[{_VERDICT_STYLE[c.verdict]}]{c.verdict}[/]", c.summary)
+        claims.add_row(str(c.id), f"[{_VERDICT_STYLE[c.verdict]}]{c.verdict}[/]", _pct(c.stability), c.summary, c.regime)
     console.print(claims)
+    if len(result.convergence):
+        console.print("convergence of the selected runs: " + "; ".join(
+            f"{r.arm} {r.converged}/{r.with_diagnostic} converged ({_pct(r.share_converged)})"
+            for r in result.convergence.itertuples(index=False)))
     for message in result.skipped:
         console.print(f"[yellow]skipped:[/] {message}")
     excluded = sum(r.n_excluded for r in result.filter_reports)

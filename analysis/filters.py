@@ -118,15 +118,39 @@ PROTOCOL_COLUMNS: tuple[str, ...] = (
 _POINT = (schema.C_TASK, schema.C_SHIFT, schema.P_MODEL, schema.P_N_TRAIN, schema.P_ARM)
 
 
+#: What must agree between the pre-training runs behind one curve point (their seeds may differ:
+#: several pre-training seeds per upstream are part of the design, issue 9 §2).
+CHECKPOINT_COLUMNS: tuple[str, ...] = (
+    schema.P_EPOCHS, schema.P_BATCH_SIZE, schema.P_LR, schema.P_LAYOUT, schema.P_MODEL, schema.P_DATA_PDE,
+    schema.P_DATA_LOW, schema.P_DATA_HIGH, schema.P_DATA_N_TRAIN, schema.P_DATA_SEED,
+)
+
+
+def _checkpoint_protocol(df: pd.DataFrame) -> pd.Series:
+    """Each run's pre-trained checkpoint described by its training protocol, seed left out (the
+    checkpoint's run_key where its run is not in the frame)."""
+    keyed = df.dropna(subset=[schema.C_RUN_KEY]).drop_duplicates(schema.C_RUN_KEY, keep="last")
+    cols = [c for c in CHECKPOINT_COLUMNS if c in keyed]
+    described = pd.Series([repr(t) for t in keyed[cols].itertuples(index=False, name=None)],
+                          index=keyed[schema.C_RUN_KEY].to_numpy())
+    init = df[schema.P_INIT_FROM]
+    return init.map(described).fillna(init.astype(str))
+
+
 def flag_mixed_protocols(df: pd.DataFrame) -> tuple[pd.DataFrame, FilterReport]:
     """Flag curve points that pool runs of different protocols (keeps every run).
 
     Two grids of one physics and resolution but e.g. other epochs or another pre-trained
     checkpoint land on the same (task, shift, model, N, arm) when analysed together, and LR
-    selection would then compare across protocols.  ``--grid`` selects one grid.
+    selection would then compare across protocols.  ``--grid`` selects one grid.  Checkpoints
+    that differ only in their pre-training seed are one protocol.
     """
+    described = df
+    if schema.P_INIT_FROM in df:
+        described = df.assign(**{schema.P_INIT_FROM: _checkpoint_protocol(df).where(df[schema.P_INIT_FROM].notna())})
     cols = [c for c in PROTOCOL_COLUMNS if c in df]
-    protocol = pd.Series([repr(t) for t in df[cols].itertuples(index=False, name=None)], index=df.index, dtype=object)
+    protocol = pd.Series([repr(t) for t in described[cols].itertuples(index=False, name=None)], index=df.index,
+                         dtype=object)
     n_protocols = protocol.groupby([df[c] for c in _POINT], dropna=False).transform("nunique")
     mixed = n_protocols > 1
     kept, rep = _report("protocol", "runs of one curve point that differ in more than LR and seed (flagged, "
@@ -136,10 +160,32 @@ def flag_mixed_protocols(df: pd.DataFrame) -> tuple[pd.DataFrame, FilterReport]:
     flagged = df.loc[mixed].copy()
     flagged["filter"] = "protocol"
     # what differs, per curve point (the reason of each run names its own point's differences)
-    differing = flagged.groupby(list(_POINT), dropna=False)[cols].transform(lambda c: c.nunique(dropna=False) > 1)
+    differing = described.loc[mixed].groupby(list(_POINT), dropna=False)[cols].transform(
+        lambda c: c.nunique(dropna=False) > 1)
     flagged["reason"] = [f"its curve point pools {n} protocols (differing in {', '.join(c for c in cols if row[c])}); "
                          "select one grid with --grid" for n, (_, row) in zip(n_protocols[mixed], differing.iterrows())]
     return kept, dataclasses.replace(rep, flagged=flagged[list(EXCLUSION_COLUMNS)].reset_index(drop=True))
+
+
+def flag_unconverged(selected: pd.DataFrame) -> FilterReport:
+    """Flag the LR-selected trained runs whose convergence diagnostic failed (keeps every run).
+
+    The diagnostic (``convergence/converged``, :mod:`repro.train.loop`) says whether the best
+    validation error still improved over the last fifth of training: a curve point resting on
+    such a run measures the budget, not the arm.
+    """
+    col = schema.M_CONVERGED
+    trained = selected[schema.P_ARM].isin(["scratch", "transfer"]) if len(selected) else pd.Series(dtype=bool)
+    bad = trained & (selected[col] < 0.5) if col in selected else pd.Series(False, index=selected.index)
+    flagged = selected.loc[bad].copy()
+    flagged["filter"] = "unconverged"
+    late = flagged[schema.M_LATE_IMPROVEMENT] if schema.M_LATE_IMPROVEMENT in flagged else pd.Series(np.nan, index=flagged.index)
+    flagged["reason"] = [f"best val rel L2 still improved {v:.1%} over the last fifth of training (selected run)"
+                         if np.isfinite(v) else "convergence diagnostic not available" for v in late]
+    return FilterReport(name="unconverged", description="selected trained runs whose convergence diagnostic failed "
+                        "(flagged, kept)", before=len(selected), after=len(selected),
+                        excluded=pd.DataFrame(columns=list(EXCLUSION_COLUMNS)),
+                        flagged=flagged.reindex(columns=list(EXCLUSION_COLUMNS)).reset_index(drop=True))
 
 
 #: Filters in the order they apply: a FAILED run is "failed", not "duplicate" of its re-run.

@@ -20,7 +20,8 @@ import pandas as pd
 from repro import schema
 from analysis import figures
 from analysis.claims import FAIL, NOT_ENOUGH, PASS, format_bound, format_interval
-from analysis.transfer import EXTRAPOLATION_FACTOR
+from analysis.claims import PAPER_REGIME
+from analysis.transfer import EXTRAPOLATION_ABOVE
 
 if TYPE_CHECKING:  # pragma: no cover
     from analysis.analyze import AnalysisResult
@@ -48,6 +49,11 @@ def _num(x: Any, digits: int = 3) -> str:
     if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
         return f"{v:.{digits - 1}e}"
     return f"{v:.{digits}g}"
+
+
+def _pct(x: Any) -> str:
+    v = float(x)
+    return "n/a" if math.isnan(v) else f"{v:.0%}"
 
 
 def _interval(lo: Any, hi: Any) -> str:
@@ -142,18 +148,37 @@ def _context(result: "AnalysisResult", workers: int) -> dict[str, Any]:
         "claims": result.claims,
         "badge": {PASS: "pass", FAIL: "fail", NOT_ENOUGH: "nodata"},
         "figs": _figures(result, workers),
-        "extrapolation": f"{EXTRAPOLATION_FACTOR:g}",
+        "extrapolation": f"{EXTRAPOLATION_ABOVE:g}",
+        "paper_regime": f"{PAPER_REGIME:g}",
+        "regime": _table(result.regime, {"arm": "arm", "min_test_rel_l2": "smallest test rel L2",
+                                         "median_test_rel_l2": "median", "max_test_rel_l2": "largest"})
+        if len(result.regime) else None,
+        "regime_min": float(result.regime["min_test_rel_l2"].min()) if len(result.regime) else float("nan"),
+        "convergence": _table(result.convergence, {"arm": "arm", "selected_runs": "selected runs",
+                                                   "with_diagnostic": "with diagnostic", "converged": "converged",
+                                                   "share_converged": "share",
+                                                   "median_late_improvement": "median late improvement"})
+        if len(result.convergence) else None,
+        "compute": _table(result.compute, {"arm": "arm", "selected_sample_steps": "sample-steps (selected runs)",
+                                           "selected_flops": "FLOPs (selected runs)",
+                                           "sweep_flops": "FLOPs (whole LR sweep)",
+                                           "pretrain_flops": "pre-training FLOPs inherited",
+                                           "median_flops_per_run": "median FLOPs per run"})
+        if len(result.compute) else None,
         "skipped": result.skipped,
         "fits": _table(fits, {"scope": "task / shift", "model": "model", "arm": "arm", "n_points": "points",
                               "E": "E", "E_ci": "E 95% CI", "A": "A", "A_ci": "A 95% CI", "alpha": "α",
-                              "alpha_ci": "α 95% CI", "delta_aic": "ΔAIC (pure − sat.)",
+                              "alpha_ci": "α 95% CI", "law": "law", "delta_aic": "ΔAICc (pure − sat.)",
+                              "unidentified": "not identified", "seed_sd": "seed sd", "point_sd": "point sd",
+                              "interval_note": "interval",
                               "rms_log_residual": "rms log resid.", "heldout_n": "held-out N",
                               "heldout_rel_error": "held-out rel. error"}) if len(fits) else None,
         "joint": _table(joint, {"task": "task", "shift": "shift", "arm": "arm", "n_models": "sizes",
                                 "n_points": "points", "E": "E", "E_ci": "E CI", "A": "A", "a": "a", "a_ci": "a CI",
                                 "B": "B", "b": "b", "b_ci": "b CI"}) if len(joint) else None,
-        "summary": _table(summary, {"shift": "shift", "model": "model", "eps_star": "ε*", "n_scratch": "N_scratch(ε*)",
-                                    "n_transfer": "N_transfer(ε*)", "multiplier": "multiplier",
+        "summary": _table(summary, {"shift": "shift", "model": "model", "eps": "ε", "level": "level",
+                                    "n_scratch": "N_scratch(ε)", "n_transfer": "N_transfer(ε)",
+                                    "multiplier": "multiplier", "zero_shot_reaches": "zero-shot ≤ ε",
                                     "multiplier_ci": "95% CI",
                                     "multiplier_undefined": "undefined bootstrap share",
                                     "multiplier_censored": "censored bootstrap share", "extrapolated": "N_transfer below grid",
@@ -207,12 +232,24 @@ generated {{ prov.created }} · bootstrap replicates per curve: {{ prov.n_boot }
 
 <h2 id="claims">The paper's claims beside ours</h2>
 <table id="claims-table">
-<tr><th>#</th><th>The paper finds</th><th>Here</th><th>Deciding numbers</th><th>Rule</th></tr>
+<tr><th>#</th><th>The paper finds</th><th>Here</th><th>Stability</th><th>Deciding numbers</th><th>Regime</th><th>Rule</th></tr>
 {% for c in claims %}
 <tr><td>{{ c.id }}</td><td>{{ c.finding }}</td><td><span class="badge {{ badge[c.verdict] }}">{{ c.verdict }}</span></td>
-<td>{{ c.summary }}</td><td class="rule">{{ c.rule }}</td></tr>
+<td>{{ pct(c.stability) }}</td><td>{{ c.summary }}</td><td class="rule">{{ c.regime }}</td><td class="rule">{{ c.rule }}</td></tr>
 {% endfor %}
 </table>
+<p class="note">Verdicts are decided on 95% intervals from a bootstrap that redraws whole seed curves. Stability = the
+share of bootstrap replicates whose point values give the same verdict: near 100% the verdict is firm; a FAIL with low
+stability means the point values clear the bar but the interval does not (more seeds would decide it).</p>
+<p class="note" id="regime">The paper works near test rel L2 ~{{ paper_regime }}.
+{% if regime_min > 5 * paper_regime|float %}<b>These runs reach {{ '%.3g' % regime_min }} at best: a smoke-scale result,
+not the paper's regime.</b>{% endif %}</p>
+{% if regime %}{{ tbl(regime) }}{% endif %}
+<h3 id="convergence">Convergence and compute per arm</h3>
+<p class="note">A run converged if its best validation error improved by at most the threshold over the last fifth of
+training; an arm compared before it converges measures the budget, not transfer.</p>
+{% if convergence %}{{ tbl(convergence) }}{% else %}<p>No convergence diagnostic recorded (runs predate it).</p>{% endif %}
+{% if compute %}{{ tbl(compute) }}{% endif %}
 
 <h2 id="error-vs-n">Error vs downstream N (E1, E2)</h2>
 <p class="note">Points: the learning rate chosen on validation error, one point per seed. Lines and bands: fitted
@@ -222,11 +259,12 @@ E + A·N<sup>−α</sup> with 95% bootstrap bands. Dashed green: zero-shot error
 <h2 id="multiplier">Data-efficiency multiplier and effective data transferred</h2>
 {% if figs.multiplier %}<img alt="multiplier vs eps" src="{{ figs.multiplier }}">{% else %}<p>No pair of scratch and transfer fits.</p>{% endif %}
 {% if figs.d_t %}<img alt="D_T vs N" src="{{ figs.d_t }}">{% endif %}
-{% if summary %}<p class="note">ε* = scratch's fitted error at its largest N; catch-up N = the smallest N where scratch's fitted
-error is at or below transfer's, searched up to the horizon (∞: not within it). A fitted law is never inverted more
-than {{ extrapolation }}× beyond the N range run (the horizon): N_scratch is capped there and N_transfer floored, so a
-capped multiplier, D_T or interval end is a lower bound, shown “≥”; the censored share counts the capped bootstrap
-replicates.</p>{{ tbl(summary) }}{% endif %}
+{% if summary %}<p class="note">The multiplier at the level Finding 1 decides on (every level is in multiplier.csv): the
+paper's 1e-2 if both arms reach it, else the lowest level inside both arms' fitted ranges, else scratch's error at its
+largest N. A fitted law is never inverted below the smallest N run nor beyond {{ extrapolation }}× the largest (the
+horizon): an N outside is clipped, so the multiplier, D_T or interval end is a bound, shown “≥” or “≤”; where transfer at
+the smallest N already beats ε the multiplier is the lower bound N_scratch(ε)/N_min. Catch-up N = the smallest N where
+scratch's fitted error is at or below transfer's, searched up to the horizon (∞: not within it).</p>{{ tbl(summary) }}{% endif %}
 
 <h2 id="model-size">Transfer benefit vs model size (E2)</h2>
 {% if figs.benefit %}<img alt="benefit vs model size" src="{{ figs.benefit }}">{% else %}<p>No model-size data.</p>{% endif %}
@@ -274,7 +312,7 @@ def render_html(result: "AnalysisResult", workers: int | None = None) -> str:
     macros = env.from_string(_TABLE).module
     context = _context(result, default_workers() if workers is None else workers)
     method = next(iter(result.curves.values())).method if result.curves else ""
-    return env.from_string(TEMPLATE).render(**context, tbl=macros.tbl, method=method)
+    return env.from_string(TEMPLATE).render(**context, tbl=macros.tbl, method=method, pct=_pct)
 
 
 def render_report(analysis_result: "AnalysisResult", out_dir: Path | str, *, workers: int | None = None) -> Path:
