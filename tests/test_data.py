@@ -67,6 +67,8 @@ def test_default_stream_keeps_hashes_and_file_names(tmp_path: Path) -> None:
     assert json.loads(canonical_json(own))["stream"] == "downstream"
     assert store.split_key(own, "train")["stream"] == "downstream"
     assert dataset_path(own, "train", tmp_path) != dataset_path(spec, "train", tmp_path)
+    assert dataset_path(own, "train", tmp_path).name.startswith("poisson-1-5-downstream_r16_train24_")
+    assert dataset_path(spec, "train", tmp_path).name.startswith("poisson-1-5_r16_train24_")
     with pytest.raises(SpecError, match=r"data\.stream = 'upstream' is invalid"):
         _spec(stream="upstream")
 
@@ -88,6 +90,7 @@ def test_authors_psi_targeting_reaches_into_the_pretraining_support(tmp_path: Pa
     a, e = load_split(authors, "train", tmp_path), load_split(exact, "train", tmp_path)
     np.testing.assert_array_equal(a.source, e.source)
     assert a.content_hash != e.content_hash and dataset_path(authors, "train", tmp_path) != dataset_path(exact, "train", tmp_path)
+    assert dataset_path(authors, "train", tmp_path).name.startswith("advdiff-1-2-authors_r32_train256_")
     assert "psi_targeting" not in canonical_json(exact) and json.loads(canonical_json(authors))["psi_targeting"] == "authors"
     with pytest.raises(SpecError, match="psi_targeting"):
         _spec("poisson", psi_targeting="authors")

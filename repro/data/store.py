@@ -132,7 +132,9 @@ def dataset_path(spec: DatasetSpec, split: str, data_dir: Path) -> Path:
         Directory holding the files.
     """
     key = split_key(spec, split)
-    label = re.sub(r"[^A-Za-z0-9.]+", "-", spec.label).strip("-")
+    # Options away from their default show in the name too (the hash alone tells files apart).
+    extra = [v for v, default in ((spec.stream, "default"), (spec.psi_targeting, "exact")) if v != default]
+    label = re.sub(r"[^A-Za-z0-9.]+", "-", "-".join([spec.label, *extra])).strip("-")
     return Path(data_dir) / f"{label}_r{spec.resolution}_{split}{key['size']}_{spec_hash(key)}.h5"
 
 
