@@ -319,3 +319,42 @@ def test_a_corrupt_split_is_read_once_then_rebuilt(tmp_path: Path, monkeypatch: 
         split = _read_split(spec, "val", tmp_path)
     assert split.content_hash == good and reads == [path, path]
     assert any(str(path) in r.getMessage() and "regenerating" in r.getMessage() for r in caplog.records)
+
+
+class _MatmulFlops(torch.overrides.TorchFunctionMode):
+    """Counts 2 FLOPs per multiply-add of every torch.matmul / bmm executed inside it (torch's
+    own FlopCounterMode agrees, but its first use costs ~10 s of imports)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.matmul, torch.bmm, torch.Tensor.matmul, torch.Tensor.__matmul__):
+            self.flops += 2 * out.numel() * args[0].shape[-1]  # (..., M, K) @ (..., K, N) -> (..., M, N)
+        return out
+
+
+def test_forward_flops_match_a_hand_count_and_the_executed_matmuls() -> None:
+    from repro.config import ModelSpec
+    from repro.models.flops import forward_flops
+
+    spec = ModelSpec(in_channels=2, width=3, n_modes=2, n_layers=2)  # C=2, w=3, m=2, L=2 on an 8x8 grid
+    pointwise = (2 * 2 * 3 * 64  # lift 2 -> 3 at 64 pixels, 2 FLOPs per multiply-add: 768
+                 + 2 * (2 * 3 * 3 * 64)  # two 1x1 convs 3 -> 3: 2304
+                 + 2 * 3 * 6 * 64 + 2 * 6 * 1 * 64)  # projection 3 -> 6 -> 1: 3072
+    mixing = 16 * 3 * 3 * 2 * 2  # 2 m² = 8 modes x 9 complex multiply-adds x 8 FLOPs = 576
+    # Fast path per layer and channel: x-DFT (8x8)@(8x4) = 512, y-DFT (2x16)@(16x8) = 512; 3 in + 3 out.
+    assert forward_flops(spec, 8, "fast") == pointwise + 2 * (6 * (512 + 512) + mixing) == 19584
+    # Reference: rfft2 / irfft2 at 2.5 N log2 N per channel, N = 64: 960.
+    assert forward_flops(spec, 8, "reference") == pointwise + 2 * (6 * 960 + mixing) == 18816
+    # The fast path is nothing but matmuls: a count of the executed GEMMs agrees exactly.
+    for model_spec, n in ((spec, 8), (ModelSpec(in_channels=4, width=16, n_modes=4), 16)):
+        model = FNO(model_spec, spectral="fast")
+        with torch.no_grad(), _MatmulFlops() as counter:
+            model(torch.randn(1, 3, model_spec.in_channels, n, n))  # one member, 3 samples
+        assert counter.flops == 3 * forward_flops(model_spec, n, "fast")
+    with pytest.raises(ValueError, match="spectral"):
+        forward_flops(spec, 8, "fft")
+
