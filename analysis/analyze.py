@@ -12,6 +12,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -506,14 +507,19 @@ def analyze(runs: pd.DataFrame, *, tracking_uri: str = "", n_boot: int = N_BOOT,
     return dataclasses.replace(partial, claims=found, multiplier_table=eps, d_t_table=dts, transfer_summary=summary)
 
 
-def in_mixture_distribution(task: str) -> bool:
-    """Whether a task's physics range lies inside one of the mixture's pre-training ranges (E4's ID tasks)."""
-    from repro.grid.spec import parse_label
+_TASK_LABEL = re.compile(r"^\s*(\w+)\s*\(\s*([-+.\deE]+)\s*,\s*([-+.\deE]+)\s*\)")
 
-    try:
-        pde, low, high = parse_label(task.split("@")[0], allow_mixed=False)
-    except Exception:  # noqa: BLE001 - an unparsable label is simply not in distribution
+
+def in_mixture_distribution(task: str) -> bool:
+    """Whether a task's physics range lies inside one of the mixture's pre-training ranges (E4's ID tasks).
+
+    Parses the label here (``pde(low,high)[@res]``): the grid package that owns the parser pulls
+    in torch, which the analysis never imports.
+    """
+    match = _TASK_LABEL.match(task)
+    if not match:
         return False
+    pde, low, high = match.group(1), float(match.group(2)), float(match.group(3))
     return any(pde == p and lo <= low and high <= hi for p, lo, hi in MIXED_COMPONENTS)
 
 
