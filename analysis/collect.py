@@ -40,10 +40,12 @@ STR_PARAMS: tuple[str, ...] = (
 FINAL_METRICS: tuple[str, ...] = (
     schema.M_TEST_REL_L2, schema.M_BEST_VAL_REL_L2, schema.M_BEST_EPOCH, schema.M_WALL_SECONDS,
     schema.M_SAMPLES_PER_SECOND, schema.M_GPU_SECONDS, schema.M_N_PARAMS,
+    # convergence of trained runs (missing for zero-shot) and compute per run (issue 9 §1)
+    schema.M_LATE_IMPROVEMENT, schema.M_CONVERGED, schema.M_SAMPLE_STEPS, schema.M_FLOPS, schema.M_PRETRAIN_FLOPS,
 )
 TAGS: tuple[str, ...] = (
     schema.T_RUN_KEY, schema.T_GRID, schema.T_ROLE, schema.T_SHIFT, schema.T_GIT_SHA, schema.T_GIT_DIRTY,
-    schema.T_DEVICE, schema.T_FAILURE_REASON,
+    schema.T_DEVICE, schema.T_FAILURE_REASON, schema.T_CONVERGENCE_REASON,
 )
 #: Every column of the collected frame, in order.
 COLUMNS: tuple[str, ...] = (

@@ -47,6 +47,13 @@ M_WALL_SECONDS = "wall_seconds"
 M_SAMPLES_PER_SECOND = "samples_per_second"
 M_GPU_SECONDS = "gpu_seconds"
 M_N_PARAMS = "n_params"
+# Convergence of a trained run (repro.train.loop.convergence); absent for zero-shot runs.
+M_LATE_IMPROVEMENT = "convergence/late_improvement"  # relative gain of best val over the last fifth
+M_CONVERGED = "convergence/converged"  # 1.0 if late_improvement <= loop.CONVERGENCE_THRESHOLD, else 0.0
+# Compute per run (per member of an ensemble), for compute-fair comparisons of the arms.
+M_SAMPLE_STEPS = "compute/sample_steps"  # training samples processed: sum over steps of the batch size
+M_FLOPS = "compute/flops"  # analytic: 3 x forward FLOPs x sample_steps + validation forward passes
+M_PRETRAIN_FLOPS = "compute/pretrain_flops"  # transfer / zero_shot: compute/flops of the init_from run
 
 # --- tags --------------------------------------------------------------------------------------
 T_RUN_KEY = "run_key"
@@ -59,6 +66,7 @@ T_GIT_SHA = "git_sha"
 T_GIT_DIRTY = "git_dirty"
 T_DEVICE = "device"
 T_FAILURE_REASON = "failure_reason"
+T_CONVERGENCE_REASON = "convergence_reason"  # why convergence/late_improvement is NaN, when it is
 T_DATA_HASH_PREFIX = "data_hash."  # + split
 T_VERSION_PREFIX = "version."  # + package
 T_PARENT_RUN_ID = "mlflow.parentRunId"
@@ -96,6 +104,7 @@ C_RUN_KEY = T_RUN_KEY
 C_GRID = T_GRID
 C_ROLE = T_ROLE
 C_FAILURE_REASON = T_FAILURE_REASON
+C_CONVERGENCE_REASON = T_CONVERGENCE_REASON
 C_GIT_SHA = T_GIT_SHA
 C_TEST_REL_L2 = M_TEST_REL_L2
 C_VAL_REL_L2 = M_BEST_VAL_REL_L2

@@ -321,6 +321,28 @@ def test_a_corrupt_split_is_read_once_then_rebuilt(tmp_path: Path, monkeypatch: 
     assert any(str(path) in r.getMessage() and "regenerating" in r.getMessage() for r in caplog.records)
 
 
+def test_convergence_diagnostic_on_hand_made_histories() -> None:
+    from repro.train.loop import CONVERGENCE_THRESHOLD, convergence, late_cutoff
+
+    epochs = 50  # cut-off ceil(0.8 * 50) = 40: the last fifth is epochs 41..50
+    assert late_cutoff(50) == 40 and late_cutoff(35) == 28 and late_cutoff(4) == 4 and late_cutoff(5) == 4
+    plateau = [(e, 0.1 + 0.5 * math.exp(-e / 3)) for e in range(5, 51, 5)]  # flat long before epoch 40
+    verdict = convergence(plateau, epochs)
+    assert verdict.converged and 0 <= verdict.late_improvement < 1e-4 and verdict.reason is None
+    falling = [(e, 1.0 / e) for e in range(5, 51, 5)]  # best up to epoch 40: 1/40, overall 1/50
+    verdict = convergence(falling, epochs)
+    assert verdict.late_improvement == pytest.approx((1 / 40 - 1 / 50) / (1 / 40)) and not verdict.converged
+    # The best came before the last fifth (a later bump does not count against the run): exactly 0.
+    assert convergence([(10, 0.2), (40, 0.1), (50, 0.3)], epochs).late_improvement == 0.0
+    # Below / above the threshold.
+    assert convergence([(40, 1.0), (50, 1.0 - CONVERGENCE_THRESHOLD / 2)], epochs).converged
+    assert not convergence([(40, 1.0), (50, 1.0 - 2 * CONVERGENCE_THRESHOLD)], epochs).converged
+    # No evaluation after the cut-off (eval_every too coarse for a short run): NaN, with a reason.
+    for history, n in (([(3, 0.5)], 3), ([(5, 0.5), (10, 0.4)], 12), ([], 10)):
+        verdict = convergence(history, n)
+        assert math.isnan(verdict.late_improvement) and not verdict.converged and "not measurable" in verdict.reason
+
+
 class _MatmulFlops(torch.overrides.TorchFunctionMode):
     """Counts 2 FLOPs per multiply-add of every torch.matmul / bmm executed inside it (torch's
     own FlopCounterMode agrees, but its first use costs ~10 s of imports)."""
@@ -358,3 +380,40 @@ def test_forward_flops_match_a_hand_count_and_the_executed_matmuls() -> None:
     with pytest.raises(ValueError, match="spectral"):
         forward_flops(spec, 8, "fft")
 
+
+def test_runs_record_convergence_and_compute_and_collect_reads_them(store) -> None:
+    from analysis.collect import collect_runs
+    from repro.models.flops import forward_flops
+    from repro.train.engine import compute_metrics
+    from repro.train.loop import CONVERGENCE_THRESHOLD, EnsembleResult
+
+    pre: RunSpec = store["pretrain"]
+    common = dict(data=DOWN, model="xxs", lr=3e-3, seed=0, init_from=pre.run_key)
+    short = RunSpec(arm="transfer", n_train=8, epochs=3, **common)  # ceil(0.8 * 3) = 3: nothing after it
+    zero = RunSpec(arm="zero_shot", n_train=0, epochs=0, **{**common, "lr": 0.0})
+    outcomes = execute([short, zero], tracking_uri=store["uri"], data_dir=store["data_dir"], progress=False)
+    assert [o.status for o in outcomes] == [schema.FINISHED] * 2, [o.failure_reason for o in outcomes]
+    df = collect_runs(store["uri"]).set_index(schema.C_RUN_ID)
+    row_pre, row_short, row_zero = (df.loc[o.run_id] for o in (store["outcome"], *outcomes))
+    per_sample = forward_flops(pre.model_spec, 16, "fast")  # the CPU default path
+    # Pre-training: 6 epochs x 96 samples, x3 for forward + backward, and 6 validation passes of 16.
+    assert row_pre[schema.M_SAMPLE_STEPS] == 6 * 96
+    assert row_pre[schema.M_FLOPS] == pytest.approx(3 * per_sample * 6 * 96 + per_sample * 16 * 6)
+    assert math.isnan(row_pre[schema.M_PRETRAIN_FLOPS])  # scratch: nothing inherited
+    # Evaluated every epoch of 6: the last fifth (epoch 6) is measurable.
+    assert row_pre[schema.M_LATE_IMPROVEMENT] >= 0 and row_pre[schema.C_CONVERGENCE_REASON] is None
+    assert row_pre[schema.M_CONVERGED] == float(row_pre[schema.M_LATE_IMPROVEMENT] <= CONVERGENCE_THRESHOLD)
+    assert row_short[schema.M_FLOPS] == pytest.approx(3 * per_sample * 3 * 8 + per_sample * 16 * 3)
+    assert row_short[schema.M_PRETRAIN_FLOPS] == pytest.approx(row_pre[schema.M_FLOPS])  # from the checkpoint meta
+    assert math.isnan(row_short[schema.M_LATE_IMPROVEMENT]) and row_short[schema.M_CONVERGED] == 0.0
+    assert "not measurable" in row_short[schema.C_CONVERGENCE_REASON]
+    # Zero-shot: nothing trained, so no convergence; compute is one validation pass.
+    assert math.isnan(row_zero[schema.M_LATE_IMPROVEMENT]) and math.isnan(row_zero[schema.M_CONVERGED])
+    assert row_zero[schema.M_SAMPLE_STEPS] == 0 and row_zero[schema.M_FLOPS] == pytest.approx(per_sample * 16)
+    assert row_zero[schema.M_PRETRAIN_FLOPS] == pytest.approx(row_pre[schema.M_FLOPS])
+    # A checkpoint written before compute was recorded: NaN, not a failure.
+    old = load_checkpoint(tracking.resolve_checkpoint(pre.run_key, store["uri"]))
+    assert old.meta[schema.M_FLOPS] == pytest.approx(row_pre[schema.M_FLOPS])
+    result = EnsembleResult(best_val=[0.1], best_epoch=[1], failure=[None], train_seconds=1.0, samples_seen=8)
+    metrics = compute_metrics(short, result, "fast", dataclasses.replace(old, meta={}))
+    assert math.isnan(metrics[schema.M_PRETRAIN_FLOPS])

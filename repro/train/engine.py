@@ -33,6 +33,7 @@ from repro.data.subsets import nested_subset
 from repro.models import FNO, default_spectral, load_members, member_state
 from repro.models.fno import check_precision
 from repro.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from repro.models.flops import forward_flops
 from repro.train import tracking
 from repro.train.loop import EnsembleData, EnsembleResult, EpochReport, Schedule, evaluate, train_ensemble
 
@@ -244,7 +245,7 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
                 outcomes[m] = RunOutcome(spec.run_key, schema.FAILED, rec.run_id, None, reason, wall)
                 continue
             _record_success(spec, m, model, normaliser, preview, rec, results, test_err[m], wall,
-                            n_members=len(group), device=device)
+                            n_members=len(group), device=device, spectral=spectral, source=source)
             rec.finish()
             outcomes[m] = RunOutcome(spec.run_key, schema.FINISHED, rec.run_id, test_err[m], None, wall)
     except KeyboardInterrupt:
@@ -357,7 +358,7 @@ def _zero_shot(model: FNO, splits: Mapping[str, _Split]) -> EnsembleResult:
     val = evaluate(model, splits["val"].inputs, splits["val"].targets).mean(dim=1).tolist()
     members = len(val)
     return EnsembleResult(best_val=val, best_epoch=[0] * members, failure=[None] * members, train_seconds=0.0,
-                          samples_seen=0)
+                          samples_seen=0, evaluations=1)
 
 
 def _train(group: list[RunSpec], model: FNO, splits: Mapping[str, _Split], subsets: torch.Tensor,
@@ -413,12 +414,38 @@ class _progress_bar:
             self.progress.__exit__(*exc)
 
 
+def compute_metrics(spec: RunSpec, results: EnsembleResult, spectral: str,
+                    source: Checkpoint | None = None) -> dict[str, float]:
+    """Compute spent by one member: samples processed and analytic FLOPs (repro.models.flops).
+
+    Training: 3 forward FLOPs (forward + backward) per sample processed, plus one forward pass
+    per validation sample and evaluation; the final test evaluation is measurement, not
+    training, and not counted.  A run started from a checkpoint also gets the pre-training run's
+    FLOPs from the checkpoint's meta (NaN for checkpoints written before it was recorded).
+    """
+    per_sample = forward_flops(spec.model_spec, spec.data.resolution, spectral)
+    flops = 3.0 * per_sample * results.samples_seen + per_sample * spec.data.n_val * results.evaluations
+    out = {schema.M_SAMPLE_STEPS: float(results.samples_seen), schema.M_FLOPS: flops}
+    if source is not None:
+        out[schema.M_PRETRAIN_FLOPS] = float(source.meta.get(schema.M_FLOPS, math.nan))
+    return out
+
+
 def _record_success(spec: RunSpec, m: int, model: FNO, normaliser: Normaliser, preview: _Preview,
                     rec: tracking.RunRecorder, results: EnsembleResult, test_err: float, wall: float, *,
-                    n_members: int, device: torch.device) -> None:
+                    n_members: int, device: torch.device, spectral: str, source: _Source | None) -> None:
     """Final metrics, the member's checkpoint and a prediction figure for one finished run."""
     samples_per_second = (results.samples_seen * n_members / results.train_seconds) if results.train_seconds else 0.0
+    compute = compute_metrics(spec, results, spectral, source.checkpoint if source is not None else None)
+    final = dict(compute)
+    if results.convergence:  # trained runs only; zero-shot has no training to converge
+        verdict = results.convergence[m]
+        final[schema.M_LATE_IMPROVEMENT] = verdict.late_improvement
+        final[schema.M_CONVERGED] = 1.0 if verdict.converged else 0.0
+        if verdict.reason is not None:
+            rec.set_tags({schema.T_CONVERGENCE_REASON: verdict.reason})
     rec.log_final({
+        **final,
         schema.M_TEST_REL_L2: test_err,
         schema.M_BEST_VAL_REL_L2: results.best_val[m],
         schema.M_BEST_EPOCH: results.best_epoch[m],
@@ -433,7 +460,10 @@ def _record_success(spec: RunSpec, m: int, model: FNO, normaliser: Normaliser, p
         save_checkpoint(ckpt, model_spec=spec.model_spec, state=member_state(model, m),
                         normaliser=normaliser.to_dict(), data_spec=to_dict(spec.data),
                         meta={"run_key": spec.run_key, "arm": spec.arm, "layout": spec.layout,
-                              "best_epoch": results.best_epoch[m], "best_val_rel_l2": results.best_val[m]})
+                              "best_epoch": results.best_epoch[m], "best_val_rel_l2": results.best_val[m],
+                              # what training this model cost, for runs that start from it
+                              schema.M_FLOPS: compute[schema.M_FLOPS],
+                              schema.M_SAMPLE_STEPS: compute[schema.M_SAMPLE_STEPS]})
         rec.log_artifact(ckpt, str(Path(schema.A_CHECKPOINT).parent))
         png = Path(tmp) / schema.A_PREDICTIONS
         _plot_predictions(preview.source, preview.target, preview.pred[m], png)
