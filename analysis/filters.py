@@ -114,7 +114,11 @@ def drop_duplicates(df: pd.DataFrame) -> tuple[pd.DataFrame, FilterReport]:
 PROTOCOL_COLUMNS: tuple[str, ...] = (
     schema.P_EPOCHS, schema.P_BATCH_SIZE, schema.P_EVAL_EVERY, schema.P_LAYOUT, schema.P_INIT_FROM,
     schema.P_DATA_N_TRAIN, schema.P_DATA_N_VAL, schema.P_DATA_N_TEST, schema.P_DATA_SEED,
+    schema.P_DATA_STREAM, schema.P_DATA_PSI_TARGETING, schema.P_PRECISION,
 )
+#: Values of protocol params that runs recorded before the param existed had implicitly.  (Not
+#: precision: older CUDA runs of the fast path ran in bf16 without saying so.)
+PROTOCOL_DEFAULTS: dict[str, str] = {schema.P_DATA_STREAM: "default", schema.P_DATA_PSI_TARGETING: "exact"}
 _POINT = (schema.C_TASK, schema.C_SHIFT, schema.P_MODEL, schema.P_N_TRAIN, schema.P_ARM)
 
 
@@ -145,9 +149,10 @@ def flag_mixed_protocols(df: pd.DataFrame) -> tuple[pd.DataFrame, FilterReport]:
     selection would then compare across protocols.  ``--grid`` selects one grid.  Checkpoints
     that differ only in their pre-training seed are one protocol.
     """
-    described = df
+    described = df.assign(**{c: df[c].fillna(v) for c, v in PROTOCOL_DEFAULTS.items() if c in df})
     if schema.P_INIT_FROM in df:
-        described = df.assign(**{schema.P_INIT_FROM: _checkpoint_protocol(df).where(df[schema.P_INIT_FROM].notna())})
+        described = described.assign(
+            **{schema.P_INIT_FROM: _checkpoint_protocol(df).where(df[schema.P_INIT_FROM].notna())})
     cols = [c for c in PROTOCOL_COLUMNS if c in df]
     protocol = pd.Series([repr(t) for t in described[cols].itertuples(index=False, name=None)], index=df.index,
                          dtype=object)

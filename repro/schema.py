@@ -26,6 +26,8 @@ P_DATA_N_TRAIN = "data.n_train"
 P_DATA_N_VAL = "data.n_val"
 P_DATA_N_TEST = "data.n_test"
 P_DATA_SEED = "data.seed"
+P_DATA_STREAM = "data.stream"  # the dataset's random stream (repro.config.STREAMS)
+P_DATA_PSI_TARGETING = "data.psi_targeting"  # SYS-2 lambda choice (repro.config.PSI_TARGETINGS)
 # Derived params logged beside the spec.
 P_WIDTH = "model.width"
 P_N_MODES = "model.n_modes"
