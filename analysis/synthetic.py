@@ -10,7 +10,12 @@ so that fits, transfer metrics and claims can be checked against known truth:
   so the data-efficiency multiplier is exactly b^(1/alpha) at every error level;
 - zero-shot: err = z0 * (1 + 4 * shift) (grows with the OOD shift);
 - every trained run is multiplied by an LR penalty 1 + c * log10(lr / lr_best)^2 (transfer's
-  best LR is smaller than scratch's, so tuning the fine-tuning LR matters) and by lognormal noise.
+  best LR is smaller than scratch's, so tuning the fine-tuning LR matters) and by lognormal noise;
+- trained runs are converged (``convergence/late_improvement`` 0.1-0.5 %) except a planted fraction
+  ``unconverged`` of the downstream runs of ``unconverged_arms`` (late improvement 5-25 %, error
+  inflated by 1 + 4 x that: an under-trained run is worse, as measured in issue 9 §1);
+- compute: ``compute/sample_steps`` = N x epochs, ``compute/flops`` from a rough forward count,
+  ``compute/pretrain_flops`` = the pre-training run's flops for transfer and zero-shot runs.
 """
 
 from __future__ import annotations
@@ -71,6 +76,10 @@ class SyntheticGrid:
     lr_best: dict[str, float] = field(default_factory=lambda: {"scratch": 1e-3, "transfer": 1e-4})
     lr_penalty: float = 0.5
     seed: int = 0
+    #: fraction of the trained downstream runs of ``unconverged_arms`` planted as not converged
+    #: (picked by a hash of the run_key, so the other runs' draws do not change)
+    unconverged: float = 0.0
+    unconverged_arms: tuple[str, ...] = ("scratch", "transfer")
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,23 @@ def n_params(width: int, n_modes: int, c_in: int, n_layers: int = 4) -> int:
     """FNO parameter count of PROTOCOL.md §2 (lift, spectral + 1x1 layers, 2-layer projection)."""
     spectral = 4 * width * width * n_modes * n_modes  # two complex m x m corner blocks
     return (c_in + 1) * width + n_layers * (spectral + width * width + width) + (2 * width * width + 2 * width) + 2 * width + 1
+
+
+def synthetic_flops(spec: RunSpec) -> float:
+    """Plausible training FLOPs of ``spec``: 3 x a rough forward count x samples, plus validation.
+
+    Forward per sample ~ n^2 (2 L w^2 + 4 w^2) + L 16 w^2 m^2 (1x1 convs, projection, mode mixing;
+    repro.models.flops has the full count but imports torch, which analysis must not).
+    """
+    width, n_modes = MODEL_LADDER[spec.model]
+    n, n_layers = spec.data.resolution, 4
+    forward = n * n * (2 * n_layers * width ** 2 + 4 * width ** 2) + n_layers * 16 * width ** 2 * n_modes ** 2
+    return float(forward * (3 * spec.n_train * spec.epochs + spec.data.n_val * max(spec.epochs, 1)))
+
+
+def _hash_unit(key: str) -> float:
+    """A number in [0, 1) fixed by ``key`` (a run_key is hex)."""
+    return int(key[:8], 16) / 2 ** 32
 
 
 def _dataset(t: tuple[str, float, float] | str, grid: SyntheticGrid, n_train: int) -> DatasetSpec:
@@ -141,10 +167,12 @@ def plan(grid: SyntheticGrid) -> list[SyntheticRun]:
                         spec = RunSpec(arm="transfer", data=data, model=model, n_train=n, lr=lr, epochs=grid.epochs,
                                        seed=seed, layout=layout, init_from=upstream.run_key)
                         err = (e_model + grid.a / b * n ** -grid.alpha) * _lr_factor(grid, "transfer", lr)
-                        runs.append(_make(grid, spec, "downstream", upstream.data, err, rng))
+                        runs.append(_make(grid, spec, "downstream", upstream.data, err, rng,
+                                          pretrain_flops=synthetic_flops(upstream)))
             spec = RunSpec(arm="zero_shot", data=data, model=model, n_train=0, lr=0.0, epochs=0, layout=layout,
                            init_from=upstream.run_key)
-            runs.append(_make(grid, spec, "downstream", upstream.data, grid.zero_shot * (1 + 4 * shift), rng))
+            runs.append(_make(grid, spec, "downstream", upstream.data, grid.zero_shot * (1 + 4 * shift), rng,
+                              pretrain_flops=synthetic_flops(upstream)))
     return _add_failures(grid, runs, rng)
 
 
@@ -157,7 +185,15 @@ def _lr_factor(grid: SyntheticGrid, arm: str, lr: float) -> float:
 
 
 def _make(grid: SyntheticGrid, spec: RunSpec, role: str, upstream: DatasetSpec | None, err: float,
-          rng: np.random.Generator) -> SyntheticRun:
+          rng: np.random.Generator, *, pretrain_flops: float | None = None) -> SyntheticRun:
+    trained = spec.arm != "zero_shot"
+    # Convergence from the run_key alone, so planting unconverged runs moves no other draw.
+    unit = _hash_unit(spec.run_key)
+    unconverged = (trained and role == "downstream" and spec.arm in grid.unconverged_arms
+                   and unit < grid.unconverged)
+    late = 0.05 + 0.2 * unit / grid.unconverged if unconverged else 0.001 + 0.004 * unit
+    if unconverged:
+        err *= 1.0 + 4.0 * late
     test = float(err * math.exp(grid.noise * rng.standard_normal()))
     val = float(test * math.exp(0.02 * rng.standard_normal()))  # val tracks test closely
     width, n_modes = MODEL_LADDER[spec.model]
@@ -180,7 +216,12 @@ def _make(grid: SyntheticGrid, spec: RunSpec, role: str, upstream: DatasetSpec |
     metrics = {schema.M_TEST_REL_L2: test, schema.M_BEST_VAL_REL_L2: val, schema.M_BEST_EPOCH: max(epochs - 1, 0),
                schema.M_WALL_SECONDS: 0.01 * (spec.n_train + 1) * max(epochs, 1),
                schema.M_SAMPLES_PER_SECOND: 1000.0, schema.M_GPU_SECONDS: 0.0,
-               schema.M_N_PARAMS: n_params(width, n_modes, c_in)}
+               schema.M_N_PARAMS: n_params(width, n_modes, c_in),
+               schema.M_SAMPLE_STEPS: float(spec.n_train * epochs), schema.M_FLOPS: synthetic_flops(spec)}
+    if trained:
+        metrics.update({schema.M_LATE_IMPROVEMENT: late, schema.M_CONVERGED: 0.0 if unconverged else 1.0})
+    if pretrain_flops is not None:
+        metrics[schema.M_PRETRAIN_FLOPS] = pretrain_flops
     return SyntheticRun(spec, params, tags, metrics, history, schema.FINISHED)
 
 

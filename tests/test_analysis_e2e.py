@@ -278,3 +278,25 @@ def test_same_physics_at_two_resolutions_are_separate_tasks(tmp_path: Path) -> N
     result = analyze(both, n_boot=10, workers=1)
     assert len(result.pointwise) == 2 * len(TINY.n_values)  # one row per (resolution, N), never pooled
     assert set(result.benefit["pde"]) == {"poisson@32", "poisson@64"}  # the OOD-ladder claim groups by this
+
+
+def test_synthetic_runs_carry_convergence_and_compute_and_plant_unconverged_ones() -> None:
+    import dataclasses
+
+    converged = plan(TINY)
+    trained = [r for r in converged if r.spec.arm != "zero_shot" and r.status == schema.FINISHED]
+    assert all(r.metrics[schema.M_CONVERGED] == 1.0 and r.metrics[schema.M_LATE_IMPROVEMENT] < 0.005 for r in trained)
+    assert all(r.metrics[schema.M_FLOPS] > 0 for r in converged if r.status == schema.FINISHED)
+    assert all(r.metrics[schema.M_PRETRAIN_FLOPS] > 0 for r in converged if r.spec.init_from and r.metrics)
+    grid = dataclasses.replace(TINY, seeds=(0, 1, 2, 3), lrs=(1e-4, 1e-3), unconverged=0.5, unconverged_arms=("scratch",))
+    runs = [r for r in plan(grid) if r.metrics and r.tags[schema.T_ROLE] == "downstream"]
+    flagged = [r for r in runs if r.metrics.get(schema.M_CONVERGED) == 0.0]
+    scratch = [r for r in runs if r.spec.arm == "scratch"]
+    assert {r.spec.arm for r in flagged} == {"scratch"} and 0.2 < len(flagged) / len(scratch) < 0.8
+    assert all(r.metrics[schema.M_LATE_IMPROVEMENT] >= 0.05 for r in flagged)
+    # planting moves no other run's draw
+    same = {r.spec.run_key: r.metrics[schema.M_TEST_REL_L2] for r in plan(dataclasses.replace(grid, unconverged=0.0))
+            if r.metrics}
+    keys = {r.spec.run_key for r in flagged}
+    assert all(same[r.spec.run_key] == r.metrics[schema.M_TEST_REL_L2] for r in runs if r.spec.run_key not in keys)
+    assert all(same[k] < r.metrics[schema.M_TEST_REL_L2] for r in flagged for k in [r.spec.run_key])  # worse
