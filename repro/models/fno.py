@@ -92,9 +92,10 @@ def check_precision(precision: str, device: torch.device | str | None = None,
     precision : {"fp32", "bf16"}
         Requested forward precision.
     device : torch.device or str, optional
-        Where the *runs* execute.  bf16 runs need CUDA: on a CPU bf16 brings little speed
-        (measured on the 2-core box, xs at 32², batch 16: 26 ms bf16 vs 28 ms fp32 per training
-        step) but adds the bf16 error floor, and its accuracy is benchmarked on GPUs only.
+        Where the *runs* execute.  bf16 runs need CUDA: on a CPU bf16 autocast is no faster
+        (measured on the 2-core box at 32², one training step, best of 5: xs batch 16 47 ms fp32
+        vs 61 ms bf16, s batch 32 259 vs 369 ms; an earlier, quieter sample gave 28 vs 26 ms for
+        xs) but adds the bf16 error floor, and its accuracy is benchmarked on GPUs only.
         (:class:`FNO` itself autocasts on any device, so benchmarks/bench_train.py can rehearse
         the bf16 path on a CPU.)
     spectral : {"reference", "fast"}, optional
@@ -114,7 +115,7 @@ def check_precision(precision: str, device: torch.device | str | None = None,
                          "use the fast path or fp32")
     if device is not None and torch.device(device).type != "cuda":
         raise ValueError(f"precision = 'bf16' needs a CUDA device, not {str(device)!r}: runs on a CPU are fp32 "
-                         "(bf16 gains little speed there and its accuracy is benchmarked on GPUs only)")
+                         "(bf16 is no faster there and its accuracy is benchmarked on GPUs only)")
 
 
 def _pointwise(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
