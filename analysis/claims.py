@@ -218,6 +218,14 @@ def _fmt_iv(point: float, lo: float, hi: float, transform: Callable[[float], flo
     return f"{format_number(transform(point))} [{format_number(transform(lo))}, {format_number(transform(hi))}]"
 
 
+def _with_intervals(pairs: Sequence[Pair]) -> list[Pair]:
+    """The pairs whose curves carry bootstrap replicates (a one-seed curve has none: no verdict)."""
+    return [p for p in pairs if _n_boot(p.scratch, p.transfer) > 0]
+
+
+_NO_INTERVALS = "no pair has seed intervals (every curve has a single seed): nothing can be decided on intervals"
+
+
 # --- F1 ------------------------------------------------------------------------------------------
 
 
@@ -251,6 +259,9 @@ def claim_data_efficiency(pairs: Sequence[Pair]) -> Claim:
     pairs = [p for p in pairs if p.metrics is not None]
     if not pairs:
         return _claim(1, rule, NOT_ENOUGH, "no (shift, model) pair with both a scratch and a transfer fit")
+    if not _with_intervals(pairs):
+        return _claim(1, rule, NOT_ENOUGH, _NO_INTERVALS)
+    pairs = _with_intervals(pairs)
     rows, passes, reps, texts, orders = [], [], [], [], 0
     for p in pairs:
         m = p.metrics
@@ -294,7 +305,9 @@ def claim_at_or_below(pairs: Sequence[Pair]) -> Claim:
             "pair and (b) in a majority, else FAIL (NOT ENOUGH DATA below 3 common N).")
     used, rows = [], []
     a_reps, b_reps = [], []
-    for p in pairs:
+    if pairs and not _with_intervals(pairs):
+        return _claim(2, rule, NOT_ENOUGH, _NO_INTERVALS)
+    for p in _with_intervals(pairs):
         n = _common_n(p.scratch, p.transfer)
         if n.size < 3:
             continue
@@ -347,7 +360,7 @@ def claim_model_size(pairs: Sequence[Pair]) -> Claim:
             f"mode-truncation floor (about {M4_TRUNCATION_FLOOR:.1%} of ||u|| of poisson(5,10) lies outside the kept "
             f"modes), so their error there is set by truncation, not by data.")
     by_shift: dict[tuple[str, str], list[Pair]] = {}
-    for p in pairs:
+    for p in _with_intervals(pairs):
         if math.isfinite(p.n_params):
             by_shift.setdefault((p.key.task, p.key.shift), []).append(p)
     rows, used, rep_flags = [], [], []
@@ -397,7 +410,7 @@ def claim_ood(pairs: Sequence[Pair]) -> Claim:
             "zero-shot error rises with the magnitude (Spearman rho > 0; zero-shot runs have no seed interval). "
             "PASS if all hold for a majority of ladders, else FAIL.")
     ladders: dict[tuple[str, str, str], list[Pair]] = {}
-    for p in pairs:
+    for p in _with_intervals(pairs):
         if math.isfinite(p.magnitude) and p.upstream != "mixed":
             ladders.setdefault((system_of(p.key.task), p.upstream, p.key.model), []).append(p)
     rows, used, rep_flags = [], [], []
@@ -456,7 +469,7 @@ def claim_mixed(pairs: Sequence[Pair], in_distribution: Callable[[str], bool]) -
             "(transfer_single / transfer_mixed) is reported, not required. PASS if (i) and (ii) hold on every task "
             "of all three systems, FAIL if either fails on one, NOT ENOUGH DATA if fewer than three systems have "
             "mixed fits.")
-    mixed = [p for p in pairs if p.upstream == "mixed"]
+    mixed = [p for p in _with_intervals(pairs) if p.upstream == "mixed"]
     if not mixed:
         return _claim(5, rule, NOT_ENOUGH, "no runs pre-trained on the mixture with fitted curves")
     singles = {(p.key.task, p.key.model): p for p in pairs if p.upstream not in ("", "mixed")}
@@ -516,7 +529,7 @@ def claim_lr(pairs: Sequence[Pair], chosen_differs: tuple[int, int]) -> Claim:
             f"gain's 95% lower end > 1 and its point value >= {LR_EFFECT_THRESHOLD:g}. PASS if a majority of pairs "
             f"pass, else FAIL; NOT ENOUGH DATA if the LR grid lacks the pre-training LR.")
     differs, cells = chosen_differs
-    usable = [p for p in pairs if p.fixed_lr is not None]
+    usable = [p for p in _with_intervals(pairs) if p.fixed_lr is not None and len(p.fixed_lr.bootstrap)]
     if not usable:
         return _claim(6, rule, NOT_ENOUGH, "no transfer curve at the pre-training LR (add it to the grid's lrs); "
                       f"the chosen fine-tuning LR differs from the pre-training LR in {differs}/{cells} cells",

@@ -136,3 +136,13 @@ def test_all_six_always_present() -> None:
     assert [c.id for c in found] == [1, 2, 3, 4, 5, 6]
     assert {c.verdict for c in found} == {NOT_ENOUGH}
     assert all(c.rule and c.finding for c in found)
+
+
+def test_one_seed_curves_decide_nothing() -> None:
+    n = np.repeat(N, 1)
+    one = fit_curve(n, laws.saturating(n, *SCRATCH), unit=np.zeros(n.size, int), n_boot=50)
+    better = fit_curve(n, laws.saturating(n, 0.01, 0.2, 0.5), unit=np.zeros(n.size, int), n_boot=50)
+    m = transfer_metrics(one, better, task="poisson(5,10)", shift="a -> poisson(5,10)", model="xs")
+    pair = Pair(key=PairKey("poisson(5,10)", "a -> poisson(5,10)", "xs"), scratch=one, transfer=better, metrics=m)
+    for claim in (claim_data_efficiency([pair]), claim_at_or_below([pair])):
+        assert claim.verdict == NOT_ENOUGH and "single seed" in claim.summary
