@@ -502,8 +502,9 @@ def analyze(runs: pd.DataFrame, *, tracking_uri: str = "", n_boot: int = N_BOOT,
                              compute=compute_table(runs, selected), regime=regime_table(selected))
     eps, dts, summary = transfer_tables(partial)
     pairs = build_pairs(partial)
+    mixed_tasks = sorted(selected.loc[selected[schema.C_UPSTREAM] == "mixed", schema.C_TASK].unique())
     found = claims_mod.evaluate_claims(pairs, in_distribution=in_mixture_distribution,
-                                       chosen_lr_differs=_chosen_lr_differs(selected))
+                                       chosen_lr_differs=_chosen_lr_differs(selected), mixed_tasks=mixed_tasks)
     return dataclasses.replace(partial, claims=found, multiplier_table=eps, d_t_table=dts, transfer_summary=summary)
 
 

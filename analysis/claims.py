@@ -117,9 +117,10 @@ class Claim:
 def _claim(i: int, rule: str, verdict: str, summary: str, *, stability: float = math.nan,
            pairs: Sequence[Pair] = (), **numbers: Any) -> Claim:
     regime = regime_text(pairs)
+    # a scratch curve shared by several pairs is counted once per pair: an upper bound, said as such
     unconverged = sum(p.unconverged for p in pairs)
     if unconverged:
-        summary += f"; {unconverged} selected run(s) behind it did not converge"
+        summary += f"; up to {unconverged} selected run(s) behind it did not converge"
     return Claim(id=i, finding=FINDINGS[i], rule=rule, verdict=verdict, summary=summary, stability=stability,
                  regime=regime, numbers={**numbers, "unconverged_runs": unconverged})
 
@@ -234,8 +235,9 @@ def _deciding_row(m: TransferMetrics) -> int:
     inside both fitted ranges, else scratch's error at its largest N."""
     levels = list(m.level)
     paper = levels.index(LEVEL_PAPER) if LEVEL_PAPER in levels else -1
+    tail = (1 - m.confidence) / 2
     if paper >= 0 and m.multiplier_bound[paper] == EXACT and np.isfinite(m.multiplier[paper]) \
-            and m.multiplier_undefined[paper] == 0 and m.multiplier_censored[paper] == 0:
+            and m.multiplier_undefined[paper] <= tail and m.multiplier_censored[paper] <= tail:
         return paper
     inside = [i for i, lv in enumerate(levels) if lv == LEVEL_INSIDE]
     if inside:
@@ -243,9 +245,11 @@ def _deciding_row(m: TransferMetrics) -> int:
     return levels.index(LEVEL_STAR) if LEVEL_STAR in levels else len(levels) - 1
 
 
-def _firm_lower_end(lo: float, direction: int) -> bool:
-    """A lower end that clipped replicates could pull down (≤ or ~) is no evidence of clearing a bar."""
-    return math.isfinite(lo) and direction not in (UPPER_BOUND, EITHER)
+def _firm_lower_end(lo: float, direction: int, undefined: float = 0.0, tail: float = 0.025) -> bool:
+    """A lower end that clipped replicates could pull down (≤ or ~) is no evidence of clearing a bar; nor
+    is one computed without more than a tail's share of replicates (where neither arm reaches the level,
+    typically because transfer's floor is above it: leaving them out raises the lower end)."""
+    return math.isfinite(lo) and direction not in (UPPER_BOUND, EITHER) and undefined <= tail
 
 
 def claim_data_efficiency(pairs: Sequence[Pair]) -> Claim:
@@ -266,10 +270,12 @@ def claim_data_efficiency(pairs: Sequence[Pair]) -> Claim:
     for p in pairs:
         m = p.metrics
         i = _deciding_row(m)
-        ok = _firm_lower_end(float(m.multiplier_lo[i]), int(m.multiplier_lo_bound[i])) \
-            and m.multiplier_lo[i] >= MULTIPLIER_THRESHOLD
+        tail = (1 - m.confidence) / 2
+        ok = _firm_lower_end(float(m.multiplier_lo[i]), int(m.multiplier_lo_bound[i]),
+                             float(m.multiplier_undefined[i]), tail) and m.multiplier_lo[i] >= MULTIPLIER_THRESHOLD
         passes.append(ok)
-        firm = [j for j in range(len(m.eps)) if _firm_lower_end(float(m.multiplier_lo[j]), int(m.multiplier_lo_bound[j]))]
+        firm = [j for j in range(len(m.eps)) if _firm_lower_end(float(m.multiplier_lo[j]), int(m.multiplier_lo_bound[j]),
+                                                                 float(m.multiplier_undefined[j]), tail)]
         orders += any(m.multiplier_lo[j] >= ORDERS_THRESHOLD for j in firm)
         r = m.multiplier_replicates[:, i]
         reps.append(r if r.size else None)
@@ -433,18 +439,22 @@ def claim_ood(pairs: Sequence[Pair]) -> Claim:
             ok = np.isfinite(zs)
             zs_ok = bool(spearmanr(mags[ok], zs[ok]).statistic > 0) if ok.sum() >= 3 else bool(zs[ok][-1] > zs[ok][0])
         shrinks, remains = bool(hi < 0), bool(np.all(ben_lo > 0))
+        # (c) must be decided by zero-shot runs; without them the ladder cannot pass
         rows.append({"ladder": f"{system} from {upstream} ({model})", "shifts": [p.key.shift for p in group],
                      "magnitude": mags.tolist(), "benefit": np.exp(points).tolist(), "benefit_lo": np.exp(ben_lo).tolist(),
                      "slope": slope, "slope_lo": lo, "slope_hi": hi, "shrinks": shrinks, "remains": remains,
                      "zero_shot": zs.tolist(), "zero_shot_grows": zs_ok,
-                     "ok": shrinks and remains and zs_ok is not False})
+                     "ok": shrinks and remains and zs_ok is True})
         used.extend(group)
         if B:
-            rep_flags.append((s_reps < 0) & np.all(rep > 0, axis=1) & (zs_ok is not False))
+            rep_flags.append((s_reps < 0) & np.all(rep > 0, axis=1) & (zs_ok is True))
     if not rows:
         return _claim(4, rule, NOT_ENOUGH, "no system has >= 2 shifts of different magnitude from one upstream with "
                                            "both arms fitted")
     n_ok = sum(r["ok"] for r in rows)
+    if all(r["zero_shot_grows"] is None for r in rows):
+        return _claim(4, rule, NOT_ENOUGH, "no ladder has zero-shot runs at >= 2 of its shifts, so (c) is undecided",
+                      pairs=used, ladders=rows)
     verdict = PASS if n_ok > len(rows) / 2 else FAIL
     stability = math.nan
     if len(rep_flags) == len(rows):
@@ -461,17 +471,21 @@ def claim_ood(pairs: Sequence[Pair]) -> Claim:
 # --- F5 ------------------------------------------------------------------------------------------
 
 
-def claim_mixed(pairs: Sequence[Pair], in_distribution: Callable[[str], bool]) -> Claim:
+def claim_mixed(pairs: Sequence[Pair], in_distribution: Callable[[str], bool],
+                mixed_tasks: Sequence[str] | None = None) -> Claim:
     rule = ("On every task with a mixture-pre-trained model (per system, in and out of distribution): (i) fine-tuned "
             "is useful if the benefit over scratch (geometric mean over the common N of fitted scratch/transfer) has "
             "its 95% lower end > 1; (ii) zero-shot is useful if the mixed model's zero-shot error is below the lower "
             "end of scratch's 95% interval at the smallest N. Mixed vs single-system pre-training on the same task "
             "(transfer_single / transfer_mixed) is reported, not required. PASS if (i) and (ii) hold on every task "
-            "of all three systems, FAIL if either fails on one, NOT ENOUGH DATA if fewer than three systems have "
-            "mixed fits.")
+            "of all three systems, FAIL if either fails on one, NOT ENOUGH DATA if a task with mixed runs cannot be "
+            "decided (no fit with seed intervals, no zero-shot run), if no task is out of distribution, or if fewer "
+            "than three systems have mixed fits.")
     mixed = [p for p in _with_intervals(pairs) if p.upstream == "mixed"]
+    expected = set(mixed_tasks or ()) | {p.key.task for p in pairs if p.upstream == "mixed"}
     if not mixed:
         return _claim(5, rule, NOT_ENOUGH, "no runs pre-trained on the mixture with fitted curves")
+    undecided = sorted(expected - {p.key.task for p in mixed})
     singles = {(p.key.task, p.key.model): p for p in pairs if p.upstream not in ("", "mixed")}
     rows, rep_flags = [], []
     for p in sorted(mixed, key=lambda q: q.key):
@@ -508,10 +522,17 @@ def claim_mixed(pairs: Sequence[Pair], in_distribution: Callable[[str], bool]) -
                      f"(lower end {format_number(r['scratch_smallest_n_lo'])})"
                      + (f", single/mixed {format_number(r['mixed_vs_single'])}" if "mixed_vs_single" in r else "")
                      for r in rows)
-    if len(systems) < 3:
+    failed = [r for r in rows if not r["fine_tuned_useful"] or (np.isfinite(r["zero_shot"]) and not r["zero_shot_useful"])]
+    undecided += [r["task"] for r in rows if not np.isfinite(r["zero_shot"])]
+    if failed:
+        verdict = FAIL
+    elif len(systems) < 3:
         return _claim(5, rule, NOT_ENOUGH, f"mixed fits on {len(systems)}/3 systems: {text}", pairs=mixed, tasks=rows)
-    ok = all(r["fine_tuned_useful"] and r["zero_shot_useful"] for r in rows)
-    verdict = PASS if ok else FAIL
+    elif undecided or not any(not r["in_distribution"] for r in rows):
+        why = (f"undecided on {', '.join(undecided)}" if undecided else "no out-of-distribution task")
+        return _claim(5, rule, NOT_ENOUGH, f"{why}: {text}", pairs=mixed, tasks=rows)
+    else:
+        verdict = PASS
     stability = math.nan
     if len(rep_flags) == len(rows):
         B = min(x.size for x in rep_flags)
@@ -531,7 +552,10 @@ def claim_lr(pairs: Sequence[Pair], chosen_differs: tuple[int, int]) -> Claim:
     differs, cells = chosen_differs
     usable = [p for p in _with_intervals(pairs) if p.fixed_lr is not None and len(p.fixed_lr.bootstrap)]
     if not usable:
-        return _claim(6, rule, NOT_ENOUGH, "no transfer curve at the pre-training LR (add it to the grid's lrs); "
+        why = ("no transfer curve at the pre-training LR has seed intervals"
+               if any(p.fixed_lr is not None for p in pairs) else
+               "no transfer curve at the pre-training LR (add it to the grid's lrs)")
+        return _claim(6, rule, NOT_ENOUGH, f"{why}; "
                       f"the chosen fine-tuning LR differs from the pre-training LR in {differs}/{cells} cells",
                       chosen_lr_differs=differs, n_cells=cells)
     rows, rep_flags = [], []
@@ -560,7 +584,7 @@ def claim_lr(pairs: Sequence[Pair], chosen_differs: tuple[int, int]) -> Claim:
 
 
 def evaluate_claims(pairs: Sequence[Pair], *, in_distribution: Callable[[str], bool],
-                    chosen_lr_differs: tuple[int, int] = (0, 0)) -> list[Claim]:
+                    chosen_lr_differs: tuple[int, int] = (0, 0), mixed_tasks: Sequence[str] = ()) -> list[Claim]:
     """Decide all six findings.
 
     Parameters
@@ -571,9 +595,11 @@ def evaluate_claims(pairs: Sequence[Pair], *, in_distribution: Callable[[str], b
         Whether a task label lies inside the mixture's pre-training ranges (for F5's ID/OOD label).
     chosen_lr_differs
         (cells whose selected fine-tuning LR differs from the pre-training LR, transfer cells).
+    mixed_tasks
+        Every task with runs from a mixture-pre-trained model: F5 must decide each of them.
     """
     return [claim_data_efficiency(pairs), claim_at_or_below(pairs), claim_model_size(pairs), claim_ood(pairs),
-            claim_mixed(pairs, in_distribution), claim_lr(pairs, chosen_lr_differs)]
+            claim_mixed(pairs, in_distribution, mixed_tasks), claim_lr(pairs, chosen_lr_differs)]
 
 
 def claims_frame(claims: Sequence[Claim]) -> pd.DataFrame:

@@ -11,8 +11,9 @@ Method (after Hoffmann et al. 2022, arXiv 2203.15556, App. D.2, and issue 9 §2-
   E <= the smallest observed error (an irreducible error above an observed one is impossible)
   and the exponents in (0.01, 3).
 - The law per curve: the saturating E + A N^-alpha or the pure A N^-alpha, whichever has the
-  lower AICc on the per-N geometric means (seed offsets carry no information about the shape,
-  and AICc's small-sample penalty keeps 5 N from buying a third parameter they cannot support).
+  lower AICc over the points with the seed offsets counted as parameters (AICc's small-sample
+  penalty keeps 5 N from buying a third parameter they cannot support).  Every bootstrap
+  replicate makes its own choice, so the intervals include the uncertainty of the law.
 - Uncertainty: a *seed* (one initialisation plus one nested-subset chain, PROTOCOL §2) shifts a
   whole curve, so log err = log f(N) + b_seed (+ c_pretrain) + e.  The variance components are
   estimated by one-way (nested, with pre-training seeds) ANOVA moments of the log residuals, and
@@ -184,7 +185,7 @@ class PowerLawFit:
     the law; the transfer metrics propagate them.  ``residuals`` are log(predicted / observed)
     per point.  ``interval_note`` is empty when the intervals are supported by the design, else
     it says why there are none.  ``unidentified`` names the parameters whose interval runs into
-    its bound.  ``aicc`` maps each law that was fitted to its AICc on the per-N means.
+    its bound.  ``aicc`` maps each law that was fitted to its AICc (seed offsets counted).
     """
 
     params: dict[str, float]
@@ -228,7 +229,7 @@ class PowerLawFit:
 
     @property
     def delta_aic(self) -> float:
-        """AICc(pure) - AICc(saturating) on the per-N means: > 2 favours the saturating law."""
+        """AICc(pure) - AICc(saturating), seed offsets counted: > 2 favours the saturating law."""
         return self.aicc.get("pure", math.nan) - self.aicc.get("saturating", math.nan)
 
     @property
@@ -585,7 +586,7 @@ def fit_curve(n: ArrayLike, err: ArrayLike, *, unit: ArrayLike | None = None, gr
         The pre-trained checkpoint of each point (``None``: one).  Its spread is a third
         variance component, shared by all seeds fine-tuned from it.
     law
-        ``"saturating"``, ``"pure"`` or ``"auto"`` (AICc on the per-N means, see the module doc).
+        ``"saturating"``, ``"pure"`` or ``"auto"`` (AICc per curve and per replicate, see the module doc).
     n_boot
         Bootstrap replicates (0 disables the intervals).
     delta
@@ -613,7 +614,8 @@ def fit_curve(n: ArrayLike, err: ArrayLike, *, unit: ArrayLike | None = None, gr
         raise FitSkipped(f"{sizes.size} distinct N (need >= {need} for {what})")
     unit_c = _codes(unit, n.size)
     group_c = np.zeros(n.size, int) if group is None else _codes(group, n.size)
-    # seed offsets are modelled only where a seed has several points (else they absorb the point)
+    # one log offset per seed curve (a seed seen at a single N absorbs that point: its offset then
+    # carries point noise too, which errs towards a larger seed spread)
     D = _offset_design(unit_c) if unit is not None else np.zeros((n.size, 0))
     # both laws where the N allow, so that AICc compares them even when the law is fixed
     names = [k for k in LAWS if sizes.size >= (MIN_SIZES if k == "saturating" else MIN_SIZES_PURE)]
@@ -640,19 +642,26 @@ def fit_curve(n: ArrayLike, err: ArrayLike, *, unit: ArrayLike | None = None, gr
                 "from one seed (run >= 2 seeds)")
     elif n_boot > 0:
         logy = seed_bootstrap(log_law, effects, unit_c, group_c, n_boot, np.random.default_rng(seed))  # (B, n)
-        W = np.ones_like(logy)
-        bounds = _bounds(spec, W, np.exp(logy), D.shape[1])
-        # ftol 1e-9 on the stacked sum: percentiles agree with one-by-one fits to < 0.1 %.
-        starts = np.repeat(np.concatenate([point.theta[:, :k], np.zeros((1, D.shape[1]))], axis=1), n_boot, axis=0)
-        sol = _solve(spec, X, logy, W, starts, bounds, delta, ftol=1e-9, D=D)
-        boot = _as_saturating(spec, _natural(spec, sol.theta))
-        converged = converged and sol.converged
-        unidentified = _unidentified(spec, sol.theta[:, :k], bounds[:, :k], confidence)
+        # each replicate refits every law the point fit considered and keeps its own AICc choice, so the
+        # intervals carry the uncertainty of the law choice too (a floor the point fit could not see)
+        candidates = {chosen: fits[chosen]} if law != "auto" else fits
+        reps = {name: _refit(*candidates[name], X, logy, D, delta) for name in candidates}
+        aicc_rows = np.column_stack([reps[name][2] for name in reps])  # (B, laws)
+        choice = np.array(list(reps))[np.argmin(aicc_rows, axis=1)]
+        boot = np.zeros((n_boot, 3))
+        for name in reps:
+            boot = np.where((choice == name)[:, None], reps[name][0], boot)
+        converged = converged and all(r[3] for r in reps.values())
+        unidentified = _unidentified(spec, reps[chosen][4][choice == chosen], reps[chosen][5][choice == chosen],
+                                     confidence) if (choice == chosen).any() else ()
+        law_share = {name: float(np.mean(choice == name)) for name in reps}
     params = dict(zip(("E", "A", "alpha"), map(float, _as_saturating(spec, _natural(spec, point.theta[0])))))
     intervals = _intervals(("E", "A", "alpha"), boot, confidence)
     held = _heldout(spec, n, err, unit_c if unit is not None else None, delta) \
         if heldout and sizes.size > (MIN_SIZES if spec is _SATURATING else MIN_SIZES_PURE) else None
     form = "E + A*N^-alpha" if spec is _SATURATING else "A*N^-alpha"
+    if n_boot > 0 and not note and law == "auto":
+        form += " (replicates: " + ", ".join(f"{k} {v:.0%}" for k, v in law_share.items()) + ")"
     method = (f"{form} ({'chosen by AICc' if law == 'auto' else 'fixed'}) with a log offset per seed curve; "
               f"Huber(delta={delta}) on log error, L-BFGS-B multi-start; {n_boot} parametric bootstrap replicates "
               f"of whole seed curves (seed sd {effects.sigma_seed:.3g}, df {effects.df_seed}; point sd "
@@ -663,6 +672,23 @@ def fit_curve(n: ArrayLike, err: ArrayLike, *, unit: ArrayLike | None = None, gr
                        confidence=confidence, pure=fit_pure(n, err), heldout=held, law=chosen, seed_effects=effects,
                        interval_note=note, unidentified=unidentified, aicc=aicc,
                        sizes=tuple(float(s) for s in sizes))
+
+
+def _refit(spec: _Law, point: _Solution, X: np.ndarray, logy: np.ndarray, D: np.ndarray,
+           delta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, np.ndarray, np.ndarray]:
+    """Refit ``spec`` to every replicate (stacked): (E, A, alpha) rows, their law's residuals,
+    per-row AICc, convergence, the law's log-space parameters and their bounds."""
+    B, q, k = logy.shape[0], D.shape[1], len(spec.names)
+    W = np.ones_like(logy)
+    bounds = _bounds(spec, W, np.exp(logy), q)
+    starts = np.repeat(np.concatenate([point.theta[:, :k], np.zeros((1, q))], axis=1), B, axis=0)
+    # ftol 1e-9 on the stacked sum: percentiles agree with one-by-one fits to < 0.1 %.
+    sol = _solve(spec, X, logy, W, starts, bounds, delta, ftol=1e-9, D=D)
+    resid = _log_pred(spec, sol.theta, X, D)[0] - logy  # (B, n)
+    m, K = logy.shape[1], k + q
+    rss = np.maximum(np.sum(resid ** 2, axis=1), 1e-300)
+    aicc = m * np.log(rss / m) + 2 * K + (2 * K * (K + 1) / (m - K - 1) if m > K + 1 else np.inf)
+    return _as_saturating(spec, _natural(spec, sol.theta)), resid, aicc, sol.converged, sol.theta[:, :k], bounds[:, :k]
 
 
 def fit_saturating(n: ArrayLike, err: ArrayLike, **kwargs: Any) -> PowerLawFit:

@@ -82,7 +82,8 @@ def _direction(true: np.ndarray, clipped: np.ndarray) -> np.ndarray:
 
 
 def multiplier(eps: ArrayLike, scratch: Sequence[ArrayLike], transfer: Sequence[ArrayLike],
-               horizon: tuple[float, float] = (0.0, math.inf)) -> tuple[np.ndarray, np.ndarray]:
+               horizon: tuple[float, float] = (0.0, math.inf),
+               transfer_horizon: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Data-efficiency multiplier N_scratch(eps) / N_transfer(eps), both N kept inside ``horizon``.
 
     ``scratch`` and ``transfer`` are (E, A, alpha) of the saturating law, scalars or arrays
@@ -94,20 +95,27 @@ def multiplier(eps: ArrayLike, scratch: Sequence[ArrayLike], transfer: Sequence[
     and each clipped ratio says which way it is off: a lower bound of the true ratio (e.g. scratch
     capped at n_high, or only transfer reaching eps) or an upper bound.
 
+    ``transfer_horizon`` (default: ``horizon``) is transfer's own range, when its N differ.
+
     Returns
     -------
     (multiplier, direction)
         ``nan`` where neither arm ever reaches ``eps`` (or a fit failed); ``inf`` where only
         transfer does and the horizon is unbounded; ``direction`` per value is EXACT,
-        LOWER_BOUND or UPPER_BOUND.
+        LOWER_BOUND, UPPER_BOUND, or EITHER where both N were clipped at the same end (the ratio
+        of two clipped values says nothing about the true one).
     """
-    n_low, n_high = horizon
+    t_low, t_high = transfer_horizon or horizon
     n_s, n_t = _law_n(eps, scratch), _law_n(eps, transfer)
+    cs, ct = np.clip(n_s, *horizon), np.clip(n_t, t_low, t_high)
     with np.errstate(invalid="ignore", divide="ignore"):
         true = n_s / n_t  # inf / inf = nan: neither arm gets there
-        ratio = np.clip(n_s, n_low, n_high) / np.clip(n_t, n_low, n_high)
+        ratio = cs / ct
     undefined = np.isnan(true)
-    return np.where(undefined, np.nan, ratio), np.where(undefined, EXACT, _direction(true, ratio)).astype(np.int8)
+    direction = _direction(true, ratio)
+    same_end = ((n_s > horizon[1]) & (n_t > t_high)) | ((n_s < horizon[0]) & (n_t < t_low))
+    direction = np.where(same_end, EITHER, direction)
+    return np.where(undefined, np.nan, ratio), np.where(undefined, EXACT, direction).astype(np.int8)
 
 
 @dataclass(frozen=True)
@@ -128,8 +136,8 @@ def _end_direction(samples: np.ndarray, direction: np.ndarray, end: np.ndarray) 
     Raising replicates (lower bounds) can only raise a quantile, and only if one of them lies at
     or below it; lowering replicates (upper bounds) can only lower it, if one lies at or above it.
     """
-    up = np.any((direction == LOWER_BOUND) & (samples <= end), axis=0)
-    down = np.any((direction == UPPER_BOUND) & (samples >= end), axis=0)
+    up = np.any(np.isin(direction, (LOWER_BOUND, EITHER)) & (samples <= end), axis=0)
+    down = np.any(np.isin(direction, (UPPER_BOUND, EITHER)) & (samples >= end), axis=0)
     return np.select([up & down, up, down], [EITHER, LOWER_BOUND, UPPER_BOUND], EXACT).astype(np.int8)
 
 
@@ -293,7 +301,8 @@ def transfer_metrics(scratch: PowerLawFit, transfer: PowerLawFit, *, task: str, 
     ----------
     scratch, transfer
         Fits of the two arms on the same task and model size.  Their bootstrap replicates are
-        paired by index (each replicate redraws both arms' seed curves).
+        combined by index; each curve draws its own independent stream (the analysis does not
+        assume the arms' seed effects correlated, which errs towards wider intervals).
     task, shift, model
         Labels carried into the result.
     n
@@ -309,6 +318,10 @@ def transfer_metrics(scratch: PowerLawFit, transfer: PowerLawFit, *, task: str, 
     """
     lo_n = min(scratch.n_range[0], transfer.n_range[0])
     hi_n = max(scratch.n_range[1], transfer.n_range[1])
+    # each arm is inverted only within its own N range (a transfer curve run from N = 32 is never
+    # inverted at N = 8 because scratch was run there)
+    t_horizon = (transfer.n_range[0] / below, transfer.n_range[1] * above)
+    s_horizon = (scratch.n_range[0] / below, scratch.n_range[1] * above)
     if n is None:
         n = np.unique(np.exp2(np.arange(math.floor(math.log2(lo_n)), math.ceil(math.log2(hi_n)) + 1)))
     n = np.asarray(n, dtype=float)
@@ -320,15 +333,15 @@ def transfer_metrics(scratch: PowerLawFit, transfer: PowerLawFit, *, task: str, 
         level = np.full(eps.shape, "", dtype=object)
     conf = min(scratch.confidence, transfer.confidence)
     horizon = (lo_n / below, hi_n * above)
-    m, m_bound = multiplier(eps, s, t, horizon)
-    d, d_bound = data_transferred(n, s, t, horizon)
+    m, m_bound = multiplier(eps, s, t, s_horizon, t_horizon)
+    d, d_bound = data_transferred(n, s, t, s_horizon)
     search_to = min(horizon[1], CATCH_UP_MAX)
     c = float(catch_up(s, t, lo_n, search_to)[0])
     B = min(len(scratch.bootstrap), len(transfer.bootstrap))
     if B > 0:
         bs, bt = _columns(scratch.bootstrap[:B]), _columns(transfer.bootstrap[:B])
-        m_boot, m_censored = multiplier(eps[None, :], bs, bt, horizon)
-        d_boot, d_censored = data_transferred(n[None, :], bs, bt, horizon)
+        m_boot, m_censored = multiplier(eps[None, :], bs, bt, s_horizon, t_horizon)
+        d_boot, d_censored = data_transferred(n[None, :], bs, bt, s_horizon)
         m_iv = censored_interval(m_boot, conf, m_censored)
         d_iv = censored_interval(d_boot, conf, d_censored)
         c_boot = catch_up([x[:, 0] for x in bs], [x[:, 0] for x in bt], lo_n, search_to)

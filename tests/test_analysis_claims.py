@@ -146,3 +146,25 @@ def test_one_seed_curves_decide_nothing() -> None:
     pair = Pair(key=PairKey("poisson(5,10)", "a -> poisson(5,10)", "xs"), scratch=one, transfer=better, metrics=m)
     for claim in (claim_data_efficiency([pair]), claim_at_or_below([pair])):
         assert claim.verdict == NOT_ENOUGH and "single seed" in claim.summary
+
+
+def test_ood_ladder_without_zero_shot_runs_is_not_decided() -> None:
+    rungs = [("poisson(2.5,7.5)", 0.11, 6.0), ("poisson(5,10)", 0.39, 4.0), ("poisson(10,20)", 1.08, 2.0)]
+    ladder = [_pair(SCRATCH, (0.01, 2.0 / b, 0.5), 80 + i, task=t, magnitude=mag) for i, (t, mag, b) in enumerate(rungs)]
+    assert claim_ood(ladder).verdict == NOT_ENOUGH
+
+
+def test_mixed_pretraining_useless_on_one_ood_task_never_passes() -> None:
+    """Useful on three in-distribution tasks, useless on one OOD task: FAIL, and NOT ENOUGH DATA
+    (never PASS) when that OOD task has no fit with intervals."""
+    scratch = (0.01, 0.9, 0.5)
+    ids = ("poisson(1,5)", "advdiff(0.2,1)", "helmholtz(1,10)")
+    useful = [_pair(scratch, (0.01, 0.3, 0.5), 90 + i, task=t, shift=f"mixed -> {t}", upstream="mixed",
+                    zero_shot=0.1) for i, t in enumerate(ids)]
+    useless = _pair(scratch, (0.028, 2.52, 0.5), 95, task="poisson(5,10)", shift="mixed -> poisson(5,10)",
+                    upstream="mixed", zero_shot=0.9)
+    in_dist = lambda task: task in ids  # noqa: E731
+    assert claim_mixed(useful + [useless], in_distribution=in_dist).verdict == FAIL
+    hidden = claim_mixed(useful, in_distribution=in_dist, mixed_tasks=[*ids, "poisson(5,10)"])
+    assert hidden.verdict == NOT_ENOUGH and "poisson(5,10)" in hidden.summary
+    assert claim_mixed(useful, in_distribution=in_dist).verdict == NOT_ENOUGH  # no OOD task at all

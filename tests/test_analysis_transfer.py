@@ -94,14 +94,14 @@ def test_transfer_metrics_report_the_undefined_share() -> None:
 
 def test_multiplier_is_clipped_to_the_extrapolation_horizon() -> None:
     """Both N are clipped to the horizon; each clipped ratio says which way it is off."""
-    from analysis.transfer import EXACT, LOWER_BOUND, UPPER_BOUND
+    from analysis.transfer import EITHER, EXACT, LOWER_BOUND, UPPER_BOUND
 
     # N_scratch: 16.7, 1.6e7, 1.6e9 (N_transfer = N_scratch / 81), never
     eps = np.array([0.5, 0.0105, 0.01005, 0.005])
     m, direction = multiplier(eps, SCRATCH, TRANSFER, horizon=(0.1, 1e6))
     assert m[0] == pytest.approx(81.0) and direction[0] == EXACT
     assert m[1] == pytest.approx(1e6 / laws.n_at_error(0.0105, *TRANSFER)) and direction[1] == LOWER_BOUND
-    assert m[2] == 1.0 and direction[2] == LOWER_BOUND  # both beyond: 1, and the true ratio (81) is above
+    assert m[2] == 1.0 and direction[2] == EITHER  # both clipped at the top: the ratio says nothing
     assert np.isnan(m[3]) and direction[3] == EXACT  # neither arm ever gets there: undefined
     m, direction = multiplier(0.5, SCRATCH, TRANSFER, horizon=(1.0, 1e6))  # N_transfer 0.21 raised to 1
     assert m == pytest.approx(laws.n_at_error(0.5, *SCRATCH)) and direction == LOWER_BOUND
