@@ -75,7 +75,7 @@ def test_slurm_from_a_login_node_without_gpus_targets_the_compute_nodes(tmp_path
     assert seen["device"] == "cpu"
     res = CliRunner().invoke(app, ["run-grid", "--grid", "quick", "--executor", "slurm", "--dry-run",
                                    "--tracking-uri", uri])
-    assert res.exit_code == 0 and "to do 84" in res.output and "no CUDA device here to calibrate" in res.output
+    assert res.exit_code == 0 and "to do 42" in res.output and "no CUDA device here to calibrate" in res.output
     res = CliRunner().invoke(app, ["run-grid", "--grid", "quick", "--device", "cuda", "--tracking-uri", uri])
     assert res.exit_code != 0 and "--device cuda but no CUDA device is visible" in res.output  # local needs one
     for args, message in ((["--device", "cuda", "--gpus-per-task", "0"], "the array tasks would have no GPU"),

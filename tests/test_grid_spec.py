@@ -16,7 +16,7 @@ from repro.grid.spec import Finetune, load_grid, parse_grid, parse_label, shippe
 
 #: Runs per shipped grid (pre-training + downstream, after deduplication).  A change here is a
 #: change of the science plan: update deliberately.
-GOLDEN = {"quick": 84, "gpu-demo": 392, "paper-e1": 292, "paper-e2": 2920, "paper-e3": 2332, "paper-e4": 2626}
+GOLDEN = {"quick": 42, "gpu-demo": 392, "paper-e1": 292, "paper-e2": 2920, "paper-e3": 2332, "paper-e4": 2626}
 
 TINY = """
 label = "tiny"
@@ -142,11 +142,11 @@ def test_units_on_a_device_are_the_engines_ensembles() -> None:
     """On a CPU the engine caps ensembles by activation size; the plan's units follow it."""
     from repro.train.engine import ensemble_cap, group_specs
 
-    plan = expand(load_grid("quick"))
+    plan = expand(load_grid("gpu-demo"))
     cpu = plan.units(device="cpu")
     assert sorted(k for u in cpu for k in u.keys) == sorted(plan.keys)
     assert all(len(u.runs) <= ensemble_cap(u.specs[0], "cpu") for u in cpu)
-    assert len(cpu) > len(plan.units())  # the quick grid has ensembles the CPU cap splits
+    assert len(cpu) > len(plan.units())  # gpu-demo (64x64) has ensembles the CPU cap splits
     assert [u.keys for u in cpu] == [tuple(s.run_key for s in g) for g in group_specs([r.spec for r in plan], 16, "cpu")]
     assert [u.keys for u in plan.units(device="cuda")] == [u.keys for u in plan.units()]
 
@@ -350,8 +350,9 @@ def test_in_distribution_downstream_tasks_have_their_own_samples(tmp_path):
 
 #: run_keys of a few quick-grid runs (pre-training, zero-shot, transfer, scratch).  They identify
 #: finished MLflow runs: a change here orphans every stored run of the grid, so change it deliberately.
-QUICK_KEYS = {"92b9082427daceb2": ("scratch", "poisson(1,5)"), "59495075aa26a59d": ("zero_shot", "poisson(5,10)"),
-              "7b095550c4c14d5a": ("transfer", "poisson(5,10)"), "dfd6c17927cee7f1": ("scratch", "poisson(5,10)")}
+#: (Changed deliberately in issue 9: the quick grid became 16x16, xs, converged budgets.)
+QUICK_KEYS = {"71638e445a1bed74": ("scratch", "poisson(1,5)"), "16bbbc43b09560c9": ("zero_shot", "poisson(5,10)"),
+              "b894890e176e7594": ("transfer", "poisson(5,10)"), "8eb0ef22eff3d471": ("scratch", "poisson(5,10)")}
 
 
 def test_quick_grid_run_keys_are_stable():
