@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one command, with its numbers written under $OUT:
 #   bench  bench_generate + bench_train on the device (SYS-1 throughput, fast vs reference FNO
-#          path, batched ensembles, bf16 accuracy)
+#          path, batched ensembles, fast vs reference accuracy; all fp32)
+#   bf16   bench_train --sections bf16: the same model trained in fp32 and in bf16 until the fp32
+#          test rel-L2 is <= 3e-2, both errors, their ratio, prediction and forward-only deviation
+#          (bf16 stays off by default until this passes on a GPU); its output is appended to
+#          bench_train.log, so the 8-file limit holds
 #   grid   `repro run-grid --grid gpu-demo` timed end to end (dry-run estimate first), then
 #          `repro status`; its runs are exported (`repro export`) to $OUT/mlflow.db.gz
 #
-#   OUT=/tmp/gpu bash benchmarks/gpu_checks.sh                 # both sections on cuda
+#   OUT=/tmp/gpu bash benchmarks/gpu_checks.sh                 # every section (bench bf16 grid) on cuda
 #   OUT=/tmp/gpu bash benchmarks/gpu_checks.sh grid            # one section
+#   OUT=/tmp/gpu bash benchmarks/gpu_checks.sh bf16            # the bf16 check alone (sized for ~1 min on an H200)
 #   OUT=/tmp/gpu DEVICE=cpu SMOKE=1 bash benchmarks/gpu_checks.sh   # seconds-long CPU rehearsal
 #
 # On the lent device machine (python3 with torch, no MLflow): first `bash ../shared/tools/gpu-wheels.sh`
 # here, carry `.whl`; the wheels are installed into /tmp/site below.  Each section ends well inside
-# the device tool's 10-minute limit per command, so the two can also be run as two calls.
+# the device tool's 10-minute limit per command, so they can also be run as separate calls.
 # At most 8 files come back from the device tool: the summary, one log per step and the store.
 # Then, here: `repro fit-laws --tracking-uri sqlite:///<store> --grid gpu-demo` and `repro report`.
 set -uo pipefail
@@ -19,10 +24,10 @@ cd "$(dirname "$0")/.."
 DEVICE=${DEVICE:-cuda}
 SMOKE=${SMOKE:-0}
 OUT=${OUT:-$PWD/gpu-checks}
-sections=("${@:-bench grid}")
+sections=("${@:-bench bf16 grid}")
 read -r -a sections <<< "${sections[*]}"
 for section in "${sections[@]}"; do  # before anything runs: a typo must not cost a 10-minute grid first
-  case $section in bench|grid) ;; *) echo "unknown section '$section': allowed: bench, grid" >&2; exit 2 ;; esac
+  case $section in bench|bf16|grid) ;; *) echo "unknown section '$section': allowed: bench, bf16, grid" >&2; exit 2 ;; esac
 done
 mkdir -p "$OUT"
 if [ -d .whl ] && ! python3 -c "import mlflow" 2>/dev/null; then
@@ -40,14 +45,20 @@ summary=$OUT/summary.txt
 failed=0
 
 # step NAME CMD...: run CMD, keep its log as $OUT/NAME.log and its wall time and exit status in the summary.
-step() {
-  local name=$1; shift
-  local start=$SECONDS
+step() { step_into "$1" "$@"; }
+
+# step_into LOG NAME CMD...: as step, with CMD's output in $OUT/LOG.log, which several steps of one
+# call share (started afresh by the first): fewer files to return.
+declare -A started_logs=()
+step_into() {
+  local log=$OUT/$1.log name=$2; shift 2
+  local start=$SECONDS lines=0
   echo "== $name: $*" | tee -a "$summary"
-  "$@" > "$OUT/$name.log" 2>&1
+  if [ -n "${started_logs[$log]:-}" ]; then lines=$(wc -l < "$log"); else : > "$log"; started_logs[$log]=1; fi
+  { [ "$lines" = 0 ] || echo "== $name: $*"; "$@"; } >> "$log" 2>&1
   local rc=$?
   [ "$rc" = 0 ] || failed=1
-  tail -n 40 "$OUT/$name.log"
+  tail -n +"$((lines + 1))" "$log" | tail -n 40
   echo "== $name: exit $rc, wall $((SECONDS - start)) s" | tee -a "$summary"
 }
 
@@ -102,6 +113,10 @@ for section in "${sections[@]}"; do
         step bench_generate python3 benchmarks/bench_generate.py --device "$DEVICE"
         step bench_train python3 benchmarks/bench_train.py --device "$DEVICE"
       fi ;;
+    bf16)
+      smoke=; [ "$SMOKE" = 1 ] && smoke=--smoke
+      step_into bench_train bf16 python3 benchmarks/bench_train.py --device "$DEVICE" --sections bf16 $smoke
+      sed -n '/^bf16 vs fp32/,/^  fp32 /p' "$OUT/bench_train.log" >> "$summary" ;;  # the verdict, at a glance
     grid)
       step grid_estimate python3 -m repro run-grid --grid "$grid" --device "$DEVICE" --dry-run
       step grid python3 -m repro run-grid --grid "$grid" --device "$DEVICE"

@@ -45,3 +45,20 @@ def test_batched_and_accuracy_sections_run_through_the_engine_loop() -> None:
     assert set(errors) == {"reference", "fast"}
     # Same init, data order and LR: the two spectral paths train to the same error (fp32 on CPU).
     assert abs(errors["fast"] - errors["reference"]) <= 1e-3 * errors["reference"]
+
+
+def test_bf16_section_compares_the_two_precisions(capsys: pytest.CaptureFixture[str]) -> None:
+    import math
+
+    import torch
+
+    bench = _load_bench()
+    settings = dict(size="xxs", resolution=16, n_train=32, n_test=32, epochs=2, batch=16, lr=3e-3)
+    check = bench.bench_bf16(torch.device("cpu"), **settings)  # bf16 emulated under CPU autocast
+    assert set(check.test_rel_l2) == {"fp32", "bf16"}
+    assert all(math.isfinite(v) for v in (*check.test_rel_l2.values(), check.ratio, check.prediction_rel_l2))
+    assert 0 < check.forward_deviation < 3e-2  # bf16 really ran, and stays close to fp32
+    assert not check.reached  # two tiny epochs are far from the 3e-2 target ...
+    bench.print_bf16(check, settings, torch.device("cpu"))
+    out = capsys.readouterr().out
+    assert "EMULATED" in out and "did NOT reach the target" in out  # ... and the output says so

@@ -73,5 +73,5 @@ def test_gpu_checks_script_parses_and_refuses_unknown_sections(tmp_path: Path) -
            "REPRO_HOME": str(tmp_path / "home")}
     res = subprocess.run(["bash", str(script), "grid", "benchmark"], env=env, capture_output=True, text=True,
                          timeout=120)
-    assert res.returncode == 2 and "unknown section 'benchmark': allowed: bench, grid" in res.stderr
+    assert res.returncode == 2 and "unknown section 'benchmark': allowed: bench, bf16, grid" in res.stderr
     assert not (tmp_path / "summary.txt").exists()  # refused before the grid section ran
