@@ -43,7 +43,9 @@ def _tree(uri: str, keys) -> list[tuple]:
             parent = parents[run.data.tags[schema.T_PARENT_RUN_ID]]
             history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, schema.M_VAL_REL_L2)]
             out.append((key, run.info.status, tuple(sorted(run.data.params.items())),
-                        tuple(sorted(run.data.metrics.items())), tuple(sorted(history)),
+                        # nan != nan: a NaN metric (a diagnostic too short to compute) compares as a string
+                        tuple(sorted((k, 'nan' if v != v else v) for k, v in run.data.metrics.items())),
+                        tuple(sorted(history)),
                         run.data.tags.get(schema.T_FAILURE_REASON), parent.data.tags[schema.T_GRID],
                         run.info.start_time, run.info.end_time))
     return sorted(out, key=repr)
