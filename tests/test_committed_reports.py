@@ -1,0 +1,48 @@
+"""The committed example results reproduce from their committed MLflow stores.
+
+``reports/<grid>/mlflow.db.gz`` is the exported store of a finished grid; the CSV/JSON files and
+``index.html`` beside it were regenerated from it with (README "Results"):
+
+    gunzip -k reports/quick/mlflow.db.gz
+    repro fit-laws --tracking-uri sqlite:///reports/quick/mlflow.db --grid quick --out reports/quick
+    repro report   --tracking-uri sqlite:///reports/quick/mlflow.db --grid quick --out reports/quick
+
+Re-running the analysis on the store must give the committed verdicts and numbers exactly: a
+change to the fits, the rules or the store that moves them has to regenerate the example.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.analyze import analyze
+from analysis.claims import claims_frame
+from analysis.collect import collect_runs
+from repro.grid import expand, load_grid
+
+ROOT = Path(__file__).resolve().parents[1] / "reports"
+GRIDS = sorted(p.parent.name for p in ROOT.glob("*/mlflow.db.gz"))
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_committed_report_reproduces_from_its_store(grid: str, tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
+    with gzip.open(ROOT / grid / "mlflow.db.gz", "rb") as src, db.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    runs = collect_runs(f"sqlite:///{db}", grid, expand(load_grid(grid)).keys)
+    result = analyze(runs, workers=1)
+    committed = json.loads((ROOT / grid / "analysis.json").read_text())
+    got = claims_frame(result.claims)
+    assert got["verdict"].tolist() == [c["verdict"] for c in committed["claims"]]
+    assert got["summary"].tolist() == [c["summary"] for c in committed["claims"]]
+    want = pd.read_csv(ROOT / grid / "transfer_summary.csv")
+    for col in ("eps", "multiplier", "multiplier_lo", "multiplier_hi"):
+        assert result.transfer_summary[col].to_numpy() == pytest.approx(want[col].to_numpy(), rel=1e-9), col
+    conv = pd.read_csv(ROOT / grid / "convergence.csv")
+    assert result.convergence["converged"].tolist() == conv["converged"].tolist()
