@@ -215,6 +215,16 @@ def _stability(verdict: str, replicate_pass: np.ndarray | None) -> float:
     return float(np.mean(replicate_pass == (verdict == PASS)))
 
 
+def _majority_verdict(passes: Sequence[bool], rep_flags: Sequence[np.ndarray]) -> tuple[str, float]:
+    """PASS if a majority of the units (pairs, shifts, ladders) pass, and its stability: the share of
+    replicates in which a majority of the units pass by point values (nan if a unit has no replicates)."""
+    verdict = PASS if sum(passes) > len(passes) / 2 else FAIL
+    if len(rep_flags) != len(passes) or not rep_flags:
+        return verdict, math.nan
+    B = min(x.size for x in rep_flags)
+    return verdict, _stability(verdict, _majority(np.column_stack([x[:B] for x in rep_flags])))
+
+
 def _fmt_iv(point: float, lo: float, hi: float, transform: Callable[[float], float] = math.exp) -> str:
     return f"{format_number(transform(point))} [{format_number(transform(lo))}, {format_number(transform(hi))}]"
 
@@ -392,11 +402,7 @@ def claim_model_size(pairs: Sequence[Pair]) -> Claim:
     if not rows:
         return _claim(3, rule, NOT_ENOUGH, f"no shift has both arms fitted at >= {MIN_MODEL_SIZES} model sizes")
     n_up = sum(r["grows"] for r in rows)
-    verdict = PASS if n_up > len(rows) / 2 else FAIL
-    stability = math.nan
-    if len(rep_flags) == len(rows):
-        B = min(x.size for x in rep_flags)
-        stability = _stability(verdict, _majority(np.column_stack([x[:B] for x in rep_flags])))
+    verdict, stability = _majority_verdict([r["grows"] for r in rows], rep_flags)
     m4 = any(p.key.model in ("xxs", "xs") for p in used)
     text = (f"benefit grows with size (slope interval > 0) in {n_up}/{len(rows)} shifts; "
             + "; ".join(f"{r['shift']}: slope {format_number(r['slope'])} [{format_number(r['slope_lo'])}, "
@@ -455,11 +461,7 @@ def claim_ood(pairs: Sequence[Pair]) -> Claim:
     if all(r["zero_shot_grows"] is None for r in rows):
         return _claim(4, rule, NOT_ENOUGH, "no ladder has zero-shot runs at >= 2 of its shifts, so (c) is undecided",
                       pairs=used, ladders=rows)
-    verdict = PASS if n_ok > len(rows) / 2 else FAIL
-    stability = math.nan
-    if len(rep_flags) == len(rows):
-        B = min(x.size for x in rep_flags)
-        stability = _stability(verdict, _majority(np.column_stack([x[:B] for x in rep_flags])))
+    verdict, stability = _majority_verdict([r["ok"] for r in rows], rep_flags)
     text = (f"{n_ok}/{len(rows)} ladders satisfy all three; "
             + "; ".join(f"{r['ladder']}: benefit " + "→".join(format_number(b) for b in r["benefit"])
                         + f", slope {format_number(r['slope'])} [{format_number(r['slope_lo'])}, "
@@ -570,11 +572,7 @@ def claim_lr(pairs: Sequence[Pair], chosen_differs: tuple[int, int]) -> Claim:
         if reps.size:
             rep_flags.append(reps.mean(axis=1) >= math.log(LR_EFFECT_THRESHOLD))
     n_pass = sum(r["passes"] for r in rows)
-    verdict = PASS if n_pass > len(rows) / 2 else FAIL
-    stability = math.nan
-    if len(rep_flags) == len(rows):
-        B = min(x.size for x in rep_flags)
-        stability = _stability(verdict, _majority(np.column_stack([x[:B] for x in rep_flags])))
+    verdict, stability = _majority_verdict([r["passes"] for r in rows], rep_flags)
     text = (f"{n_pass}/{len(rows)} pairs gain from tuning; "
             + "; ".join(f"{r['pair']}: gain {format_number(r['gain'])} [{format_number(r['gain_lo'])}, "
                         f"{format_number(r['gain_hi'])}]" for r in rows[:3])
