@@ -82,5 +82,8 @@ def test_mixed_pretraining_is_analysed_against_single_system_and_scratch(mini_st
     # scratch point at the upstream size, where no transfer was planned)
     at_n = mixed[mixed["n_train"] == 8]
     assert len(at_n) == 6 and at_n[["scratch", "transfer_mixed", "transfer_single"]].notna().all().all()
+    # Finding 5 is decided on fitted curves with seed intervals; the miniature has too few N per curve
+    # to fit a law, so it must say so rather than decide from single points
     claim5 = next(c for c in result.claims if c.id == 5)
-    assert claim5.verdict != "NOT ENOUGH DATA", claim5.summary
+    assert claim5.verdict == "NOT ENOUGH DATA" and "fitted curves" in claim5.summary, claim5.summary
+    assert any("mixed ->" in s and "skipped" in s for s in result.skipped)
