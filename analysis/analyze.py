@@ -536,9 +536,6 @@ def _unconverged(selected: pd.DataFrame, *keys: CurveKey) -> int:
 
 def build_pairs(result: AnalysisResult) -> list[Pair]:
     """Every transfer curve with its scratch baseline and what the claims need beside it."""
-    zs = {}
-    if len(result.zero_shot):
-        zs = {(r[schema.C_SHIFT], r[schema.P_MODEL]): float(r["zero_shot"]) for _, r in result.zero_shot.iterrows()}
     magnitude = {}
     if len(result.benefit):
         magnitude = {(r[schema.C_SHIFT], r[schema.P_MODEL]): float(r["magnitude"]) for _, r in result.benefit.iterrows()}
@@ -549,7 +546,7 @@ def build_pairs(result: AnalysisResult) -> list[Pair]:
         pairs.append(Pair(key=key, scratch=result.curves[s_key], transfer=result.curves[t_key],
                           upstream=str(upstream.get(key.shift, "")), magnitude=magnitude.get((key.shift, key.model), math.nan),
                           n_params=result.model_params.get(key.model, math.nan),
-                          zero_shot=zs.get((key.shift, key.model), math.nan),
+                          zero_shot=m.zero_shot,
                           fixed_lr=result.fixed_lr_curves.get(t_key._replace(arm=FIXED_LR_ARM)), metrics=m,
                           unconverged=_unconverged(result.selected, s_key, t_key)))
     return pairs

@@ -140,6 +140,12 @@ def format_number(x: object) -> str:
     return f"{v:.3g}"
 
 
+def format_percent(x: object) -> str:
+    """A share as a whole percent; ``n/a`` for missing."""
+    v = float(x)  # type: ignore[arg-type]
+    return "n/a" if math.isnan(v) else f"{v:.0%}"
+
+
 #: How a value clipped to the extrapolation horizon is shown (analysis.transfer's directions).
 _BOUND_PREFIX = {LOWER_BOUND: "≥", UPPER_BOUND: "≤", EITHER: "~"}
 

@@ -57,6 +57,11 @@ COLUMNS: tuple[str, ...] = (
 _PAGE = 5000
 
 
+def latest_per_run_key(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run_key (the last one of the frame), rows without a run_key dropped."""
+    return df.dropna(subset=[schema.C_RUN_KEY]).drop_duplicates(schema.C_RUN_KEY, keep="last")
+
+
 class StoreError(LookupError):
     """The tracking store has no runs to analyse (missing, empty, or no such grid)."""
 

@@ -6,16 +6,15 @@ then either print + write tables or render the HTML report.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
-from typing import Any, Collection
+from typing import Collection
 
 from rich.console import Console
 from rich.table import Table
 
 from analysis.analyze import AnalysisResult, analyze, write_outputs
-from analysis.claims import FAIL, NOT_ENOUGH, PASS, format_bound, format_interval, format_number
+from analysis.claims import FAIL, NOT_ENOUGH, PASS, format_bound, format_interval, format_number, format_percent
 from analysis.collect import collect_runs
 from analysis.fits import N_BOOT
 from analysis.report import render_report
@@ -27,11 +26,6 @@ _VERDICT_STYLE = {PASS: "bold green", FAIL: "bold red", NOT_ENOUGH: "dim"}
 def default_out_dir(grid: str | None) -> Path:
     """``reports/<grid>`` (``reports/all`` without a grid filter)."""
     return Path("reports") / (grid or "all")
-
-
-def _pct(x: Any) -> str:
-    v = float(x)
-    return "n/a" if math.isnan(v) else f"{v:.0%}"
 
 
 def selection_note(grid: str | None, keys: Collection[str] | None) -> str:
@@ -91,11 +85,11 @@ def print_result(result: AnalysisResult, console: Console) -> None:
     for col in ("#", "verdict", "stability", "deciding numbers", "regime"):
         claims.add_column(col, overflow="fold")
     for c in result.claims:
-        claims.add_row(str(c.id), f"[{_VERDICT_STYLE[c.verdict]}]{c.verdict}[/]", _pct(c.stability), c.summary, c.regime)
+        claims.add_row(str(c.id), f"[{_VERDICT_STYLE[c.verdict]}]{c.verdict}[/]", format_percent(c.stability), c.summary, c.regime)
     console.print(claims)
     if len(result.convergence):
         console.print("convergence of the selected runs: " + "; ".join(
-            f"{r.arm} {r.converged}/{r.with_diagnostic} converged ({_pct(r.share_converged)})"
+            f"{r.arm} {r.converged}/{r.with_diagnostic} converged ({format_percent(r.share_converged)})"
             for r in result.convergence.itertuples(index=False)))
     for message in result.skipped:
         console.print(f"[yellow]skipped:[/] {message}")

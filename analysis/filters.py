@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from repro import schema
+from analysis.collect import latest_per_run_key
 
 #: A trained run whose best validation relative L2 exceeds this did worse than predicting
 #: u = 0 (relative L2 = 1).  Such runs are only *flagged*, never dropped: at small N a scratch
@@ -133,7 +134,7 @@ CHECKPOINT_COLUMNS: tuple[str, ...] = (
 def _checkpoint_protocol(df: pd.DataFrame) -> pd.Series:
     """Each run's pre-trained checkpoint described by its training protocol, seed left out (the
     checkpoint's run_key where its run is not in the frame)."""
-    keyed = df.dropna(subset=[schema.C_RUN_KEY]).drop_duplicates(schema.C_RUN_KEY, keep="last")
+    keyed = latest_per_run_key(df)
     cols = [c for c in CHECKPOINT_COLUMNS if c in keyed]
     described = pd.Series([repr(t) for t in keyed[cols].itertuples(index=False, name=None)],
                           index=keyed[schema.C_RUN_KEY].to_numpy())

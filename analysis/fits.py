@@ -56,8 +56,9 @@ R = TypeVar("R")
 MIN_SIZES = 4
 #: Fewest distinct N for the 2-parameter pure power law.
 MIN_SIZES_PURE = 3
-#: The laws a curve may be fitted with ("auto" picks one per curve by AICc).
+#: The laws a curve may be fitted with ("auto" picks one per curve by AICc), and the fewest distinct N each needs.
 LAWS = ("saturating", "pure")
+_MIN_SIZES_OF = {"saturating": MIN_SIZES, "pure": MIN_SIZES_PURE}
 #: Fewest model sizes for the joint N x P law (issue 5 §2).
 MIN_MODELS = 3
 #: Default Huber threshold on log error: ~10 % deviations count as noise, larger as outliers.
@@ -608,7 +609,7 @@ def fit_curve(n: ArrayLike, err: ArrayLike, *, unit: ArrayLike | None = None, gr
     sizes = np.unique(n)
     if law not in (*LAWS, "auto"):
         raise ValueError(f"law = {law!r} is invalid: allowed: {', '.join(LAWS)}, auto")
-    need = MIN_SIZES if law == "saturating" else MIN_SIZES_PURE
+    need = _MIN_SIZES_OF.get(law, MIN_SIZES_PURE)
     if sizes.size < need:
         what = "E + A*N^-alpha" if law == "saturating" else "A*N^-alpha"
         raise FitSkipped(f"{sizes.size} distinct N (need >= {need} for {what})")
@@ -618,7 +619,7 @@ def fit_curve(n: ArrayLike, err: ArrayLike, *, unit: ArrayLike | None = None, gr
     # carries point noise too, which errs towards a larger seed spread)
     D = _offset_design(unit_c) if unit is not None else np.zeros((n.size, 0))
     # both laws where the N allow, so that AICc compares them even when the law is fixed
-    names = [k for k in LAWS if sizes.size >= (MIN_SIZES if k == "saturating" else MIN_SIZES_PURE)]
+    names = [k for k in LAWS if sizes.size >= _MIN_SIZES_OF[k]]
     fits = {name: _fit_law(name, n, err, delta, D) for name in names}
     best, aicc = _choose_law(fits, n, err, D)
     chosen = best if law == "auto" else law
@@ -658,7 +659,7 @@ def fit_curve(n: ArrayLike, err: ArrayLike, *, unit: ArrayLike | None = None, gr
     params = dict(zip(("E", "A", "alpha"), map(float, _as_saturating(spec, _natural(spec, point.theta[0])))))
     intervals = _intervals(("E", "A", "alpha"), boot, confidence)
     held = _heldout(spec, n, err, unit_c if unit is not None else None, delta) \
-        if heldout and sizes.size > (MIN_SIZES if spec is _SATURATING else MIN_SIZES_PURE) else None
+        if heldout and sizes.size > _MIN_SIZES_OF[chosen] else None
     form = "E + A*N^-alpha" if spec is _SATURATING else "A*N^-alpha"
     if n_boot > 0 and not note and law == "auto":
         form += " (replicates: " + ", ".join(f"{k} {v:.0%}" for k, v in law_share.items()) + ")"

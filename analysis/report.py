@@ -19,7 +19,7 @@ import pandas as pd
 
 from repro import schema
 from analysis import figures
-from analysis.claims import FAIL, NOT_ENOUGH, PASS, format_bound, format_interval
+from analysis.claims import FAIL, NOT_ENOUGH, PASS, format_bound, format_interval, format_percent
 from analysis.claims import PAPER_REGIME
 from analysis.transfer import EXTRAPOLATION_ABOVE
 
@@ -49,11 +49,6 @@ def _num(x: Any, digits: int = 3) -> str:
     if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
         return f"{v:.{digits - 1}e}"
     return f"{v:.{digits}g}"
-
-
-def _pct(x: Any) -> str:
-    v = float(x)
-    return "n/a" if math.isnan(v) else f"{v:.0%}"
 
 
 def _interval(lo: Any, hi: Any) -> str:
@@ -312,7 +307,7 @@ def render_html(result: "AnalysisResult", workers: int | None = None) -> str:
     macros = env.from_string(_TABLE).module
     context = _context(result, default_workers() if workers is None else workers)
     method = next(iter(result.curves.values())).method if result.curves else ""
-    return env.from_string(TEMPLATE).render(**context, tbl=macros.tbl, method=method, pct=_pct)
+    return env.from_string(TEMPLATE).render(**context, tbl=macros.tbl, method=method, pct=format_percent)
 
 
 def render_report(analysis_result: "AnalysisResult", out_dir: Path | str, *, workers: int | None = None) -> Path:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from repro import schema
+from analysis.collect import latest_per_run_key
 
 #: The selection cell: every seed of one curve point shares the chosen LR.
 CELL: tuple[str, ...] = (schema.C_TASK, schema.C_SHIFT, schema.P_MODEL, schema.P_N_TRAIN, schema.P_ARM)
@@ -41,7 +42,7 @@ def downstream(df: pd.DataFrame) -> pd.DataFrame:
 
 def pretrain_lrs(df: pd.DataFrame) -> pd.Series:
     """The LR of every run's ``init_from`` pre-training run (by run_key), NaN where unknown."""
-    keyed = df.dropna(subset=[schema.C_RUN_KEY]).drop_duplicates(schema.C_RUN_KEY, keep="last")
+    keyed = latest_per_run_key(df)
     lr_of = keyed.set_index(schema.C_RUN_KEY)[schema.P_LR]
     return df[schema.P_INIT_FROM].map(lr_of).astype(float)
 
