@@ -1,8 +1,9 @@
 """Training throughput benchmarks (issue 3 §6) and the bf16 accuracy check (issue 9 §5, issue 10 §4).
 
 Section "ladder": training samples/s (forward + backward + Adam update, data already on the
-device) of the reference (rfft2) and fast (truncated-DFT GEMMs) spectral paths, both fp32, for
-each model-size rung, side by side, with their ratio.
+device) of the reference (rfft2), fast (truncated-DFT GEMMs) and fused (the same GEMMs in a
+spatial-major layout, repro.models.SPECTRAL_PATHS) paths, all fp32, for each model-size rung,
+side by side, with their ratios, and each path's share of the machine's measured SGEMM peak.
 
 Section "batched": 16 small runs as one ensemble vs one by one.  Section "accuracy": fast vs
 reference (both fp32) after the same short training.
@@ -23,6 +24,8 @@ Usage::
 
     python benchmarks/bench_train.py --device cuda
     python benchmarks/bench_train.py --device cpu --resolution 64 --batch 16 --sizes xxs,xs,s,m
+    python benchmarks/bench_train.py --device cpu --threads 1 --resolution 32 --batch 32 --sizes xxs,xs,s \
+        --steps 8 --sections ladder,accuracy                                # the CPU study's shapes, per core
     python benchmarks/bench_train.py --device cuda --sections bf16        # bf16 vs fp32 at convergence
     python benchmarks/bench_train.py --device cpu --sections bf16 --smoke  # seconds-long CPU rehearsal
 """
@@ -48,16 +51,28 @@ CPU_DEFAULT_SIZES: tuple[str, ...] = ("xxs", "xs", "s", "m")
 
 @dataclass(frozen=True)
 class LadderResult:
-    """Samples/s of both spectral paths for one ladder rung."""
+    """Samples/s of every spectral path for one ladder rung, and the GEMM work they do."""
 
     size: str
     n_params: int
     samples_per_s: dict[str, float]
+    train_flops_per_sample: dict[str, float]  # analytic: 3x the forward's matrix-product FLOPs
 
-    @property
-    def ratio(self) -> float:
-        """fast / reference throughput."""
-        return self.samples_per_s["fast"] / self.samples_per_s["reference"]
+    def ratio(self, path: str, baseline: str) -> float:
+        """``path`` / ``baseline`` throughput."""
+        return self.samples_per_s[path] / self.samples_per_s[baseline]
+
+    def gflops(self, path: str) -> float:
+        """Achieved matrix-product GFLOP/s of ``path`` (the analytic count over the measured time)."""
+        return self.samples_per_s[path] * self.train_flops_per_sample[path] / 1e9
+
+
+def sgemm_peak(device: torch.device, *, n: int = 1024, repeats: int = 10) -> float:
+    """Best GFLOP/s of an ``n x n`` fp32 GEMM on ``device``: the ceiling the ladder's shares refer to."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(device) for _ in range(2))
+    best = time_interleaved({"gemm": lambda: torch.mm(a, b)}, device, repeats=repeats, warmup=2)["gemm"]
+    return 2 * n ** 3 / best / 1e9
 
 
 def _sync(device: torch.device) -> None:
@@ -101,11 +116,14 @@ def time_interleaved(steps: dict[str, Callable[[], None]], device: torch.device,
 
 
 def bench_ladder(device: torch.device, *, resolution: int, batch: int, sizes: Sequence[str],
-                 steps: int, in_channels: int = 4, seed: int = 0) -> list[LadderResult]:
-    """Time reference vs fast training steps for each rung (one member, random data on ``device``).
+                 steps: int, in_channels: int = 4, seed: int = 0, peak: float | None = None) -> list[LadderResult]:
+    """Time the training step of every spectral path for each rung (one member, random data on ``device``).
 
     Returns samples/s = batch / best step time over ``steps`` interleaved timed steps per path.
+    ``peak`` (GFLOP/s, :func:`sgemm_peak`): print each path's share of it.
     """
+    from repro.models.flops import forward_flops
+
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(1, batch, in_channels, resolution, resolution, generator=generator).to(device)
     y = torch.randn(1, batch, resolution, resolution, generator=generator).to(device)
@@ -119,23 +137,32 @@ def bench_ladder(device: torch.device, *, resolution: int, batch: int, sizes: Se
         if device.type == "cuda":
             torch.cuda.empty_cache()
         rates = {path: batch / seconds for path, seconds in best.items()}
-        results.append(LadderResult(size=size, n_params=count_parameters(spec), samples_per_s=rates))
-        print_ladder_row(results[-1], flush=True)
+        flops = {path: 3 * forward_flops(spec, resolution, path) for path in SPECTRAL_PATHS}
+        results.append(LadderResult(size=size, n_params=count_parameters(spec), samples_per_s=rates,
+                                    train_flops_per_sample=flops))
+        print_ladder_row(results[-1], peak, flush=True)
     return results
 
 
-def print_ladder_header(device: torch.device, resolution: int, batch: int, steps: int) -> None:
+def print_ladder_header(device: torch.device, resolution: int, batch: int, steps: int, peak: float | None) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"cpu ({torch.get_num_threads()} threads)"
     print(f"# ladder: training samples/s (best of {steps} interleaved steps), {resolution}x{resolution}, batch {batch}, "
           f"{name}, torch {torch.__version__}")
-    print(f"{'size':>5} {'(w,m)':>9} {'params':>12} {'reference':>11} {'fast':>11} {'fast/ref':>9}")
+    if peak is not None:
+        print(f"# SGEMM peak (1024^3 fp32 GEMM, best of 10): {peak:.1f} GFLOP/s; '% peak' = the path's analytic "
+              "matrix-product FLOPs per second over it")
+    print(f"{'size':>5} {'(w,m)':>9} {'params':>12} {'reference':>11} {'fast':>11} {'fused':>11} {'fast/ref':>9} "
+          f"{'fused/fast':>11} {'fused/ref':>10}" + (f" {'% peak ref/fast/fused':>22}" if peak else ""))
 
 
-def print_ladder_row(r: LadderResult, flush: bool = False) -> None:
+def print_ladder_row(r: LadderResult, peak: float | None = None, flush: bool = False) -> None:
     w, m = MODEL_LADDER[r.size]
-    print(f"{r.size:>5} {f'({w},{m})':>9} {r.n_params:>12,} {r.samples_per_s['reference']:>11.1f} "
-          f"{r.samples_per_s['fast']:>11.1f} {r.ratio:>8.2f}x", flush=flush)
+    rate = r.samples_per_s
+    share = "" if peak is None else " " + f"{'/'.join(f'{100 * r.gflops(p) / peak:.0f}' for p in SPECTRAL_PATHS):>22}"
+    print(f"{r.size:>5} {f'({w},{m})':>9} {r.n_params:>12,} {rate['reference']:>11.1f} {rate['fast']:>11.1f} "
+          f"{rate['fused']:>11.1f} {r.ratio('fast', 'reference'):>8.2f}x {r.ratio('fused', 'fast'):>10.2f}x "
+          f"{r.ratio('fused', 'reference'):>9.2f}x{share}", flush=flush)
 
 
 # --- section "batched": 16 small runs as one ensemble vs one by one ---------------------------
@@ -351,6 +378,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per path; default: 20 on CUDA, 3 on CPU")
     parser.add_argument("--sections", default="ladder,batched,accuracy",
                         help="comma-separated sections to run: ladder, batched, accuracy, bf16")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's); 1 = per core")
     parser.add_argument("--smoke", action="store_true", help="bf16 section: tiny sizes (a seconds-long rehearsal)")
     parser.add_argument("--bf16-epochs", type=int, default=None, help="bf16 section: epochs (default per device)")
     return parser.parse_args(argv)
@@ -370,9 +398,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = sorted(set(sections) - {"ladder", "batched", "accuracy", "bf16"})
     if unknown:
         raise SystemExit(f"unknown section(s) {unknown}; allowed: ladder, batched, accuracy, bf16")
+    if args.threads is not None and not on_cuda:
+        torch.set_num_threads(args.threads)
     if "ladder" in sections:
-        print_ladder_header(device, args.resolution, batch, steps)
-        bench_ladder(device, resolution=args.resolution, batch=batch, sizes=sizes, steps=steps)
+        peak = sgemm_peak(device)
+        print_ladder_header(device, args.resolution, batch, steps, peak)
+        bench_ladder(device, resolution=args.resolution, batch=batch, sizes=sizes, steps=steps, peak=peak)
     spectral = "fast"
     if "batched" in sections:
         # Small-N cell of a grid: 16 runs (4 LRs x 4 seeds), N = 64, one model size.
@@ -394,9 +425,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "accuracy" in sections:
         res, size, n, epochs = (128, "l", 1024, 10) if on_cuda else (32, "xs", 256, 25)
         errs = bench_accuracy(device, size=size, resolution=res, n_train=n, epochs=epochs)
-        diff = abs(errs["fast"] - errs["reference"]) / errs["reference"]
+        diffs = ", ".join(f"{path} {errs[path]:.4f} ({100 * (errs[path] / errs['reference'] - 1):+.2f}%)"
+                          for path in SPECTRAL_PATHS if path != "reference")
         print(f"\naccuracy after {epochs} epochs, model {size}, {res}^2, N={n}: val rel L2 reference "
-              f"{errs['reference']:.4f}, fast {errs['fast']:.4f} (both fp32; relative difference {100 * diff:.2f}%)")
+              f"{errs['reference']:.4f}, {diffs} (all fp32; relative difference to the reference)")
     if "bf16" in sections:
         settings = dict(BF16_SETTINGS["smoke" if args.smoke else ("cuda" if on_cuda else "cpu")])
         if args.bf16_epochs:

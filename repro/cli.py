@@ -125,10 +125,10 @@ def _check_precision(precision: str, device: str, fast: bool | None) -> None:
     """One-line refusal of a precision the runs cannot use (before any data or run is made)."""
     if precision == "fp32":
         return  # always valid; no torch import for the default (a SLURM login node may lack torch)
-    from repro.models.fno import check_precision
+    from repro.models.fno import check_precision, resolve_spectral
 
     try:
-        check_precision(precision, device, None if fast is None else ("fast" if fast else "reference"))
+        check_precision(precision, device, resolve_spectral(fast, device))
     except ValueError as err:
         fail(f"--precision: {err}")
 

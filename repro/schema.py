@@ -35,7 +35,8 @@ P_IN_CHANNELS = "model.in_channels"
 P_UPSTREAM_PDE = "upstream.pde"  # physics of the pre-trained model (transfer / zero_shot)
 P_UPSTREAM_LOW = "upstream.low"
 P_UPSTREAM_HIGH = "upstream.high"
-P_FAST = "fast"  # fast spectral path (truncated DFT) or plain rfft2 reference
+P_FAST = "fast"  # a truncated-DFT path (fast or fused) rather than the plain rfft2 reference
+P_SPECTRAL = "spectral"  # the Fourier-layer implementation run (repro.models.SPECTRAL_PATHS)
 P_PRECISION = "precision"  # forward precision: "fp32" (default) or "bf16" (explicit; repro.models.fno.PRECISIONS)
 
 # --- metrics -----------------------------------------------------------------------------------

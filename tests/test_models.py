@@ -12,7 +12,7 @@ import torch
 from repro.config import MODEL_LADDER, ModelSpec
 from repro.models import (FNO, SPECTRAL_PATHS, CheckpointError, build_dft_basis, build_model,
                           count_parameters, default_spectral, load_checkpoint, load_members,
-                          member_state, save_checkpoint, spectral_fast, spectral_reference)
+                          member_state, resolve_spectral, save_checkpoint, spectral_fast, spectral_reference)
 from repro.models.fno import check_precision
 
 TINY = ModelSpec(in_channels=3, width=6, n_modes=3)
@@ -96,10 +96,12 @@ def test_spectral_weights_dominate_as_protocol_says() -> None:
     (20, 5, 1),   # not a power of two
     (32, 4, 2),
 ])
-def test_fast_equals_reference_outputs_and_gradients(n: int, n_modes: int, members: int) -> None:
+@pytest.mark.parametrize("path", ["fast", "fused"])
+def test_fast_paths_equal_reference_outputs_and_gradients(n: int, n_modes: int, members: int, path: str) -> None:
+    # Width 5 != modes and 3 != batch: a transposed or mislabelled axis cannot cancel out.
     spec = ModelSpec(in_channels=4, width=5, n_modes=n_modes)
     reference = FNO(spec, members=members, spectral="reference", seeds=range(7, 7 + members))
-    fast = FNO(spec, members=members, spectral="fast")
+    fast = FNO(spec, members=members, spectral=path)
     fast.load_state_dict(reference.state_dict())
     x = _input(spec, members, 3, n, seed=n)
     out_r, grads_r, gx_r = _loss_and_grads(reference, x)
@@ -108,6 +110,18 @@ def test_fast_equals_reference_outputs_and_gradients(n: int, n_modes: int, membe
     assert _rel(gx_f, gx_r) <= 1e-5
     for name in grads_r:
         assert _rel(grads_f[name], grads_r[name]) <= 1e-5, name
+
+
+def test_fused_path_rectangular_grid_and_no_grad_evaluation() -> None:
+    """ny != nx exercises the fused bases' y and x orderings separately; eval runs under no_grad."""
+    spec = ModelSpec(in_channels=3, width=6, n_modes=3)
+    reference = FNO(spec, members=2, spectral="reference", seeds=[3, 4])
+    fused = FNO(spec, members=2, spectral="fused")
+    fused.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 3, 8, 14, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert _rel(fused(x), reference(x)) <= 1e-5
+    assert not fused.state_dict().keys() - reference.state_dict().keys()  # bases never in the state
 
 
 def test_spectral_layer_matches_rfft2_in_float64() -> None:
@@ -318,7 +332,9 @@ def test_checkpoint_refuses_unsafe_values(tmp_path: Path) -> None:
 def test_default_spectral_and_cpu_precision() -> None:
     assert default_spectral("cuda") == "fast"
     assert default_spectral(torch.device("cuda", 0)) == "fast"
-    assert default_spectral("cpu") in SPECTRAL_PATHS
+    assert default_spectral("cpu") == "fused"  # measured: benchmarks/bench_train.py --sections ladder
+    assert resolve_spectral(None, "cpu") == resolve_spectral(True, "cpu") == "fused"
+    assert resolve_spectral(False, "cpu") == "reference" and resolve_spectral(True, "cuda") == "fast"
     model = FNO(TINY, spectral="fast")
     assert model.precision == "fp32"  # the default on every device: bf16 only when asked for
     seen = []
@@ -341,6 +357,8 @@ def test_bf16_is_explicit_and_refused_where_runs_cannot_use_it() -> None:
         check_precision("bf16", "cpu")  # ... but runs refuse bf16 on a CPU
     with pytest.raises(ValueError, match="needs the fast spectral path"):
         FNO(TINY, spectral="reference", precision="bf16")
+    with pytest.raises(ValueError, match="needs the fast spectral path, not 'fused'"):
+        FNO(TINY, spectral="fused", precision="bf16")
     with pytest.raises(ValueError, match="precision = 'fp16' is invalid: allowed: fp32, bf16"):
         FNO(TINY, precision="fp16")
 

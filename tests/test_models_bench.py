@@ -19,14 +19,18 @@ def _load_bench():
     return module
 
 
-def test_ladder_benchmark_prints_both_paths(capsys: pytest.CaptureFixture[str]) -> None:
+def test_ladder_benchmark_prints_every_path_and_its_share_of_peak(capsys: pytest.CaptureFixture[str]) -> None:
     bench = _load_bench()
-    bench.main(["--device", "cpu", "--resolution", "16", "--batch", "2", "--sizes", "xxs,xs", "--steps", "1",
-                "--sections", "ladder"])
+    bench.main(["--device", "cpu", "--threads", "1", "--resolution", "16", "--batch", "2", "--sizes", "xxs,xs",
+                "--steps", "1", "--sections", "ladder"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("# ladder") and "reference" in lines[1] and "fast" in lines[1]
-    assert [line.split()[0] for line in lines[2:]] == ["xxs", "xs"]
-    assert all(line.endswith("x") for line in lines[2:])
+    assert lines[0].startswith("# ladder") and "(1 threads)" in lines[0] and lines[1].startswith("# SGEMM peak")
+    assert all(name in lines[2] for name in ("reference", "fast", "fused", "fused/fast", "% peak"))
+    rows = lines[3:]
+    assert [line.split()[0] for line in rows] == ["xxs", "xs"]
+    # three ratios, then ref/fast/fused shares of the measured GEMM peak (positive percentages)
+    assert all(len(line.split()[-1].split("/")) == 3 for line in rows)
+    assert all(0 < float(v) for line in rows for v in line.split()[-1].split("/"))
 
 
 def test_ladder_benchmark_rejects_unknown_size() -> None:
@@ -42,9 +46,10 @@ def test_batched_and_accuracy_sections_run_through_the_engine_loop() -> None:
                                           epochs=2, spectral="fast")
     assert together > 0 and alone > 0
     errors = bench.bench_accuracy(torch.device("cpu"), size="xxs", resolution=16, n_train=16, epochs=2)
-    assert set(errors) == {"reference", "fast"}
-    # Same init, data order and LR: the two spectral paths train to the same error (fp32 on CPU).
+    assert set(errors) == {"reference", "fast", "fused"}
+    # Same init, data order and LR: the spectral paths train to the same error (fp32 on CPU).
     assert abs(errors["fast"] - errors["reference"]) <= 1e-3 * errors["reference"]
+    assert abs(errors["fused"] - errors["reference"]) <= 1e-3 * errors["reference"]
 
 
 def test_bf16_section_compares_the_two_precisions(capsys: pytest.CaptureFixture[str]) -> None:

@@ -251,6 +251,7 @@ def test_cli_trains_a_scratch_run(store) -> None:
     params = MlflowClient(store["uri"]).get_run(run_id).data.params
     # precision is an execution option like fast: logged on every run, not part of the run_key
     assert params[schema.P_PRECISION] == "fp32" and params[schema.P_FAST] == "True"
+    assert params[schema.P_SPECTRAL] == "fused"  # the CPU default
 
 
 def test_cpu_ensembles_stay_cache_sized() -> None:
@@ -355,6 +356,8 @@ class _MatmulFlops(torch.overrides.TorchFunctionMode):
         out = func(*args, **(kwargs or {}))
         if func in (torch.matmul, torch.bmm, torch.Tensor.matmul, torch.Tensor.__matmul__):
             self.flops += 2 * out.numel() * args[0].shape[-1]  # (..., M, K) @ (..., K, N) -> (..., M, N)
+        elif func in (torch.baddbmm, torch.Tensor.baddbmm_):  # C + A @ B: the fused path's GEMMs
+            self.flops += 2 * out.numel() * args[1].shape[-1]
         return out
 
 
@@ -371,12 +374,15 @@ def test_forward_flops_match_a_hand_count_and_the_executed_matmuls() -> None:
     assert forward_flops(spec, 8, "fast") == pointwise + 2 * (6 * (512 + 512) + mixing) == 19584
     # Reference: rfft2 / irfft2 at 2.5 N log2 N per channel, N = 64: 960.
     assert forward_flops(spec, 8, "reference") == pointwise + 2 * (6 * 960 + mixing) == 18816
-    # The fast path is nothing but matmuls: a count of the executed GEMMs agrees exactly.
+    # The fast paths are nothing but matmuls: a count of the executed GEMMs agrees exactly (the fused
+    # path computes the 2w -> 1 projection as an elementwise product and sum, 2 FLOPs per weight).
+    assert forward_flops(spec, 8, "fused") == forward_flops(spec, 8, "fast")
     for model_spec, n in ((spec, 8), (ModelSpec(in_channels=4, width=16, n_modes=4), 16)):
-        model = FNO(model_spec, spectral="fast")
-        with torch.no_grad(), _MatmulFlops() as counter:
-            model(torch.randn(1, 3, model_spec.in_channels, n, n))  # one member, 3 samples
-        assert counter.flops == 3 * forward_flops(model_spec, n, "fast")
+        for path, not_gemm in (("fast", 0), ("fused", 2 * 2 * model_spec.width * n * n)):
+            model = FNO(model_spec, spectral=path)
+            with torch.no_grad(), _MatmulFlops() as counter:
+                model(torch.randn(1, 3, model_spec.in_channels, n, n))  # one member, 3 samples
+            assert counter.flops + 3 * not_gemm == 3 * forward_flops(model_spec, n, path), path
     with pytest.raises(ValueError, match="spectral"):
         forward_flops(spec, 8, "fft")
 
@@ -395,7 +401,7 @@ def test_runs_record_convergence_and_compute_and_collect_reads_them(store) -> No
     assert [o.status for o in outcomes] == [schema.FINISHED] * 2, [o.failure_reason for o in outcomes]
     df = collect_runs(store["uri"]).set_index(schema.C_RUN_ID)
     row_pre, row_short, row_zero = (df.loc[o.run_id] for o in (store["outcome"], *outcomes))
-    per_sample = forward_flops(pre.model_spec, 16, "fast")  # the CPU default path
+    per_sample = forward_flops(pre.model_spec, 16, "fused")  # the CPU default path
     # Pre-training: 6 epochs x 96 samples, x3 for forward + backward, and 6 validation passes of 16.
     assert row_pre[schema.M_SAMPLE_STEPS] == 6 * 96
     assert row_pre[schema.M_FLOPS] == pytest.approx(3 * per_sample * 6 * 96 + per_sample * 16 * 6)

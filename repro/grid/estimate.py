@@ -62,9 +62,9 @@ def calibrate(spec: RunSpec, *, device: str = "cpu", fast: bool | None = None, b
         finally:
             torch.set_num_threads(before)
 
-    from repro.models import FNO, default_spectral
+    from repro.models import FNO, resolve_spectral
 
-    spectral = ("fast" if fast else "reference") if fast is not None else default_spectral(device)
+    spectral = resolve_spectral(fast, device)
     model_spec = spec.model_spec
     res = spec.data.resolution
     model = FNO(model_spec, members=1, spectral=spectral, precision=precision, seeds=[0]).to(device)

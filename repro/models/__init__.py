@@ -3,7 +3,7 @@
 from repro.models.checkpoint import (Checkpoint, CheckpointError, build_model, load_checkpoint,
                                      save_checkpoint)
 from repro.models.fno import (FNO, SPECTRAL_PATHS, count_parameters, default_spectral, load_members,
-                              member_state)
+                              member_state, resolve_spectral)
 from repro.models.spectral import build_dft_basis, spectral_fast, spectral_reference
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "load_checkpoint",
     "load_members",
     "member_state",
+    "resolve_spectral",
     "save_checkpoint",
     "spectral_fast",
     "spectral_reference",

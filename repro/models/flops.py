@@ -26,7 +26,7 @@ def spectral_flops(in_channels: int, out_channels: int, n_modes: int, resolution
         Kept modes ``m`` per corner block (two ``m x m`` blocks).
     resolution : int
         Grid side ``n``.
-    spectral : {"fast", "reference"}
+    spectral : {"fast", "fused", "reference"}
         ``"fast"``: the truncated-DFT GEMMs of :func:`repro.models.spectral.spectral_fast` --
         forward along x ``(n, n) @ (n, 2m)`` per input channel (``4 m n²`` FLOPs), along y
         ``(m, 2n) @ (2n, 4m)`` (``16 m² n``), and the same two back per output channel.
@@ -41,12 +41,12 @@ def spectral_flops(in_channels: int, out_channels: int, n_modes: int, resolution
     """
     i, o, m, n = in_channels, out_channels, n_modes, resolution
     mixing = 16.0 * i * o * m * m
-    if spectral == "fast":
+    if spectral in ("fast", "fused"):  # the same GEMMs, in another memory layout
         return (i + o) * (4.0 * m * n * n + 16.0 * m * m * n) + mixing
     if spectral == "reference":
         points = n * n
         return (i + o) * 2.5 * points * math.log2(points) + mixing
-    raise ValueError(f"spectral = {spectral!r} is invalid: allowed: fast, reference")
+    raise ValueError(f"spectral = {spectral!r} is invalid: allowed: fast, fused, reference")
 
 
 def forward_flops(spec: ModelSpec, resolution: int, spectral: str) -> float:

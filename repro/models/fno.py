@@ -21,14 +21,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from repro.config import ModelSpec
-from repro.models.spectral import (DFTBasis, build_dft_basis, check_resolution, spectral_fast,
-                                   spectral_reference)
+from repro.models.spectral import (DFTBasis, FusedBasis, build_dft_basis, build_fused_basis, check_resolution,
+                                   fourier_layer_fused, spectral_fast, spectral_reference)
 
 __all__ = ["FNO", "PRECISIONS", "SPECTRAL_PATHS", "check_precision", "count_parameters", "default_spectral",
-           "load_members", "member_state"]
+           "load_members", "member_state", "resolve_spectral"]
 
-#: The two implementations of the spectral layer (same function, see repro.models.spectral).
-SPECTRAL_PATHS: tuple[str, ...] = ("reference", "fast")
+#: The implementations of the FNO's Fourier layers (same function, see repro.models.spectral):
+#: "reference" (rfft2), "fast" (truncated-DFT GEMMs in the (M, B, C, ny, nx) layout) and "fused"
+#: (the same truncated DFT in a spatial-major (M, ny, nx, B, C) layout where every transform is
+#: one GEMM on data where it lies, the 1x1 skip and the biases are accumulated inside GEMMs, and
+#: no activation-sized permute copy is made).
+SPECTRAL_PATHS: tuple[str, ...] = ("reference", "fast", "fused")
 
 #: Forward precisions.  "fp32" is the default everywhere.  "bf16" autocasts the forward's GEMMs
 #: to bf16 (parameters, optimiser state and the returned prediction stay fp32) for tensor-core
@@ -42,8 +46,11 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 #: 2-core CPU machine (torch 2.13, fp32, training-step samples/s, fast / reference, best of 3-4
 #: interleaved steps on a shared, loaded box): 128² batch 8: xxs 2.5x, xs 1.8x, s 1.9x, m 1.8x
 #: (l 3.8x, xl 6.6x in a noisier run); 64² batch 16: xxs 2.5x, xs 2.4x, s 1.9x, m 1.3x.
-#: Computing only the kept modes wins at every ladder size, so the CPU default is "fast".
-_CPU_DEFAULT = "fast"
+#: Computing only the kept modes wins at every ladder size, so it replaced the reference.
+#: The fused path then beat it (benchmarks/bench_train.py --sections ladder, one thread, fp32,
+#: training-step samples/s, interleaved): see FUSED_SPEEDUP_NOTE in that benchmark; it is the CPU
+#: default.  On CUDA the fast path stays the default until the fused one is measured there.
+_CPU_DEFAULT = "fused"
 
 
 def count_parameters(spec: ModelSpec) -> int:
@@ -83,6 +90,15 @@ def default_spectral(device: torch.device | str) -> str:
     return "fast" if torch.device(device).type == "cuda" else _CPU_DEFAULT
 
 
+def resolve_spectral(fast: bool | None, device: torch.device | str) -> str:
+    """The spectral path of a run from its ``--fast/--reference`` switch.
+
+    ``None`` (no switch) and ``True`` both pick the fastest path on ``device``
+    (:func:`default_spectral`); ``False`` picks the rfft2 reference.
+    """
+    return "reference" if fast is False else default_spectral(device)
+
+
 def check_precision(precision: str, device: torch.device | str | None = None,
                     spectral: str | None = None) -> None:
     """Refuse a precision that is unknown or that a run on ``device`` / ``spectral`` cannot use.
@@ -98,8 +114,8 @@ def check_precision(precision: str, device: torch.device | str | None = None,
         xs) but adds the bf16 error floor, and its accuracy is benchmarked on GPUs only.
         (:class:`FNO` itself autocasts on any device, so benchmarks/bench_train.py can rehearse
         the bf16 path on a CPU.)
-    spectral : {"reference", "fast"}, optional
-        Spectral path; bf16 needs "fast" (``torch.fft`` has no bf16 kernels).
+    spectral : {"reference", "fast", "fused"}, optional
+        Spectral path; bf16 needs "fast" (``torch.fft`` has no bf16 kernels, the fused path is fp32).
 
     Raises
     ------
@@ -110,9 +126,9 @@ def check_precision(precision: str, device: torch.device | str | None = None,
         raise ValueError(f"precision = {precision!r} is invalid: allowed: {', '.join(PRECISIONS)}")
     if precision != "bf16":
         return
-    if spectral == "reference":
-        raise ValueError("precision = 'bf16' needs the fast spectral path (torch.fft has no bf16 kernels): "
-                         "use the fast path or fp32")
+    if spectral is not None and spectral != "fast":
+        raise ValueError(f"precision = 'bf16' needs the fast spectral path, not {spectral!r} (torch.fft has no bf16 "
+                         "kernels; the fused path is fp32 only): use the fast path or fp32")
     if device is not None and torch.device(device).type != "cuda":
         raise ValueError(f"precision = 'bf16' needs a CUDA device, not {str(device)!r}: runs on a CPU are fp32 "
                          "(bf16 is no faster there and its accuracy is benchmarked on GPUs only)")
@@ -191,9 +207,10 @@ class FNO(nn.Module):
         Architecture (input channels, width ``w``, kept modes ``m``, Fourier layers).
     members : int, default 1
         Ensemble size ``M``; every parameter has leading dimension ``M``.
-    spectral : {"reference", "fast"}, default "reference"
-        Spectral-layer implementation: ``torch.fft``, or truncated-DFT GEMMs over the kept
-        modes only.  Same function, same precision (fp32 unless ``precision="bf16"``).
+    spectral : {"reference", "fast", "fused"}, default "reference"
+        Fourier-layer implementation: ``torch.fft``, truncated-DFT GEMMs over the kept modes
+        only, or the same in a spatial-major layout (:data:`SPECTRAL_PATHS`).  Same function,
+        same precision (fp32 unless ``precision="bf16"``, fast path only).
     seeds : sequence of int, optional
         One initialisation seed per member (default ``0..M-1``).  Member ``i`` of an ensemble
         built with seeds ``(s_0, ..., s_{M-1})`` equals a one-member model built with ``s_i``.
@@ -278,6 +295,14 @@ class FNO(nn.Module):
             return basis
         return DFTBasis(*cached)
 
+    def _fused_basis(self, ny: int, nx: int, device: torch.device, dtype: torch.dtype) -> FusedBasis:
+        """The fused path's matrices for this grid, cached in plain attributes (never in the state)."""
+        key = (ny, nx, device, dtype)
+        cache = self.__dict__.setdefault("_fused_bases", {})
+        if key not in cache:
+            cache[key] = build_fused_basis(ny, nx, self.spec.n_modes, device=device, dtype=dtype)
+        return cache[key]
+
     def forward(self, x: Tensor) -> Tensor:
         """Apply every member to its own batch: ``(M, B, C_in, ny, nx)`` -> ``(M, B, ny, nx)``."""
         if x.dim() != 5 or x.shape[0] != self.members or x.shape[2] != self.spec.in_channels:
@@ -287,6 +312,8 @@ class FNO(nn.Module):
             )
         ny, nx = x.shape[-2:]
         check_resolution(ny, nx, self.spec.n_modes)
+        if self.spectral == "fused":
+            return self._forward_fused(x)
         if self.precision == "bf16":
             # bf16 GEMMs (tensor cores on CUDA); the prediction returns to fp32 for the loss.
             with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
@@ -308,6 +335,27 @@ class FNO(nn.Module):
                 h = F.gelu(h)
         h = F.gelu(self.proj1(h))                            # (M, B, 2w, ny, nx)
         return self.proj2(h).squeeze(2)                      # (M, B, 1, ny, nx) -> (M, B, ny, nx)
+
+    def _forward_fused(self, x: Tensor) -> Tensor:
+        """The forward in the spatial-major layout ``(M, ny * nx * B, C)`` (see :data:`SPECTRAL_PATHS`)."""
+        n_members, batch, in_channels, ny, nx = x.shape
+        basis = self._fused_basis(ny, nx, x.device, x.dtype)
+
+        def pointwise(h: Tensor, linear: MemberLinear) -> Tensor:
+            # bias + h @ W^T per member as one GEMM with beta = 1 (no separate bias pass).
+            return torch.baddbmm(linear.bias.unsqueeze(1), h, linear.weight.transpose(1, 2))
+
+        h = pointwise(x.permute(0, 3, 4, 1, 2).reshape(n_members, ny * nx * batch, in_channels), self.lift)
+        last = len(self.layers) - 1
+        for k, layer in enumerate(self.layers):
+            h = fourier_layer_fused(h, layer.spectral.weight, pointwise(h, layer.skip), basis, ny, nx)
+            if k < last:  # no activation after the last Fourier layer (authors' code)
+                h = F.gelu(h)
+        h = F.gelu(pointwise(h, self.proj1))                 # (M, P B, 2w)
+        # The 2w -> 1 projection as a weighted sum: a GEMM with one output column (and its k = 1
+        # backward) is far slower on CPU than this elementwise product and reduction.
+        out = (h * self.proj2.weight).sum(-1) + self.proj2.bias   # (M, P B)
+        return out.view(n_members, ny, nx, batch).permute(0, 3, 1, 2)  # (M, B, ny, nx)
 
 
 def member_state(model: FNO, i: int) -> dict[str, Tensor]:

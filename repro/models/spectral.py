@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["DFTBasis", "build_dft_basis", "check_resolution", "spectral_fast",
+__all__ = ["DFTBasis", "FusedBasis", "build_dft_basis", "build_fused_basis", "check_resolution",
+           "fourier_layer_fused", "spectral_fast",
            "spectral_reference"]
 
 
@@ -185,3 +186,113 @@ def spectral_fast(x: Tensor, weight: Tensor, basis: DFTBasis) -> Tensor:
     # Real inverse along x over (re/im, kx): (M,B,O,m,2,ny) -> (M,B,O,ny,2,m) -> (M,B,O,ny,2m) @ (2m,nx).
     z = z.view(*lead, out_channels, m, 2, ny).permute(0, 1, 2, 5, 4, 3).reshape(*lead, out_channels, ny, 2 * m)
     return torch.matmul(z, basis.ix)                         # (M, B, O, ny, nx)
+
+
+# --- the fused path: spatial-major layout, every transform one GEMM ------------------------------
+
+@dataclass(frozen=True)
+class FusedBasis:
+    """Truncated-DFT matrices of :func:`fourier_layer_fused`, laid out for a spatial-major layout.
+
+    Activations of the fused path have shape ``(M, ny, nx, B, C)`` (flattened as needed), so every
+    transform contracts a *leading* axis against a trailing block that is ``B * C`` (or more)
+    wide: each one is a plain GEMM that reads its operand where it lies, and none of the
+    permute copies of :func:`spectral_fast` is needed.  The matrices are those of
+    :class:`DFTBasis` with their rows and columns ordered to match (re/im and wavenumber axes
+    interleaved in the order the next step reads them).  Same function as
+    :func:`spectral_reference`.
+
+    Attributes
+    ----------
+    fx : Tensor
+        ``(2m, nx)`` forward along x; rows ``(re/im, kx)``: ``[cos ; -sin](2 pi kx x / nx)``.
+    fy : Tensor
+        ``(4m, 2ny)`` forward along y, complex ``Y = (C - iS) H`` as a real block matrix; rows
+        ``(re/im out, ky)``, columns ``(y, re/im in)`` -- the order the x step leaves them in.
+    iy : Tensor
+        ``(2ny, 4m)`` inverse along y, ``X = (C + iS)^T Z``; rows ``(y, re/im out)`` so that
+        the x inverse finds ``(re/im, kx)`` adjacent, columns ``(re/im in, ky)``.
+    ix : Tensor
+        ``(nx, 2m)`` real inverse along x (Hermitian weights as :class:`DFTBasis`); columns
+        ``(re/im, kx)``.
+    """
+
+    fx: Tensor
+    fy: Tensor
+    iy: Tensor
+    ix: Tensor
+
+
+def build_fused_basis(ny: int, nx: int, n_modes: int, *, device: torch.device | str | None = None,
+                      dtype: torch.dtype = torch.float32) -> FusedBasis:
+    """Precompute the matrices of :func:`fourier_layer_fused` (float64, rounded once to ``dtype``)."""
+    check_resolution(ny, nx, n_modes)
+    m = n_modes
+    kx = torch.arange(m, dtype=torch.int64)
+    ky = torch.cat([torch.arange(m), torch.arange(ny - m, ny)]).to(torch.int64)
+    sx, sy = 1.0 / math.sqrt(nx), 1.0 / math.sqrt(ny)
+    px = _phase(kx, torch.arange(nx, dtype=torch.int64), nx)      # (m, nx)
+    py = _phase(ky, torch.arange(ny, dtype=torch.int64), ny)      # (2m, ny)
+    c, s = torch.cos(py) * sy, torch.sin(py) * sy                 # (2m ky, ny) each
+
+    fx = torch.cat([torch.cos(px), -torch.sin(px)], dim=0) * sx   # (2m, nx)
+    # Yr = C Hr + S Hi, Yi = -S Hr + C Hi: indices (out re/im, ky, y, in re/im).
+    fy = torch.zeros(2, 2 * m, ny, 2, dtype=torch.float64)
+    fy[0, :, :, 0], fy[0, :, :, 1] = c, s
+    fy[1, :, :, 0], fy[1, :, :, 1] = -s, c
+    # Xr = C^T Zr - S^T Zi, Xi = S^T Zr + C^T Zi: indices (y, out re/im, in re/im, ky).
+    iy = torch.zeros(ny, 2, 2, 2 * m, dtype=torch.float64)
+    iy[:, 0, 0], iy[:, 0, 1] = c.T, -s.T
+    iy[:, 1, 0], iy[:, 1, 1] = s.T, c.T
+    hermitian = torch.full((m, 1), 2.0, dtype=torch.float64)
+    hermitian[0] = 1.0                                            # kx = 0 appears once
+    ix = torch.cat([hermitian * torch.cos(px), -hermitian * torch.sin(px)], dim=0).T * sx  # (nx, 2m)
+    mats = (fx, fy.reshape(4 * m, 2 * ny), iy.reshape(2 * ny, 4 * m), ix)
+    return FusedBasis(*(t.to(device=device, dtype=dtype).contiguous() for t in mats))
+
+
+def fourier_layer_fused(h: Tensor, weight: Tensor, skip: Tensor, basis: FusedBasis, ny: int, nx: int) -> Tensor:
+    """One Fourier layer ``SpectralConv(h) + skip`` in the spatial-major layout of the fused path.
+
+    Parameters
+    ----------
+    h : Tensor
+        Layer input ``(M, ny * nx * B, I)`` (row index ``(y, x, b)``), contiguous.
+    weight : Tensor
+        Mode weights ``(M, 2, m, m, I, O, 2)`` as :func:`spectral_fast`.
+    skip : Tensor
+        The 1x1-convolution branch ``(M, ny * nx * B, O)``, freshly computed: the inverse x
+        transform accumulates into it in place (one GEMM with beta = 1 instead of a GEMM plus an
+        add over the whole activation); autograd allows it because no backward needs ``skip``.
+    basis : FusedBasis
+        From :func:`build_fused_basis` for this grid, device and dtype.
+    ny, nx : int
+        Grid shape.
+
+    Returns
+    -------
+    Tensor
+        ``skip + SpectralConv(h)``, ``(M, ny * nx * B, O)`` (the same storage as ``skip``).
+    """
+    n_members, rows, in_channels = h.shape
+    m, out_channels = weight.shape[2], weight.shape[5]
+    if basis.fx.shape != (2 * m, nx) or basis.fy.shape != (4 * m, 2 * ny):
+        raise ValueError(f"fused DFT basis was built for another grid or n_modes than {ny}x{nx}, m = {m}")
+    batch, modes = rows // (ny * nx), 2 * m * m
+    bi, bo = batch * in_channels, batch * out_channels
+    # Along x: per (member, y) row, (2m, nx) @ (nx, B I) -> (M, ny, [re/im, kx], B, I).
+    t = torch.matmul(basis.fx, h.view(n_members * ny, nx, bi))
+    # Along y: per member, (4m, 2ny) @ (2ny, m B I) -> (M, [re/im, ky], kx, B, I) = (M, 2, modes, B, I).
+    t = torch.matmul(basis.fy, t.view(n_members, 2 * ny, m * bi)).view(n_members, 2, modes, batch, in_channels)
+    # Mode mixing: per (member, mode), (B, I) @ (I, [O, re/im of W]); weight (M, 2, m, m, I, O, 2) is
+    # already (M, modes, I, 2O) with the mode order (corner, ky, kx) of fy's rows.
+    w = weight.reshape(n_members, modes, in_channels, 2 * out_channels)
+    p_re = torch.matmul(t[:, 0], w).view(n_members, modes, batch, out_channels, 2)   # [Yr Wr, Yr Wi]
+    p_im = torch.matmul(t[:, 1], w).view(n_members, modes, batch, out_channels, 2)   # [Yi Wr, Yi Wi]
+    z = torch.stack([p_re[..., 0] - p_im[..., 1], p_re[..., 1] + p_im[..., 0]], dim=1)  # (M, 2, modes, B, O)
+    # Inverse along y: (2ny, 4m) @ (4m, m B O) -> (M, [y, re/im], kx, B, O).
+    z = torch.matmul(basis.iy, z.view(n_members, 4 * m, m * bo))
+    # Inverse along x, accumulated into the skip branch: skip[(y), x, (b, o)] += ix @ z[(y), (re/im, kx), (b, o)].
+    out = skip.view(n_members * ny, nx, bo)
+    out.baddbmm_(basis.ix.expand(n_members * ny, nx, 2 * m), z.view(n_members * ny, 2 * m, bo))
+    return skip

@@ -30,7 +30,7 @@ from repro.config import DatasetSpec, RunSpec, to_dict
 from repro.data import SplitData, default_data_dir, load_split, to_layout
 from repro.data.normalise import Normaliser, build_inputs, fit_normaliser
 from repro.data.subsets import nested_subset
-from repro.models import FNO, default_spectral, load_members, member_state
+from repro.models import FNO, load_members, member_state, resolve_spectral
 from repro.models.fno import check_precision
 from repro.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from repro.models.flops import forward_flops
@@ -145,7 +145,7 @@ def execute(specs: Sequence[RunSpec], *, tracking_uri: str, data_dir: Path | Non
     ValueError
         ``precision`` unknown, or bf16 on a CPU or with the reference path (before any run starts).
     """
-    spectral = ("fast" if fast else "reference") if fast is not None else default_spectral(device)
+    spectral = resolve_spectral(fast, device)
     check_precision(precision, device, spectral)
     tracking.init_store(tracking_uri)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
@@ -271,7 +271,8 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
 def _model_params(spec: RunSpec, spectral: str, precision: str) -> dict[str, object]:
     model = spec.model_spec
     return {schema.P_WIDTH: model.width, schema.P_N_MODES: model.n_modes,
-            schema.P_IN_CHANNELS: model.in_channels, schema.P_FAST: spectral == "fast",
+            schema.P_IN_CHANNELS: model.in_channels, schema.P_FAST: spectral != "reference",
+            schema.P_SPECTRAL: spectral,
             schema.P_PRECISION: precision}
 
 
