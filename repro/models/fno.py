@@ -352,9 +352,7 @@ class FNO(nn.Module):
             if k < last:  # no activation after the last Fourier layer (authors' code)
                 h = F.gelu(h)
         h = F.gelu(pointwise(h, self.proj1))                 # (M, P B, 2w)
-        # The 2w -> 1 projection as a weighted sum: a GEMM with one output column (and its k = 1
-        # backward) is far slower on CPU than this elementwise product and reduction.
-        out = (h * self.proj2.weight).sum(-1) + self.proj2.bias   # (M, P B)
+        out = pointwise(h, self.proj2)                       # (M, P B, 1)
         return out.view(n_members, ny, nx, batch).permute(0, 3, 1, 2)  # (M, B, ny, nx)
 
 
