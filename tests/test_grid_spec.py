@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -376,3 +377,67 @@ def test_grid_psi_targeting_applies_to_sys2_datasets_only(tmp_path):
     assert not {r.run_key for r in default if r.spec.data.pde != "poisson"} & set(authors.keys)
     with pytest.raises(SpecError, match="psi_targeting = 'table' is invalid: allowed: exact, authors"):
         load_grid(_tiny(tmp_path, 'psi_targeting = "table"\n' + TINY))
+
+
+COMPOSITE = TINY.split("[[shifts]]")[0] + """
+[[experiments]]
+name = "E1"
+pretrain_seeds = [0, 1]
+[[experiments.shifts]]
+upstream = "poisson(1,5)"
+downstream = "poisson(5,10)"
+
+[[experiments]]
+name = "E2"
+models = ["xxs", "xs"]
+n_train = [16]
+seeds = [0]
+[[experiments.shifts]]
+upstream = "poisson(1,5)"
+downstream = "poisson(5,10)"
+
+[[experiments]]
+name = "E4"
+n_train = [8]
+[[experiments.shifts]]
+upstream = "mixed"
+downstream = "poisson(1,5)"
+"""
+
+
+def test_composite_grid_is_the_union_of_its_blocks_with_shared_runs_once(tmp_path):
+    grid = load_grid(_tiny(tmp_path, COMPOSITE))
+    blocks = grid.blocks()
+    assert [len(b.models) for b in blocks] == [1, 2, 1] and blocks[1].n_train == (16,)
+    plan = expand(grid)
+    union = {}
+    for block in blocks:
+        union.update({r.run_key: r for r in expand(block).runs})
+    assert set(plan.keys) == set(union) and len(plan.keys) == len(set(plan.keys))
+    # E2's xxs runs at N = 16, seed 0 on the headline shift are E1's: trained once, not twice.
+    e1 = set(expand(blocks[0]).keys)
+    e2 = set(expand(blocks[1]).keys)
+    shared = e1 & e2
+    assert shared and all(plan[k].spec.model == "xxs" for k in shared)
+    assert len(plan) == len(e1 | e2 | set(expand(blocks[2]).keys))
+    # Pre-training seeds are a per-block axis: two for E1's (poisson(1,5), xxs), one for E2's xs.
+    pre = Counter((r.spec.data.label, r.spec.model) for r in plan.pretrain)
+    assert pre == {("poisson(1,5)", "xxs"): 2, ("poisson(1,5)", "xs"): 1, ("mixed", "xxs"): 1}
+    # The stream rule sees the whole grid: E4's in-distribution poisson(1,5) task draws its own
+    # samples because E1 pre-trains on poisson(1,5), though E4's own block has no such upstream.
+    e4 = [r for r in plan.downstream if r.spec.data.label == "poisson(1,5)"]
+    assert e4 and {r.spec.data.stream for r in e4} == {"downstream"}
+    assert {r.spec.data.stream for r in plan.pretrain if r.spec.data.label == "poisson(1,5)"} == {"default"}
+
+
+@pytest.mark.parametrize(("edit", "needle"), [
+    (lambda t: t.replace('name = "E2"', 'name = "E1"'), "each block needs its own name"),
+    (lambda t: t.replace('models = ["xxs", "xs"]', 'models = ["xxl"]'), "experiments[1] (E2): models"),
+    (lambda t: t.replace("n_train = [16]\nseeds", "n_train = [999]\nseeds"), "experiments[1] (E2): n_train"),
+    (lambda t: t.replace('name = "E4"', 'name = "E 4"'), "name = 'E 4' is invalid"),
+    (lambda t: t + '\n[[experiments]]\nname = "E5"\nwidth = 3\n', "unknown key(s) width"),
+    (lambda t: t.split("[[experiments]]")[0], "shifts = [] is invalid"),
+])
+def test_bad_composite_grids_name_the_block_and_key(tmp_path, edit, needle):
+    with pytest.raises(SpecError, match=re.escape(needle)):
+        load_grid(_tiny(tmp_path, edit(COMPOSITE)))

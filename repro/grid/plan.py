@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from repro import schema
 from repro.config import RunSpec
@@ -178,9 +178,18 @@ def expand(grid: GridSpec) -> Plan:
             pretrain_seed = prev.pretrain_seed
         runs[key] = PlannedRun(spec=spec, role=role, shifts=shifts, pretrain_seed=pretrain_seed)
 
+    pre: dict[tuple[str, str, int], RunSpec] = {}
+    for block in grid.blocks():
+        _expand_block(block, add, pre)
+    ordered = [r for r in runs.values() if r.role == ROLE_PRETRAIN] + \
+              [r for r in runs.values() if r.role != ROLE_PRETRAIN]
+    return Plan(grid=grid, runs=tuple(ordered))
+
+
+def _expand_block(grid: GridSpec, add: Callable[..., None], pre: dict[tuple[str, str, int], RunSpec]) -> None:
+    """Add one plain grid's runs (``pre``: pre-training runs by (upstream, model, seed), shared by blocks)."""
     needs_pretrain = any(arm in grid.arms for arm in ("transfer", "zero_shot"))
     pre_seeds = grid.pretrain.all_seeds if needs_pretrain else ()
-    pre: dict[tuple[str, str, int], RunSpec] = {}
     for shift in grid.shifts if needs_pretrain else ():
         for model in grid.models:
             for pseed in pre_seeds:
@@ -218,6 +227,3 @@ def expand(grid: GridSpec) -> Plan:
                                             epochs=epochs, layout="mixed" if mixed_up else "native",
                                             batch_size=grid.batch_size, seed=seed, init_from=source.run_key,
                                             eval_every=ft.eval_every), ROLE_DOWNSTREAM, shift.label, pseed)
-    ordered = [r for r in runs.values() if r.role == ROLE_PRETRAIN] + \
-              [r for r in runs.values() if r.role != ROLE_PRETRAIN]
-    return Plan(grid=grid, runs=tuple(ordered))

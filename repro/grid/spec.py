@@ -41,10 +41,11 @@ naming the file, the key and what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from repro.config import ARMS, MODEL_LADDER, PSI_TARGETINGS, SINGLE_PDES, DatasetSpec, SpecError, from_mapping
@@ -179,6 +180,34 @@ class Shift:
         return f"{self.upstream} -> {self.downstream}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class Experiment:
+    """One block of a composite grid (``[[experiments]]``): its own axes, the grid's settings.
+
+    A study such as PROTOCOL §3's E1-E4 needs different axes per experiment (many N on the
+    headline shift, several sizes on one shift, many shifts at one size, ...); one Cartesian
+    product would multiply them all.  Every axis left out is the grid's own (top-level) value.
+    The grid's plan is the union of its blocks' runs: a run two blocks share (same spec, hence
+    same run_key) is trained once, and the analysis sees one grid.
+    """
+
+    name: str
+    description: str = ""
+    models: tuple[str, ...] | None = None
+    n_train: tuple[int, ...] | None = None
+    arms: tuple[str, ...] | None = None
+    lrs: tuple[float, ...] | None = None
+    seeds: tuple[int, ...] | None = None
+    multi_seed_max_n: int | None = None
+    #: Pre-training seeds of this block's upstream models (default: ``[pretrain]``'s).
+    pretrain_seeds: tuple[int, ...] | None = None
+    shifts: tuple[Shift, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            raise SpecError(f"name = {self.name!r} is invalid: expected letters, digits, '-', '_' or '.'")
+
+
 def parse_label(label: str, *, allow_mixed: bool, key: str = "label") -> tuple[str, float | None, float | None]:
     """``"poisson(1,5)"`` -> ``("poisson", 1.0, 5.0)``; ``"mixed"`` -> ``("mixed", None, None)``."""
     if allow_mixed and label.strip() == "mixed":
@@ -213,13 +242,21 @@ class GridSpec:
     downstream: Sizes
     pretrain: Pretrain
     finetune: Finetune
-    shifts: tuple[Shift, ...]
+    #: Required unless ``experiments`` are given (then each block names its own, or inherits these).
+    shifts: tuple[Shift, ...] = ()
+    #: Blocks of a composite grid (see :class:`Experiment`); none: the grid is one Cartesian product.
+    experiments: tuple[Experiment, ...] = ()
+    #: The composite grid a block was cut from (set by :meth:`blocks`, never read from TOML): a
+    #: block's datasets follow the stream rule of the whole grid (:meth:`dataset`).
+    parent: GridSpec | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.label):
             raise SpecError(f"label = {self.label!r} is invalid: expected letters, digits, '-', '_' or '.'")
         axes = {"models": self.models, "n_train": self.n_train, "arms": self.arms, "lrs": self.lrs,
-                "seeds": self.seeds, "shifts": self.shifts}
+                "seeds": self.seeds}
+        if not self.experiments or self.shifts:
+            axes["shifts"] = self.shifts
         for name, values in axes.items():
             if not values:
                 raise SpecError(f"{name} = [] is invalid: an axis needs at least one value")
@@ -260,6 +297,35 @@ class GridSpec:
                     self.dataset(getattr(shift, key), key)
                 except SpecError as err:
                     raise SpecError(f"shifts[{i}].{key} = {getattr(shift, key)!r} is invalid: {err}") from None
+        names = [e.name for e in self.experiments]
+        if len(set(names)) != len(names):
+            raise SpecError(f"experiments: names {names!r} are invalid: each block needs its own name")
+        for i, block in enumerate(self.experiments):
+            try:
+                self._block(block)
+            except SpecError as err:
+                raise SpecError(f"experiments[{i}] ({block.name}): {err}") from None
+
+    def _block(self, experiment: Experiment) -> GridSpec:
+        overrides = {name: getattr(experiment, name) for name in ("models", "n_train", "arms", "lrs", "seeds",
+                                                                   "multi_seed_max_n", "shifts")
+                     if getattr(experiment, name) is not None}
+        pretrain = self.pretrain if experiment.pretrain_seeds is None else \
+            dataclasses.replace(self.pretrain, seed=None, seeds=experiment.pretrain_seeds)
+        description = experiment.description or self.description
+        return dataclasses.replace(self, experiments=(), parent=self, pretrain=pretrain, description=description,
+                                   **overrides)
+
+    def blocks(self) -> tuple[GridSpec, ...]:
+        """The plain (one-product) grids this grid is the union of: itself, or one per experiment."""
+        return tuple(self._block(e) for e in self.experiments) if self.experiments else (self,)
+
+    @property
+    def all_shifts(self) -> tuple[Shift, ...]:
+        """Every shift of the whole grid (all blocks), in order, once each."""
+        root = self.parent or self
+        shifts = list(root.shifts) + [s for e in root.experiments for s in (e.shifts or root.shifts)]
+        return tuple(dict.fromkeys(shifts))
 
     def dataset(self, label: str, role: str) -> DatasetSpec:
         """The :class:`DatasetSpec` of ``label`` with the ``role``'s (upstream/downstream) split sizes.
@@ -275,7 +341,7 @@ class GridSpec:
         sizes = self.upstream if role == "upstream" else self.downstream
         stream = "default"
         if role == "downstream" and (pde, low, high) in {parse_label(s.upstream, allow_mixed=True)
-                                                         for s in self.shifts}:
+                                                         for s in self.all_shifts}:
             stream = "downstream"
         psi = self.psi_targeting if pde in ("advdiff", "mixed") else "exact"
         return DatasetSpec(pde=pde, low=low, high=high, resolution=self.resolution, n_train=sizes.n_train,
@@ -314,6 +380,8 @@ def load_grid(name_or_path: str | Path) -> GridSpec:
 
 def parse_grid(data: dict, *, where: str = "<grid>") -> GridSpec:
     """Build a :class:`GridSpec` from a parsed TOML mapping; ``where`` names the source in errors."""
+    if "parent" in data:
+        raise SpecError(f"{where}: unknown key(s) parent (set by the planner, not a grid setting)")
     grid = from_mapping(GridSpec, data, where=where)
     # Expanding validates every RunSpec (e.g. N vs split sizes); report problems against the file.
     from repro.grid.plan import expand
