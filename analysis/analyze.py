@@ -104,6 +104,10 @@ class AnalysisResult:
     fixed_lr_curves: dict[CurveKey, PowerLawFit] = field(default_factory=dict)
     #: per arm: selected trained runs, how many passed the convergence diagnostic, compute
     convergence: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: budget audit (:func:`budget_audit_pairs` / :func:`budget_audit_table`): runs trained again with a
+    #: multiple of the budget, beside the runs they audit; empty when the grid has no audit block
+    audit_pairs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    audit: pd.DataFrame = field(default_factory=pd.DataFrame)
     compute: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: the test errors the selected runs reached, per arm (min, median, max), beside the paper's ~1e-2
     regime: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -302,6 +306,57 @@ def convergence_table(selected: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+#: A budget audit passes when the longer budget lowered the test error by at most this fraction: about
+#: the seed-to-seed spread of one curve point (the runs of the committed grids vary by 5-20 % across
+#: seeds), so a smaller gain cannot be told from noise and a larger one means the budget had not converged.
+AUDIT_TOLERANCE = 0.05
+#: What an audit run and the run it audits share (everything but the schedule length).
+_AUDIT_PAIR = (schema.P_ARM, schema.C_TASK, schema.P_MODEL, schema.P_N_TRAIN, schema.P_LR, schema.P_SEED,
+               schema.P_INIT_FROM, schema.P_LAYOUT, schema.P_BATCH_SIZE, schema.P_DATA_STREAM)
+
+
+def budget_audit_pairs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every finished audit run (role ``audit``) beside the finished grid run it audits.
+
+    Columns: the pairing columns, ``epochs`` and ``audit_epochs``, ``test`` and ``audit_test``,
+    ``gain`` = (test - audit_test) / test (how much the longer budget still lowered the error),
+    ``within`` (gain <= :data:`AUDIT_TOLERANCE`).
+    """
+    if schema.C_ROLE not in runs:
+        return pd.DataFrame()
+    done = runs[runs[schema.C_STATUS] == schema.FINISHED]
+    keys = [c for c in _AUDIT_PAIR if c in done]
+    role = done[schema.C_ROLE].fillna(schema.ROLE_DOWNSTREAM)
+    audit, base = done[role == schema.ROLE_AUDIT], done[role == schema.ROLE_DOWNSTREAM]
+    if audit.empty:
+        return pd.DataFrame()
+    # Scratch has no init_from, older runs no stream: fill text columns so that NaN pairs with NaN.
+    norm = {c: "" for c in keys if not pd.api.types.is_numeric_dtype(done[c])}
+    left = audit[[*keys, schema.P_EPOCHS, schema.C_TEST_REL_L2]].fillna(norm)
+    right = base[[*keys, schema.P_EPOCHS, schema.C_TEST_REL_L2]].fillna(norm)
+    pairs = left.merge(right, on=keys, suffixes=("_audit", ""))
+    pairs = pairs[pairs[schema.P_EPOCHS] < pairs[f"{schema.P_EPOCHS}_audit"]]
+    out = pairs.rename(columns={f"{schema.P_EPOCHS}_audit": "audit_epochs", schema.C_TEST_REL_L2: "test",
+                                f"{schema.C_TEST_REL_L2}_audit": "audit_test", schema.P_EPOCHS: "epochs"})
+    out["gain"] = (out["test"] - out["audit_test"]) / out["test"]
+    out["within"] = out["gain"] <= AUDIT_TOLERANCE
+    return out.sort_values([schema.P_ARM, schema.P_N_TRAIN, schema.P_LR, schema.P_SEED]).reset_index(drop=True)
+
+
+def budget_audit_table(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: audited runs, the longer budget's median and largest gain, how many are within tolerance."""
+    if pairs.empty:
+        return pd.DataFrame()
+    rows = []
+    for arm, g in pairs.groupby(schema.P_ARM, sort=True):
+        factor = (g["audit_epochs"] / g["epochs"]).median()
+        rows.append({"arm": arm, "audited_runs": len(g), "budget_factor": float(factor),
+                     "n_values": ", ".join(str(int(n)) for n in sorted(g[schema.P_N_TRAIN].unique())),
+                     "median_gain": float(g["gain"].median()), "max_gain": float(g["gain"].max()),
+                     "within_tolerance": int(g["within"].sum()), "tolerance": AUDIT_TOLERANCE})
+    return pd.DataFrame(rows)
+
+
 def compute_table(runs: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
     """Per arm: the selected runs' training compute (sample-steps, analytic FLOPs), and for transfer
     the pre-training compute it inherits (each checkpoint counted once); all LRs of the sweep
@@ -312,7 +367,8 @@ def compute_table(runs: pd.DataFrame, selected: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for arm in ("scratch", "transfer"):
         sel = selected[selected[schema.P_ARM] == arm]
-        sweep = done[(done[schema.P_ARM] == arm) & done[schema.C_ROLE].fillna("downstream").ne("pretrain")]
+        role = done[schema.C_ROLE].fillna(schema.ROLE_DOWNSTREAM)
+        sweep = done[(done[schema.P_ARM] == arm) & (role == schema.ROLE_DOWNSTREAM)]
         if sel.empty:
             continue
         inherited = math.nan
@@ -471,6 +527,7 @@ def analyze(runs: pd.DataFrame, *, tracking_uri: str = "", n_boot: int = N_BOOT,
     AnalysisResult
     """
     kept, reports = apply_filters(runs)
+    audit_pairs = budget_audit_pairs(kept)
     selected = select_lr(kept)
     reports = [*reports, flag_unconverged(selected)]
     fixed = select_fixed_lr(kept)
@@ -499,6 +556,7 @@ def analyze(runs: pd.DataFrame, *, tracking_uri: str = "", n_boot: int = N_BOOT,
                              benefit=benefit, zero_shot=zero_shot, mixed=mixed, claims=[],
                              provenance=_provenance(runs, kept, tracking_uri, n_boot, selection), model_params=model_params,
                              fixed_lr_curves=fixed_curves, convergence=convergence_table(selected),
+                             audit_pairs=audit_pairs, audit=budget_audit_table(audit_pairs),
                              compute=compute_table(runs, selected), regime=regime_table(selected))
     eps, dts, summary = transfer_tables(partial)
     pairs = build_pairs(partial)
@@ -602,6 +660,7 @@ def write_outputs(result: AnalysisResult, out_dir: Path) -> list[Path]:
               "transfer_summary": summary, "benefit": result.benefit, "zero_shot": result.zero_shot,
               "mixed": result.mixed, "exclusions": result.exclusions, "convergence": result.convergence,
               "compute": result.compute, "regime": result.regime, "claims": claims_mod.claims_frame(result.claims),
+              "budget_audit": result.audit_pairs,
               "selected_runs": result.selected[[c for c in SELECTED_COLUMNS if c in result.selected]]}
     paths = []
     for name, table in tables.items():

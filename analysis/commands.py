@@ -91,6 +91,11 @@ def print_result(result: AnalysisResult, console: Console) -> None:
         console.print("convergence of the selected runs: " + "; ".join(
             f"{r.arm} {r.converged}/{r.with_diagnostic} converged ({format_percent(r.share_converged)})"
             for r in result.convergence.itertuples(index=False)))
+    if len(result.audit):
+        console.print("budget audit (the same runs with a longer budget): " + "; ".join(
+            f"{r.arm} x{r.budget_factor:g}: median gain {r.median_gain:.1%}, largest {r.max_gain:.1%}, "
+            f"{r.within_tolerance}/{r.audited_runs} within {r.tolerance:.0%}"
+            for r in result.audit.itertuples(index=False)))
     for message in result.skipped:
         console.print(f"[yellow]skipped:[/] {message}")
     excluded = sum(r.n_excluded for r in result.filter_reports)

@@ -157,7 +157,10 @@ def flag_mixed_protocols(df: pd.DataFrame) -> tuple[pd.DataFrame, FilterReport]:
     cols = [c for c in PROTOCOL_COLUMNS if c in df]
     protocol = pd.Series([repr(t) for t in described[cols].itertuples(index=False, name=None)], index=df.index,
                          dtype=object)
-    n_protocols = protocol.groupby([df[c] for c in _POINT], dropna=False).transform("nunique")
+    # Budget-audit runs differ from their point's runs in epochs by design and are no curve points.
+    audit = df[schema.C_ROLE].eq(schema.ROLE_AUDIT) if schema.C_ROLE in df else pd.Series(False, index=df.index)
+    n_protocols = protocol[~audit].groupby([df.loc[~audit, c] for c in _POINT], dropna=False).transform("nunique")
+    n_protocols = n_protocols.reindex(df.index, fill_value=1)
     mixed = n_protocols > 1
     kept, rep = _report("protocol", "runs of one curve point that differ in more than LR and seed (flagged, "
                         "kept: analyse one grid with --grid)", df, pd.Series(False, index=df.index), "")

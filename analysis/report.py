@@ -154,6 +154,10 @@ def _context(result: "AnalysisResult", workers: int) -> dict[str, Any]:
                                                    "share_converged": "share",
                                                    "median_late_improvement": "median late improvement"})
         if len(result.convergence) else None,
+        "audit": _table(result.audit, {"arm": "arm", "audited_runs": "audited runs", "budget_factor": "budget ×",
+                                       "n_values": "N", "median_gain": "median gain", "max_gain": "largest gain",
+                                       "within_tolerance": "within tolerance", "tolerance": "tolerance"})
+        if len(result.audit) else None,
         "compute": _table(result.compute, {"arm": "arm", "selected_sample_steps": "sample-steps (selected runs)",
                                            "selected_flops": "FLOPs (selected runs)",
                                            "sweep_flops": "FLOPs (whole LR sweep)",
@@ -244,6 +248,10 @@ not the paper's regime.</b>{% endif %}</p>
 <p class="note">A run converged if its best validation error improved by at most the threshold over the last fifth of
 training; an arm compared before it converges measures the budget, not transfer.</p>
 {% if convergence %}{{ tbl(convergence) }}{% else %}<p>No convergence diagnostic recorded (runs predate it).</p>{% endif %}
+<p class="note">Budget audit: the cosine schedule's final annealing lowers the error in the last fifth whatever the
+budget, so the diagnostic above cannot prove convergence alone. Audited cells were trained again with a multiple of
+the budget; the gain is how much that still lowered the test error (budget_audit.csv has every pair).</p>
+{% if audit %}{{ tbl(audit) }}{% else %}<p>This grid has no budget-audit block.</p>{% endif %}
 {% if compute %}{{ tbl(compute) }}{% endif %}
 
 <h2 id="error-vs-n">Error vs downstream N (E1, E2)</h2>

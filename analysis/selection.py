@@ -30,12 +30,14 @@ C_PRETRAIN_LR = "pretrain_lr"  # LR of the pre-training run a transfer / zero-sh
 def downstream(df: pd.DataFrame) -> pd.DataFrame:
     """Runs that measure a downstream task.
 
-    Pre-training runs are dropped, except on tasks that are also downstream tasks (some
+    Budget-audit runs are dropped.  Pre-training runs are dropped, except on tasks that are also downstream tasks (some
     non-pretrain run has that task): there a pre-training run can share its RunSpec (and so its
     run_key) with a scratch run, e.g. when N is the full upstream split; the grid keeps one run
     for that key, tagged ``pretrain``, and it is the scratch point too.
     """
-    pretrain = df[schema.C_ROLE].fillna("downstream") == "pretrain"
+    role = df[schema.C_ROLE].fillna(schema.ROLE_DOWNSTREAM)
+    df = df[role != schema.ROLE_AUDIT]  # budget-audit runs check the budget; they are never curve points
+    pretrain = role[df.index] == schema.ROLE_PRETRAIN
     downstream_tasks = set(df.loc[~pretrain, schema.C_TASK].dropna())
     return df[~pretrain | df[schema.C_TASK].isin(downstream_tasks)]
 

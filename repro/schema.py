@@ -64,6 +64,10 @@ T_GRID = "grid"
 T_ROLE = "role"  # one of the ROLE_* values below
 ROLE_PRETRAIN = "pretrain"  # a run other runs start from (init_from)
 ROLE_DOWNSTREAM = "downstream"  # every other child run
+# A run of a budget-audit block (repro.grid.spec.Experiment.budget_audit): a curve point's run trained
+# again with a multiple of the fine-tuning budget, to test that the grid's budget converged; never a
+# curve point itself (analysis.audit pairs it with the run it audits).
+ROLE_AUDIT = "audit"
 ROLE_GRID = "grid"  # the parent run of one grid invocation
 T_GIT_SHA = "git_sha"
 T_GIT_DIRTY = "git_dirty"

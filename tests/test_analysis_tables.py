@@ -118,3 +118,33 @@ def test_a_curve_point_pooling_two_protocols_is_flagged_not_dropped() -> None:
     assert sorted(fl.index) == ["r0", "r1", "r2", "r4", "r5"]
     assert "pools 2 protocols (differing in epochs)" in fl.loc["r2", "reason"] and "--grid" in fl.loc["r2", "reason"]
     assert "(differing in data.seed)" in fl.loc["r4", "reason"]  # each run names its own point's difference
+
+
+def test_budget_audit_runs_pair_with_the_runs_they_audit_and_stay_off_the_curves() -> None:
+    """Audit runs (role audit, 2x the epochs) are never curve points, are not flagged as a second
+    protocol, and each is paired with the grid run of the same cell, LR and seed."""
+    from analysis.analyze import AUDIT_TOLERANCE, budget_audit_pairs, budget_audit_table
+
+    audit = {schema.T_ROLE: schema.ROLE_AUDIT, schema.P_EPOCHS: "200"}
+    ckpt = {schema.P_ARM: "transfer", schema.P_INIT_FROM: "pre0", schema.P_UPSTREAM_PDE: "poisson",
+            schema.P_UPSTREAM_LOW: "1.0", schema.P_UPSTREAM_HIGH: "5.0"}
+    df = runs_to_frame([
+        _run(0, **{schema.P_EPOCHS: "100", schema.M_TEST_REL_L2: 0.20}),
+        _run(1, **{schema.P_EPOCHS: "100", schema.P_SEED: "1", schema.M_TEST_REL_L2: 0.22}),
+        _run(2, **audit, **{schema.M_TEST_REL_L2: 0.15, schema.M_BEST_VAL_REL_L2: 0.01}),  # 25 % better: not converged
+        _run(3, **{schema.P_EPOCHS: "100", schema.M_TEST_REL_L2: 0.10}, **ckpt),
+        _run(4, **audit, **{schema.M_TEST_REL_L2: 0.099}, **ckpt),  # 1 % better: within tolerance
+        _run(5, **audit, **{schema.P_N_TRAIN: "64"}),  # its grid run is missing: no pair
+    ])
+    kept, reports = apply_filters(df)
+    assert not len(flagged(reports))  # the audit's other epochs are not a second protocol
+    sel = select_lr(kept)
+    assert set(sel[schema.C_RUN_ID]) == {"r0", "r1", "r3"}  # the audit's lower val error is never selected
+    pairs = budget_audit_pairs(kept).set_index(schema.P_ARM)
+    assert sorted(pairs.index) == ["scratch", "transfer"]
+    assert math.isclose(pairs.loc["scratch", "gain"], 0.25) and not pairs.loc["scratch", "within"]
+    assert math.isclose(pairs.loc["transfer", "gain"], 0.01) and pairs.loc["transfer", "within"]
+    assert (pairs["audit_epochs"] == 2 * pairs["epochs"]).all()
+    table = budget_audit_table(budget_audit_pairs(kept)).set_index("arm")
+    assert table.loc["transfer", "within_tolerance"] == 1 and table.loc["scratch", "within_tolerance"] == 0
+    assert table.loc["scratch", "budget_factor"] == 2 and table.loc["scratch", "tolerance"] == AUDIT_TOLERANCE

@@ -427,8 +427,9 @@ def plan_text(plan: Plan, sv: Survey, est: Any = None, *, slots: int = 1, device
     """The ``--dry-run`` summary: counts per axis, finished / running / to do, estimated cost."""
     grid = plan.grid
     todo = sv.todo
+    audit = f", {len(plan.audit)} budget audit" if plan.audit else ""
     lines = [f"grid {grid.label}: {len(plan)} runs ({len(plan.pretrain)} pre-training, "
-             f"{len(plan.downstream)} downstream) in {len(plan.units(max_members=max_members, device=device))} units"
+             f"{len(plan.downstream)} downstream{audit}) in {len(plan.units(max_members=max_members, device=device))} units"
              + (f" — {grid.description}" if grid.description else ""),
              "runs per axis (to do / all):"]
     all_counts = plan.axis_counts()

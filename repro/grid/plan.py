@@ -34,6 +34,10 @@ from repro.grid.spec import GridSpec
 
 ROLE_PRETRAIN = schema.ROLE_PRETRAIN
 ROLE_DOWNSTREAM = schema.ROLE_DOWNSTREAM
+ROLE_AUDIT = schema.ROLE_AUDIT
+#: When two blocks plan the same run_key, the stronger role wins: a run others start from stays a
+#: pre-training run, and a curve point is never demoted to an audit.
+_ROLE_RANK = {ROLE_PRETRAIN: 0, ROLE_DOWNSTREAM: 1, ROLE_AUDIT: 2}
 
 #: Axes reported by ``--dry-run`` and ``repro status``.
 AXES: tuple[str, ...] = ("role", "arm", "model", "n_train", "lr", "seed", "pretrain_seed", "task", "shift")
@@ -133,6 +137,11 @@ class Plan:
     def downstream(self) -> tuple[PlannedRun, ...]:
         return tuple(r for r in self.runs if r.role == ROLE_DOWNSTREAM)
 
+    @property
+    def audit(self) -> tuple[PlannedRun, ...]:
+        """Budget-audit runs (:attr:`repro.grid.spec.Experiment.budget_audit`)."""
+        return tuple(r for r in self.runs if r.role == ROLE_AUDIT)
+
     def dependants(self, run_key: str) -> tuple[PlannedRun, ...]:
         return tuple(r for r in self.runs if r.depends_on == run_key)
 
@@ -173,9 +182,9 @@ def expand(grid: GridSpec) -> Plan:
         key = spec.run_key
         prev = runs.get(key)
         shifts = tuple(dict.fromkeys((prev.shifts if prev else ()) + ((shift,) if shift else ())))
-        if prev is not None and prev.role == ROLE_PRETRAIN:
-            role = ROLE_PRETRAIN  # a run that others start from stays a pre-training run
-            pretrain_seed = prev.pretrain_seed
+        if prev is not None and _ROLE_RANK[prev.role] < _ROLE_RANK[role]:
+            role = prev.role  # a run that others start from stays a pre-training run, a curve point a curve point
+            pretrain_seed = prev.pretrain_seed if prev.role == ROLE_PRETRAIN else pretrain_seed
         runs[key] = PlannedRun(spec=spec, role=role, shifts=shifts, pretrain_seed=pretrain_seed)
 
     pre: dict[tuple[str, str, int], RunSpec] = {}
@@ -203,12 +212,14 @@ def _expand_block(grid: GridSpec, add: Callable[..., None], pre: dict[tuple[str,
                 add(spec, ROLE_PRETRAIN, None, pseed)
 
     ft = grid.finetune
+    # An audit block's finetune is already scaled; its runs audit the budget and have no zero-shot arm.
+    trained_role = ROLE_AUDIT if grid.budget_audit else ROLE_DOWNSTREAM
     for shift in grid.shifts:
         data = grid.dataset(shift.downstream, "downstream")
         mixed_up = shift.upstream == "mixed"
         for model in grid.models:
             sources = [(pseed, pre[(shift.upstream, model, pseed)]) for pseed in pre_seeds]
-            if "zero_shot" in grid.arms:
+            if "zero_shot" in grid.arms and not grid.budget_audit:
                 for pseed, source in sources:
                     add(RunSpec(arm="zero_shot", data=data, model=model, n_train=0, lr=0.0, epochs=0,
                                 layout="mixed" if mixed_up else "native", batch_size=grid.batch_size, seed=0,
@@ -220,10 +231,10 @@ def _expand_block(grid: GridSpec, add: Callable[..., None], pre: dict[tuple[str,
                         if "scratch" in grid.arms:
                             add(RunSpec(arm="scratch", data=data, model=model, n_train=n, lr=lr, epochs=epochs,
                                         batch_size=grid.batch_size, seed=seed, eval_every=ft.eval_every),
-                                ROLE_DOWNSTREAM, shift.label)
+                                trained_role, shift.label)
                         if "transfer" in grid.arms:
                             for pseed, source in sources:
                                 add(RunSpec(arm="transfer", data=data, model=model, n_train=n, lr=lr,
                                             epochs=epochs, layout="mixed" if mixed_up else "native",
                                             batch_size=grid.batch_size, seed=seed, init_from=source.run_key,
-                                            eval_every=ft.eval_every), ROLE_DOWNSTREAM, shift.label, pseed)
+                                            eval_every=ft.eval_every), trained_role, shift.label, pseed)

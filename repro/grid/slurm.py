@@ -165,7 +165,8 @@ def run_slurm(plan, todo: list[str], finished: set[str], settings: Settings, opt
     for phase in (schema.ROLE_PRETRAIN, schema.ROLE_DOWNSTREAM):
         runnable = []
         for unit, task in pairs:
-            if unit.role != phase:
+            # audit runs start from pre-trained models like downstream runs: same phase
+            if (schema.ROLE_PRETRAIN if unit.role == schema.ROLE_PRETRAIN else schema.ROLE_DOWNSTREAM) != phase:
                 continue
             reason = None
             for dep in deps[task.task_id]:

@@ -150,6 +150,12 @@ class Finetune:
         if self.eval_every < 1:
             raise SpecError(f"eval_every = {self.eval_every!r} is invalid: expected an integer >= 1")
 
+    def scaled(self, factor: int) -> Finetune:
+        """The same rule with ``factor`` times the budget (epochs or steps, and both clamps)."""
+        mul = (lambda v: None if v is None else v * factor)
+        return Finetune(epochs=mul(self.epochs), steps=mul(self.steps), min_epochs=self.min_epochs * factor,
+                        max_epochs=mul(self.max_epochs), eval_every=self.eval_every)
+
     def epochs_for(self, n_train: int, batch_size: int) -> int:
         """Number of epochs of a run on ``n_train`` samples."""
         if self.epochs is not None:
@@ -202,10 +208,18 @@ class Experiment:
     #: Pre-training seeds of this block's upstream models (default: ``[pretrain]``'s).
     pretrain_seeds: tuple[int, ...] | None = None
     shifts: tuple[Shift, ...] | None = None
+    #: A budget audit: train this block's scratch and transfer cells again with ``budget_audit`` times
+    #: the ``[finetune]`` budget (role ``audit``, kept out of every curve); the analysis reports how much
+    #: the longer budget still lowered each run's error -- the check that the grid's budget converged,
+    #: which the per-run diagnostic cannot make under cosine annealing (its final drop comes anyway).
+    budget_audit: int | None = None
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
             raise SpecError(f"name = {self.name!r} is invalid: expected letters, digits, '-', '_' or '.'")
+        if self.budget_audit is not None and self.budget_audit < 2:
+            raise SpecError(f"budget_audit = {self.budget_audit!r} is invalid: expected an integer >= 2 (the multiple "
+                            "of the fine-tuning budget to audit with)")
 
 
 def parse_label(label: str, *, allow_mixed: bool, key: str = "label") -> tuple[str, float | None, float | None]:
@@ -249,6 +263,8 @@ class GridSpec:
     #: The composite grid a block was cut from (set by :meth:`blocks`, never read from TOML): a
     #: block's datasets follow the stream rule of the whole grid (:meth:`dataset`).
     parent: GridSpec | None = field(default=None, compare=False, repr=False)
+    #: Set by :meth:`blocks` on a budget-audit block (its ``finetune`` is already scaled); never read from TOML.
+    budget_audit: int | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.label):
@@ -313,8 +329,10 @@ class GridSpec:
         pretrain = self.pretrain if experiment.pretrain_seeds is None else \
             dataclasses.replace(self.pretrain, seed=None, seeds=experiment.pretrain_seeds)
         description = experiment.description or self.description
+        audit = experiment.budget_audit
+        finetune = self.finetune if audit is None else self.finetune.scaled(audit)
         return dataclasses.replace(self, experiments=(), parent=self, pretrain=pretrain, description=description,
-                                   **overrides)
+                                   finetune=finetune, budget_audit=audit, **overrides)
 
     def blocks(self) -> tuple[GridSpec, ...]:
         """The plain (one-product) grids this grid is the union of: itself, or one per experiment."""
@@ -380,8 +398,10 @@ def load_grid(name_or_path: str | Path) -> GridSpec:
 
 def parse_grid(data: dict, *, where: str = "<grid>") -> GridSpec:
     """Build a :class:`GridSpec` from a parsed TOML mapping; ``where`` names the source in errors."""
-    if "parent" in data:
-        raise SpecError(f"{where}: unknown key(s) parent (set by the planner, not a grid setting)")
+    for key in ("parent", "budget_audit"):
+        if key in data:
+            raise SpecError(f"{where}: unknown key(s) {key} (set by the planner on [[experiments]] blocks, "
+                            "not a grid setting)")
     grid = from_mapping(GridSpec, data, where=where)
     # Expanding validates every RunSpec (e.g. N vs split sizes); report problems against the file.
     from repro.grid.plan import expand
