@@ -18,7 +18,7 @@ from repro.grid.spec import Finetune, load_grid, parse_grid, parse_label, shippe
 #: Runs per shipped grid (pre-training + downstream, after deduplication).  A change here is a
 #: change of the science plan: update deliberately.
 GOLDEN = {"quick": 42, "gpu-demo": 392, "paper-e1": 292, "paper-e2": 2920, "paper-e3": 2332, "paper-e4": 2626,
-          "cpu-study": 472}
+          "cpu-study": 484}
 
 TINY = """
 label = "tiny"
@@ -442,3 +442,35 @@ def test_composite_grid_is_the_union_of_its_blocks_with_shared_runs_once(tmp_pat
 def test_bad_composite_grids_name_the_block_and_key(tmp_path, edit, needle):
     with pytest.raises(SpecError, match=re.escape(needle)):
         load_grid(_tiny(tmp_path, edit(COMPOSITE)))
+
+
+def test_budget_audit_block_retrains_its_cells_with_a_multiple_of_the_budget(tmp_path):
+    text = COMPOSITE.replace("[finetune]\nepochs = 3", "[finetune]\nsteps = 10\nmin_epochs = 2\nmax_epochs = 8") + """
+[[experiments]]
+name = "audit"
+budget_audit = 2
+n_train = [8, 16]
+seeds = [0]
+pretrain_seeds = [0]
+[[experiments.shifts]]
+upstream = "poisson(1,5)"
+downstream = "poisson(5,10)"
+"""
+    grid = load_grid(_tiny(tmp_path, text))
+    plan = expand(grid)
+    audit = plan.audit
+    # scratch + transfer from the one pre-training seed, 2 N x 2 LRs x 1 seed; no zero-shot (no budget)
+    assert Counter(r.spec.arm for r in audit) == {"scratch": 4, "transfer": 4}
+    base = {(r.spec.arm, r.spec.n_train, r.spec.lr, r.spec.seed, r.spec.init_from): r.spec.epochs
+            for r in plan.downstream if r.spec.arm != "zero_shot"}
+    for r in audit:
+        assert r.spec.epochs == 2 * base[(r.spec.arm, r.spec.n_train, r.spec.lr, r.spec.seed, r.spec.init_from)]
+    assert {r.role for r in audit} == {"audit"} and not set(plan.audit) & set(plan.downstream)
+    # the audit adds runs only: every other run (and its run_key) is unchanged
+    without = expand(load_grid(_tiny(tmp_path, COMPOSITE.replace("[finetune]\nepochs = 3",
+                                                                  "[finetune]\nsteps = 10\nmin_epochs = 2\nmax_epochs = 8"))))
+    assert set(without.keys) | {r.run_key for r in audit} == set(plan.keys)
+    with pytest.raises(SpecError, match="budget_audit = 1 is invalid"):
+        load_grid(_tiny(tmp_path, text.replace("budget_audit = 2", "budget_audit = 1")))
+    with pytest.raises(SpecError, match="unknown key.*budget_audit"):
+        load_grid(_tiny(tmp_path, "budget_audit = 2\n" + TINY))
