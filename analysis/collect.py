@@ -111,10 +111,12 @@ def collect_runs(tracking_uri: str, grid: str | None = None, keys: Collection[st
     grid
         Keep only runs whose ``grid`` tag equals this name; ``None`` keeps all grids.
     keys
-        The run_keys of the grid's plan (the caller expands the grid spec).  When given, runs
-        are kept whose ``run_key`` is in ``keys`` *or* whose ``grid`` tag is ``grid``: a run_key
+        The run_keys of the grid's plan (the caller expands the grid spec).  When given, exactly
+        the runs whose ``run_key`` is in ``keys`` are kept, whatever their ``grid`` tag: a run_key
         finished under one grid is skipped (never re-run nor re-tagged) by another grid that
-        contains it, so the tag alone misses such shared runs.
+        contains it, so the tag alone misses such shared runs; and runs tagged ``grid`` that
+        are *not* in the plan (another grid file with the same label, or an older version of
+        this one) are left out and counted in ``frame.attrs[OUTSIDE_PLAN]``.
 
     Returns
     -------
@@ -140,17 +142,32 @@ def collect_runs(tracking_uri: str, grid: str | None = None, keys: Collection[st
     if grid is not None and keys is None:
         where += f" and tags.{schema.T_GRID} = '{grid}'"
     records = list(_records(_search(client, exp_id, where)))
+    outside = 0
     if keys is not None:
-        records = [r for r in records if r.get(schema.T_RUN_KEY) in keys or (grid is not None and r.get(schema.T_GRID) == grid)]
+        outside = sum(r.get(schema.T_RUN_KEY) not in keys and grid is not None and r.get(schema.T_GRID) == grid
+                      for r in records)
+        records = [r for r in records if r.get(schema.T_RUN_KEY) in keys]
     if not records:
-        _no_runs(tracking_uri, grid, keys)
-    return runs_to_frame(records)
+        _no_runs(tracking_uri, grid, keys, outside)
+    return _with_outside(runs_to_frame(records), outside)
 
 
-def _no_runs(tracking_uri: str, grid: str | None, keys: frozenset[str] | None) -> None:
+#: ``frame.attrs`` key of :func:`collect_runs`: runs tagged with the grid but not in its plan (left out).
+OUTSIDE_PLAN = "outside_plan"
+
+
+def _with_outside(frame: pd.DataFrame, outside: int) -> pd.DataFrame:
+    frame.attrs[OUTSIDE_PLAN] = int(outside)
+    return frame
+
+
+def _no_runs(tracking_uri: str, grid: str | None, keys: frozenset[str] | None, outside: int = 0) -> None:
     if grid is not None:
         known = list_grids(tracking_uri)
         planned = f" (none of its {len(keys)} planned run_keys either)" if keys is not None else ""
+        if outside:
+            planned = (f": none of its {len(keys)} planned run_keys; {outside} runs are tagged grid={grid!r} but "
+                       "belong to another grid file with that label (or an older version of this one)")
         raise StoreError(f"no runs of grid {grid!r}{planned} in {tracking_uri}; recorded grids: "
                          f"{', '.join(known) or 'none'}")
     if keys is not None:
@@ -223,14 +240,16 @@ def _collect_sql(tracking_uri: str, grid: str | None, keys: frozenset[str] | Non
             wide = wide.join(long.pivot(index="run_uuid", columns="key", values="value"))
     wide = wide.rename(columns={schema.T_PARENT_RUN_ID: schema.C_PARENT_RUN_ID}).reset_index()
     tagged = (wide[schema.T_GRID] == grid) if grid is not None and schema.T_GRID in wide else None
+    outside = 0
     if keys is not None:
         planned = wide[schema.T_RUN_KEY].isin(keys)
-        wide = wide[planned | tagged] if tagged is not None else wide[planned]
+        outside = int((tagged & ~planned).sum()) if tagged is not None else 0
+        wide = wide[planned]
     elif grid is not None:
         wide = wide[tagged] if tagged is not None else wide.iloc[:0]
     if wide.empty:
-        _no_runs(tracking_uri, grid, keys)
-    return runs_to_frame(wide.to_dict("records"))
+        _no_runs(tracking_uri, grid, keys, outside)
+    return _with_outside(runs_to_frame(wide.to_dict("records")), outside)
 
 
 def _records(runs: Iterable[Any]) -> Iterable[dict[str, Any]]:

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from analysis.analyze import AnalysisResult, analyze, write_outputs
 from analysis.claims import FAIL, NOT_ENOUGH, PASS, format_bound, format_interval, format_number, format_percent
-from analysis.collect import collect_runs
+from analysis.collect import OUTSIDE_PLAN, collect_runs
 from analysis.fits import N_BOOT
 from analysis.report import render_report
 from analysis.transfer import EXTRAPOLATION_ABOVE
@@ -31,9 +31,8 @@ def default_out_dir(grid: str | None) -> Path:
 def selection_note(grid: str | None, keys: Collection[str] | None) -> str:
     """How the runs were chosen, in words (shown in the provenance)."""
     if keys is not None:
-        tag = f" or tagged grid={grid!r}" if grid is not None else ""
         where = f"grid {grid!r}" if grid is not None else "the given plan"
-        return f"run_key in the plan of {where} ({len(keys)} run_keys){tag}"
+        return f"run_key in the plan of {where} ({len(keys)} run_keys)"
     if grid is not None:
         return f"tagged grid={grid!r} (no grid spec of that name could be loaded)"
     return "every run in the store"
@@ -44,11 +43,16 @@ def load(tracking_uri: str, grid: str | None, n_boot: int = N_BOOT, workers: int
     """Collect and analyse (raises :class:`analysis.collect.StoreError` for an empty store / unknown grid).
 
     ``keys``: the run_keys of ``grid``'s plan, when the caller could expand the grid spec: runs are
-    then selected by run_key (or the grid tag), so runs shared with another grid count.
+    then selected by run_key, so runs shared with another grid count and runs tagged with the grid's
+    label but outside its plan (another file with the same label) do not; the selection note says
+    how many were left out.
     """
     runs = collect_runs(tracking_uri, grid, keys)
-    return analyze(runs, tracking_uri=tracking_uri, n_boot=n_boot, workers=workers,
-                   selection=selection_note(grid, keys))
+    selection = selection_note(grid, keys)
+    if runs.attrs.get(OUTSIDE_PLAN):
+        selection += (f"; {runs.attrs[OUTSIDE_PLAN]} runs tagged grid={grid!r} are not in this plan (another grid "
+                      "file with the same label, or an older version of it) and were left out")
+    return analyze(runs, tracking_uri=tracking_uri, n_boot=n_boot, workers=workers, selection=selection)
 
 
 def print_result(result: AnalysisResult, console: Console) -> None:

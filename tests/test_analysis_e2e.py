@@ -204,7 +204,13 @@ def test_collect_by_planned_run_keys_counts_runs_shared_with_another_grid(store:
     got = collect_runs(store, "tiny", keys=shared | set(tiny[schema.C_RUN_KEY]))
     assert set(got[schema.C_RUN_KEY]) == shared | set(tiny[schema.C_RUN_KEY])
     assert set(collect_runs(store, None, keys=shared)[schema.C_RUN_KEY]) == shared
-    assert len(collect_runs(store, "tiny", keys=set())) == len(tiny)  # runs tagged with the grid stay
+    # Runs tagged with the label but outside the plan (another grid file with the same label) are left out,
+    # and counted: a custom grid labelled like a shipped one cannot mix into its analysis.
+    part = set(sorted(tiny[schema.C_RUN_KEY])[:3])
+    got = collect_runs(store, "tiny", keys=part)
+    assert set(got[schema.C_RUN_KEY]) == part and got.attrs["outside_plan"] == len(tiny) - len(part)
+    with pytest.raises(StoreError, match=f"{len(tiny)} runs are tagged grid='tiny' but belong to another grid file"):
+        collect_runs(store, "tiny", keys=set())
     with pytest.raises(StoreError, match="planned run_keys"):
         collect_runs(store, "nope", keys={"no-such-key"})
 
