@@ -26,6 +26,8 @@ Usage::
     python benchmarks/bench_train.py --device cpu --resolution 64 --batch 16 --sizes xxs,xs,s,m
     python benchmarks/bench_train.py --device cpu --threads 1 --resolution 32 --batch 32 --sizes xxs,xs,s \
         --steps 8 --sections ladder,accuracy                                # the CPU study's shapes, per core
+    python benchmarks/bench_train.py --device cpu --threads 1 --resolution 32 --batch 32 --sizes xs,s \
+        --sections ladder --peer /path/to/neuraloperators-TL-scaling       # beside the authors' FNN2d
     python benchmarks/bench_train.py --device cuda --sections bf16        # bf16 vs fp32 at convergence
     python benchmarks/bench_train.py --device cpu --sections bf16 --smoke  # seconds-long CPU rehearsal
 """
@@ -115,12 +117,61 @@ def time_interleaved(steps: dict[str, Callable[[], None]], device: torch.device,
     return best
 
 
+#: The column of the authors' network in the ladder (``--peer``).
+PEER = "authors"
+
+
+def load_peer(path: str) -> Callable[[ModelSpec], torch.nn.Module]:
+    """A factory of the authors' ``FNN2d`` from a fetched copy of their repository at ``path``
+    (github.com/ShashankSubramanian/neuraloperators-TL-scaling; never part of this repository).
+
+    Built as their configs build it: 4 Fourier layers of ``width`` channels and ``m x m`` modes,
+    a ``2 width`` projection, GELU.  Its forward takes ``(B, C, n, n)`` and returns ``(B, 1, n, n)``.
+    """
+    import importlib
+    import sys
+    from pathlib import Path
+
+    root = Path(path).expanduser().resolve()
+    if not (root / "models" / "fno.py").is_file():
+        raise SystemExit(f"--peer {path}: no models/fno.py there; give the path of a fetched copy of "
+                         "ShashankSubramanian/neuraloperators-TL-scaling")
+    sys.path.insert(0, str(root))
+    try:
+        fnn2d = importlib.import_module("models.fno").FNN2d
+    finally:
+        sys.path.remove(str(root))
+
+    def build(spec: ModelSpec) -> torch.nn.Module:
+        w, m = spec.width, spec.n_modes
+        return fnn2d(modes1=[m] * spec.n_layers, modes2=[m] * spec.n_layers, width=w, fc_dim=2 * w,
+                     layers=[w] * (spec.n_layers + 1), in_dim=spec.in_channels, out_dim=1, activation="gelu")
+
+    return build
+
+
+def make_peer_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """:func:`make_train_step` for the authors' network: the same loss and optimiser on ``x[0]``, ``y[0]``."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
+    xb, yb = x[0], y[0].unsqueeze(1)                    # (B, C, n, n), (B, 1, n, n)
+
+    def step() -> None:
+        optimiser.zero_grad(set_to_none=True)
+        loss = ((model(xb) - yb) ** 2).sum() / xb.shape[0]
+        loss.backward()
+        optimiser.step()
+
+    return step
+
+
 def bench_ladder(device: torch.device, *, resolution: int, batch: int, sizes: Sequence[str],
-                 steps: int, in_channels: int = 4, seed: int = 0, peak: float | None = None) -> list[LadderResult]:
+                 steps: int, in_channels: int = 4, seed: int = 0, peak: float | None = None,
+                 peer: Callable[[ModelSpec], torch.nn.Module] | None = None) -> list[LadderResult]:
     """Time the training step of every spectral path for each rung (one member, random data on ``device``).
 
     Returns samples/s = batch / best step time over ``steps`` interleaved timed steps per path.
-    ``peak`` (GFLOP/s, :func:`sgemm_peak`): print each path's share of it.
+    ``peak`` (GFLOP/s, :func:`sgemm_peak`): print each path's share of it.  ``peer``
+    (:func:`load_peer`): the authors' network at the same width and modes, timed in the same rounds.
     """
     from repro.models.flops import forward_flops
 
@@ -132,19 +183,24 @@ def bench_ladder(device: torch.device, *, resolution: int, batch: int, sizes: Se
         spec = ModelSpec.from_ladder(size, in_channels)
         train_steps = {path: make_train_step(FNO(spec, spectral=path).to(device), x, y)
                        for path in SPECTRAL_PATHS}
+        if peer is not None:
+            train_steps[PEER] = make_peer_step(peer(spec).to(device), x, y)
         best = time_interleaved(train_steps, device, repeats=steps)
         del train_steps
         if device.type == "cuda":
             torch.cuda.empty_cache()
         rates = {path: batch / seconds for path, seconds in best.items()}
         flops = {path: 3 * forward_flops(spec, resolution, path) for path in SPECTRAL_PATHS}
+        if peer is not None:
+            flops[PEER] = flops["reference"]  # rfft2 / irfft2, like the reference path
         results.append(LadderResult(size=size, n_params=count_parameters(spec), samples_per_s=rates,
                                     train_flops_per_sample=flops))
         print_ladder_row(results[-1], peak, flush=True)
     return results
 
 
-def print_ladder_header(device: torch.device, resolution: int, batch: int, steps: int, peak: float | None) -> None:
+def print_ladder_header(device: torch.device, resolution: int, batch: int, steps: int, peak: float | None,
+                        peer: bool = False) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"cpu ({torch.get_num_threads()} threads)"
     print(f"# ladder: training samples/s (best of {steps} interleaved steps), {resolution}x{resolution}, batch {batch}, "
@@ -153,16 +209,19 @@ def print_ladder_header(device: torch.device, resolution: int, batch: int, steps
         print(f"# SGEMM peak (1024^3 fp32 GEMM, best of 10): {peak:.1f} GFLOP/s; '% peak' = the path's analytic "
               "matrix-product FLOPs per second over it")
     print(f"{'size':>5} {'(w,m)':>9} {'params':>12} {'reference':>11} {'fast':>11} {'fused':>11} {'fast/ref':>9} "
-          f"{'fused/fast':>11} {'fused/ref':>10}" + (f" {'% peak ref/fast/fused':>22}" if peak else ""))
+          f"{'fused/fast':>11} {'fused/ref':>10}" + (f" {'% peak ref/fast/fused':>22}" if peak else "")
+          + (f" {PEER:>9} {'fused/' + PEER:>14} {'ref/' + PEER:>12}" if peer else ""))
 
 
 def print_ladder_row(r: LadderResult, peak: float | None = None, flush: bool = False) -> None:
     w, m = MODEL_LADDER[r.size]
     rate = r.samples_per_s
     share = "" if peak is None else " " + f"{'/'.join(f'{100 * r.gflops(p) / peak:.0f}' for p in SPECTRAL_PATHS):>22}"
+    theirs = "" if PEER not in rate else \
+        f" {rate[PEER]:>9.1f} {r.ratio('fused', PEER):>13.2f}x {r.ratio('reference', PEER):>11.2f}x"
     print(f"{r.size:>5} {f'({w},{m})':>9} {r.n_params:>12,} {rate['reference']:>11.1f} {rate['fast']:>11.1f} "
           f"{rate['fused']:>11.1f} {r.ratio('fast', 'reference'):>8.2f}x {r.ratio('fused', 'fast'):>10.2f}x "
-          f"{r.ratio('fused', 'reference'):>9.2f}x{share}", flush=flush)
+          f"{r.ratio('fused', 'reference'):>9.2f}x{share}{theirs}", flush=flush)
 
 
 # --- section "batched": 16 small runs as one ensemble vs one by one ---------------------------
@@ -379,6 +438,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sections", default="ladder,batched,accuracy",
                         help="comma-separated sections to run: ladder, batched, accuracy, bf16")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's); 1 = per core")
+    parser.add_argument("--peer", default=None, metavar="PATH",
+                        help="ladder section: also time the authors' FNN2d from a fetched copy of their repository")
     parser.add_argument("--smoke", action="store_true", help="bf16 section: tiny sizes (a seconds-long rehearsal)")
     parser.add_argument("--bf16-epochs", type=int, default=None, help="bf16 section: epochs (default per device)")
     return parser.parse_args(argv)
@@ -401,9 +462,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads is not None and not on_cuda:
         torch.set_num_threads(args.threads)
     if "ladder" in sections:
+        peer = load_peer(args.peer) if args.peer else None
         peak = sgemm_peak(device)
-        print_ladder_header(device, args.resolution, batch, steps, peak)
-        bench_ladder(device, resolution=args.resolution, batch=batch, sizes=sizes, steps=steps, peak=peak)
+        print_ladder_header(device, args.resolution, batch, steps, peak, peer=peer is not None)
+        bench_ladder(device, resolution=args.resolution, batch=batch, sizes=sizes, steps=steps, peak=peak, peer=peer)
     spectral = "fast"
     if "batched" in sections:
         # Small-N cell of a grid: 16 runs (4 LRs x 4 seeds), N = 64, one model size.
