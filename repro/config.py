@@ -108,6 +108,18 @@ def _check_finite(owner: str, field: str, value: float) -> None:
         _fail(owner, field, value, "expected a finite number")
 
 
+#: Upper bounds that catch typos before they become allocation tracebacks, overflows or
+#: absurd estimates (issue 11 #6): the paper's grids use 128², seeds < 10 and 500 epochs.
+MAX_RESOLUTION = 1024
+MAX_SEED = 2**31 - 1  # numpy's and torch's seeding both accept it; larger overflowed in a run
+MAX_EPOCHS = 100_000
+
+
+def _check_at_most(owner: str, field: str, value: int, limit: int, what: str) -> None:
+    if value > limit:
+        _fail(owner, field, value, f"expected at most {limit:,} ({what})")
+
+
 def _check_positive_int(owner: str, field: str, value: int, *, allow_zero: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         _fail(owner, field, value, "expected an integer")
@@ -168,9 +180,11 @@ class DatasetSpec:
         _check_positive_int(own, "resolution", self.resolution)
         if self.resolution < 8 or self.resolution % 2:
             _fail(own, "resolution", self.resolution, "expected an even grid size >= 8")
+        _check_at_most(own, "resolution", self.resolution, MAX_RESOLUTION, "the grid side n; the paper uses 128")
         for name in ("n_train", "n_val", "n_test"):
             _check_positive_int(own, name, getattr(self, name))
         _check_positive_int(own, "seed", self.seed, allow_zero=True)
+        _check_at_most(own, "seed", self.seed, MAX_SEED, "2^31 - 1, what numpy and torch seeding accept")
         if self.stream not in STREAMS:
             _fail(own, "stream", self.stream, f"allowed: {', '.join(STREAMS)}")
         if self.psi_targeting not in PSI_TARGETINGS:
@@ -184,7 +198,7 @@ class DatasetSpec:
         """Short human label, e.g. ``poisson(1,5)`` or ``mixed``."""
         if self.pde == "mixed":
             return "mixed"
-        return f"{self.pde}({_fmt(self.low)},{_fmt(self.high)})"
+        return f"{self.pde}({format_range_end(self.low)},{format_range_end(self.high)})"
 
     @property
     def coefficients(self) -> tuple[str, ...]:
@@ -199,7 +213,7 @@ class DatasetSpec:
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
-def _fmt(x: float | None) -> str:
+def format_range_end(x: float | None) -> str:
     """Format a range end without a trailing ``.0`` (``5.0`` -> ``5``, ``0.2`` -> ``0.2``)."""
     if x is None:
         return ""
@@ -274,6 +288,7 @@ class RunSpec:
                   f"keeps {n_modes} Fourier modes, more than resolution {self.data.resolution} allows "
                   f"(at most resolution/2 = {self.data.resolution // 2})")
         _check_positive_int(own, "seed", self.seed, allow_zero=True)
+        _check_at_most(own, "seed", self.seed, MAX_SEED, "2^31 - 1, what numpy and torch seeding accept")
         _check_positive_int(own, "batch_size", self.batch_size)
         _check_positive_int(own, "eval_every", self.eval_every)
         if self.arm == "zero_shot":
@@ -282,6 +297,7 @@ class RunSpec:
         else:
             _check_positive_int(own, "n_train", self.n_train)
             _check_positive_int(own, "epochs", self.epochs)
+            _check_at_most(own, "epochs", self.epochs, MAX_EPOCHS, "the paper trains 500")
             _check_finite(own, "lr", self.lr)
             object.__setattr__(self, "lr", float(self.lr))
             if self.lr <= 0:

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import tomllib
 from collections import Counter
 from pathlib import Path
 
@@ -474,3 +475,39 @@ downstream = "poisson(5,10)"
         load_grid(_tiny(tmp_path, text.replace("budget_audit = 2", "budget_audit = 1")))
     with pytest.raises(SpecError, match="unknown key.*budget_audit"):
         load_grid(_tiny(tmp_path, "budget_audit = 2\n" + TINY))
+
+
+@pytest.mark.parametrize(("edit", "needle"), [
+    (lambda t: t.replace("resolution = 16", "resolution = 4096"), "resolution = 4096 is invalid: expected an even grid size in 8..1024"),
+    (lambda t: t.replace("seeds = [0, 1]", "seeds = [0, 9000000000000000000]"), "seeds must be in 0..2147483647"),
+    (lambda t: t.replace("label = \"tiny\"", "label = \"tiny\"\ndata_seed = -1"), "data_seed = -1 is invalid"),
+    (lambda t: t.replace("[pretrain]\nepochs = 2", "[pretrain]\nepochs = 100000000000000000"), "expected an integer in 1..100,000"),
+    (lambda t: t.replace("[finetune]\nepochs = 3", "[finetune]\nsteps = 100000000000000000"), "expected an integer in 1..100,000,000"),
+    (lambda t: t + '[[shifts]]\nupstream = "poisson(1.0, 5.0)"\ndownstream = "poisson(5,10.0)"\n', "values must be distinct"),
+])
+def test_typo_guards_name_the_key_and_the_allowed_range(tmp_path, edit, needle):
+    """Values that used to pass and then fail late (an allocation traceback in the dry-run, an
+    overflow in a run, a 1e11-hour estimate, the same shift counted twice) are refused up front."""
+    with pytest.raises(SpecError, match=re.escape(needle)):
+        load_grid(_tiny(tmp_path, edit(TINY)))
+
+
+def test_shift_labels_are_canonical():
+    grid = parse_grid({**tomllib.loads(TINY), "shifts": [{"upstream": "poisson(1.0, 5)", "downstream": "poisson(5.0,10)"}]})
+    assert grid.shifts[0].label == "poisson(1,5) -> poisson(5,10)"
+    assert expand(grid).keys == expand(parse_grid({**tomllib.loads(TINY), "shifts": [
+        {"upstream": "poisson(1,5)", "downstream": "poisson(5,10)"}]})).keys
+
+
+def test_run_and_dataset_specs_bound_resolution_seed_and_epochs():
+    from repro.config import DatasetSpec, RunSpec
+
+    with pytest.raises(SpecError, match=re.escape("data.resolution = 4096 is invalid: expected at most 1,024")):
+        DatasetSpec(pde="poisson", low=1, high=5, resolution=4096)
+    with pytest.raises(SpecError, match=re.escape("data.seed = 4294967296 is invalid: expected at most 2,147,483,647")):
+        DatasetSpec(pde="poisson", low=1, high=5, seed=2**32)
+    data = DatasetSpec(pde="poisson", low=1, high=5, resolution=16, n_train=16)
+    with pytest.raises(SpecError, match=re.escape("run.epochs = 10000000 is invalid: expected at most 100,000")):
+        RunSpec(arm="scratch", data=data, model="xxs", n_train=8, lr=1e-3, epochs=10**7)
+    with pytest.raises(SpecError, match="seed = 100000000000000000000 is invalid"):
+        RunSpec(arm="scratch", data=data, model="xxs", n_train=8, lr=1e-3, epochs=1, seed=10**20)

@@ -48,7 +48,11 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repro.config import ARMS, MODEL_LADDER, PSI_TARGETINGS, SINGLE_PDES, DatasetSpec, SpecError, from_mapping
+from repro.config import (ARMS, MAX_EPOCHS, MAX_RESOLUTION, MAX_SEED, MODEL_LADDER, PSI_TARGETINGS, SINGLE_PDES,
+                          DatasetSpec, SpecError, format_range_end, from_mapping)
+
+#: Largest fine-tuning budget in optimiser steps (a typo guard, like repro.config.MAX_EPOCHS).
+MAX_STEPS = 100_000_000
 
 #: Where the shipped grids live (``runs/`` at the repository root).
 RUNS_DIR = Path(__file__).resolve().parents[2] / "runs"
@@ -94,8 +98,8 @@ class Pretrain:
     eval_every: int = 1
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise SpecError(f"epochs = {self.epochs!r} is invalid: expected an integer >= 1")
+        if not 1 <= self.epochs <= MAX_EPOCHS:
+            raise SpecError(f"epochs = {self.epochs!r} is invalid: expected an integer in 1..{MAX_EPOCHS:,}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise SpecError(f"lr = {self.lr!r} is invalid: expected a learning rate > 0")
         if self.seed is not None and self.seeds is not None:
@@ -106,9 +110,9 @@ class Pretrain:
                 raise SpecError("seeds = [] is invalid: give at least one pre-training seed")
             if len(set(self.seeds)) != len(self.seeds):
                 raise SpecError(f"seeds = {list(self.seeds)!r} is invalid: values must be distinct")
-        if any(seed < 0 for seed in self.all_seeds):
+        if any(not 0 <= seed <= MAX_SEED for seed in self.all_seeds):
             key, value = ("seeds", list(self.seeds)) if self.seeds is not None else ("seed", self.seed)
-            raise SpecError(f"{key} = {value!r} is invalid: expected integers >= 0")
+            raise SpecError(f"{key} = {value!r} is invalid: expected integers in 0..{MAX_SEED}")
         if self.eval_every < 1:
             raise SpecError(f"eval_every = {self.eval_every!r} is invalid: expected an integer >= 1")
 
@@ -139,10 +143,10 @@ class Finetune:
         if (self.epochs is None) == (self.steps is None):
             raise SpecError(f"epochs/steps = {(self.epochs, self.steps)!r} is invalid: give exactly one of "
                             "epochs (fixed) or steps (optimiser steps per run)")
-        for name in ("epochs", "steps", "max_epochs"):
+        for name, limit in (("epochs", MAX_EPOCHS), ("steps", MAX_STEPS), ("max_epochs", MAX_EPOCHS)):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise SpecError(f"{name} = {value!r} is invalid: expected an integer >= 1")
+            if value is not None and not 1 <= value <= limit:
+                raise SpecError(f"{name} = {value!r} is invalid: expected an integer in 1..{limit:,}")
         if self.min_epochs < 1:
             raise SpecError(f"min_epochs = {self.min_epochs!r} is invalid: expected an integer >= 1")
         if self.max_epochs is not None and self.max_epochs < self.min_epochs:
@@ -177,8 +181,9 @@ class Shift:
     downstream: str
 
     def __post_init__(self) -> None:
-        parse_label(self.upstream, allow_mixed=True, key="upstream")
-        parse_label(self.downstream, allow_mixed=False, key="downstream")
+        # Canonical labels, so that poisson(1,5) and poisson(1.0, 5.0) are one shift (one tag, one curve).
+        for key in ("upstream", "downstream"):
+            object.__setattr__(self, key, canonical_label(getattr(self, key), allow_mixed=(key == "upstream"), key=key))
 
     @property
     def label(self) -> str:
@@ -220,6 +225,12 @@ class Experiment:
         if self.budget_audit is not None and self.budget_audit < 2:
             raise SpecError(f"budget_audit = {self.budget_audit!r} is invalid: expected an integer >= 2 (the multiple "
                             "of the fine-tuning budget to audit with)")
+
+
+def canonical_label(label: str, *, allow_mixed: bool, key: str = "label") -> str:
+    """``"poisson(1.0, 5)"`` -> ``"poisson(1,5)"``: the label a dataset of that range prints."""
+    pde, low, high = parse_label(label, allow_mixed=allow_mixed, key=key)
+    return "mixed" if pde == "mixed" else f"{pde}({format_range_end(low)},{format_range_end(high)})"
 
 
 def parse_label(label: str, *, allow_mixed: bool, key: str = "label") -> tuple[str, float | None, float | None]:
@@ -296,10 +307,13 @@ class GridSpec:
             if not (math.isfinite(lr) and lr > 0):
                 raise SpecError(f"lrs = {list(self.lrs)!r} is invalid: learning rates must be finite and > 0")
         for seed in self.seeds:
-            if seed < 0:
-                raise SpecError(f"seeds = {list(self.seeds)!r} is invalid: seeds must be >= 0")
-        if self.resolution < 8 or self.resolution % 2:
-            raise SpecError(f"resolution = {self.resolution!r} is invalid: expected an even grid size >= 8")
+            if not 0 <= seed <= MAX_SEED:
+                raise SpecError(f"seeds = {list(self.seeds)!r} is invalid: seeds must be in 0..{MAX_SEED}")
+        if not 0 <= self.data_seed <= MAX_SEED:
+            raise SpecError(f"data_seed = {self.data_seed!r} is invalid: expected an integer in 0..{MAX_SEED}")
+        if self.resolution < 8 or self.resolution % 2 or self.resolution > MAX_RESOLUTION:
+            raise SpecError(f"resolution = {self.resolution!r} is invalid: expected an even grid size in "
+                            f"8..{MAX_RESOLUTION} (the paper uses 128)")
         if self.batch_size < 1:
             raise SpecError(f"batch_size = {self.batch_size!r} is invalid: expected an integer >= 1")
         if self.multi_seed_max_n is not None and self.multi_seed_max_n < 1:
