@@ -28,7 +28,8 @@ from repro.config import MIXED_COMPONENTS
 from analysis import claims as claims_mod
 from analysis.claims import Pair, PairKey
 from analysis.collect import system_of
-from analysis.filters import FilterReport, apply_filters, exclusions, flag_unconverged
+from analysis.filters import (PROTOCOL_COLUMNS, PROTOCOL_DEFAULTS, FilterReport, apply_filters, exclusions,
+                              flag_unconverged)
 from analysis.fits import N_BOOT, N_BOOT_JOINT, FitSkipped, JointFit, PowerLawFit, fit_curve, fit_joint, single_thread_blas
 from analysis.selection import C_MEDIAN_LR_TEST, C_N_LRS, C_PRETRAIN_LR, select_fixed_lr, select_lr
 from analysis.transfer import TransferMetrics, shift_magnitude, transfer_metrics
@@ -306,13 +307,14 @@ def convergence_table(selected: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-#: A budget audit passes when the longer budget lowered the test error by at most this fraction: about
-#: the seed-to-seed spread of one curve point (the runs of the committed grids vary by 5-20 % across
-#: seeds), so a smaller gain cannot be told from noise and a larger one means the budget had not converged.
+#: A budget audit passes when the longer budget lowered the test error by at most this fraction.  The
+#: seeds of one curve point spread by 5-20 % in the committed grids, so a budget effect below 5 % is
+#: smaller than the noise the intervals already carry; a larger one means the budget had not converged.
 AUDIT_TOLERANCE = 0.05
-#: What an audit run and the run it audits share (everything but the schedule length).
+#: What an audit run and the run it audits share: everything but the schedule length (the cell, LR and
+#: seed, the checkpoint, and every protocol column of analysis.filters but epochs).
 _AUDIT_PAIR = (schema.P_ARM, schema.C_TASK, schema.P_MODEL, schema.P_N_TRAIN, schema.P_LR, schema.P_SEED,
-               schema.P_INIT_FROM, schema.P_LAYOUT, schema.P_BATCH_SIZE, schema.P_DATA_STREAM)
+               schema.P_DATA_RESOLUTION, *(c for c in PROTOCOL_COLUMNS if c != schema.P_EPOCHS))
 
 
 def budget_audit_pairs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -330,12 +332,16 @@ def budget_audit_pairs(runs: pd.DataFrame) -> pd.DataFrame:
     audit, base = done[role == schema.ROLE_AUDIT], done[role == schema.ROLE_DOWNSTREAM]
     if audit.empty:
         return pd.DataFrame()
-    # Scratch has no init_from, older runs no stream: fill text columns so that NaN pairs with NaN.
-    norm = {c: "" for c in keys if not pd.api.types.is_numeric_dtype(done[c])}
-    left = audit[[*keys, schema.P_EPOCHS, schema.C_TEST_REL_L2]].fillna(norm)
-    right = base[[*keys, schema.P_EPOCHS, schema.C_TEST_REL_L2]].fillna(norm)
+    # Params older runs did not record take their implicit values; scratch has no init_from: fill
+    # the remaining text columns so that NaN pairs with NaN.
+    defaults = {c: v for c, v in PROTOCOL_DEFAULTS.items() if c in keys}
+    norm = {**{c: "" for c in keys if not pd.api.types.is_numeric_dtype(done[c])}, **defaults}
+    cols = [*keys, schema.P_EPOCHS, schema.C_TEST_REL_L2, schema.C_RUN_ID]
+    left, right = audit[cols].fillna(norm), base[cols].fillna(norm)
     pairs = left.merge(right, on=keys, suffixes=("_audit", ""))
     pairs = pairs[pairs[schema.P_EPOCHS] < pairs[f"{schema.P_EPOCHS}_audit"]]
+    # One base per audit run: the longest shorter schedule (the grid's own budget when analysed with --grid).
+    pairs = pairs.sort_values(schema.P_EPOCHS).groupby(f"{schema.C_RUN_ID}_audit", sort=False).tail(1)
     out = pairs.rename(columns={f"{schema.P_EPOCHS}_audit": "audit_epochs", schema.C_TEST_REL_L2: "test",
                                 f"{schema.C_TEST_REL_L2}_audit": "audit_test", schema.P_EPOCHS: "epochs"})
     out["gain"] = (out["test"] - out["audit_test"]) / out["test"]
@@ -343,14 +349,25 @@ def budget_audit_pairs(runs: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values([schema.P_ARM, schema.P_N_TRAIN, schema.P_LR, schema.P_SEED]).reset_index(drop=True)
 
 
-def budget_audit_table(pairs: pd.DataFrame) -> pd.DataFrame:
-    """Per arm: audited runs, the longer budget's median and largest gain, how many are within tolerance."""
-    if pairs.empty:
+def budget_audit_table(pairs: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per arm: audit runs recorded (any status) and paired, the longer budget's median and largest
+    gain, how many are within tolerance.  An audit run that failed, diverged or has no run to audit
+    counts as recorded but not paired, so it shows instead of vanishing."""
+    if pairs.empty and (runs is None or schema.C_ROLE not in runs or not runs[schema.C_ROLE].eq(schema.ROLE_AUDIT).any()):
         return pd.DataFrame()
+    recorded = (runs[runs[schema.C_ROLE].eq(schema.ROLE_AUDIT)].groupby(schema.P_ARM).size()
+                if runs is not None and schema.C_ROLE in runs else pd.Series(dtype=int))
     rows = []
-    for arm, g in pairs.groupby(schema.P_ARM, sort=True):
+    for arm in sorted(set(recorded.index) | (set(pairs[schema.P_ARM]) if len(pairs) else set())):
+        g = pairs[pairs[schema.P_ARM] == arm] if len(pairs) else pairs
+        if g.empty:
+            rows.append({"arm": arm, "audit_runs": int(recorded.get(arm, 0)), "audited_runs": 0,
+                         "budget_factor": math.nan, "n_values": "", "median_gain": math.nan, "max_gain": math.nan,
+                         "within_tolerance": 0, "tolerance": AUDIT_TOLERANCE})
+            continue
         factor = (g["audit_epochs"] / g["epochs"]).median()
-        rows.append({"arm": arm, "audited_runs": len(g), "budget_factor": float(factor),
+        rows.append({"arm": arm, "audit_runs": int(recorded.get(arm, len(g))), "audited_runs": len(g),
+                     "budget_factor": float(factor),
                      "n_values": ", ".join(str(int(n)) for n in sorted(g[schema.P_N_TRAIN].unique())),
                      "median_gain": float(g["gain"].median()), "max_gain": float(g["gain"].max()),
                      "within_tolerance": int(g["within"].sum()), "tolerance": AUDIT_TOLERANCE})
@@ -556,7 +573,7 @@ def analyze(runs: pd.DataFrame, *, tracking_uri: str = "", n_boot: int = N_BOOT,
                              benefit=benefit, zero_shot=zero_shot, mixed=mixed, claims=[],
                              provenance=_provenance(runs, kept, tracking_uri, n_boot, selection), model_params=model_params,
                              fixed_lr_curves=fixed_curves, convergence=convergence_table(selected),
-                             audit_pairs=audit_pairs, audit=budget_audit_table(audit_pairs),
+                             audit_pairs=audit_pairs, audit=budget_audit_table(audit_pairs, runs),
                              compute=compute_table(runs, selected), regime=regime_table(selected))
     eps, dts, summary = transfer_tables(partial)
     pairs = build_pairs(partial)

@@ -34,7 +34,8 @@ FLOAT_PARAMS: tuple[str, ...] = (
 )
 STR_PARAMS: tuple[str, ...] = (
     schema.P_ARM, schema.P_MODEL, schema.P_LAYOUT, schema.P_INIT_FROM, schema.P_DATA_PDE,
-    schema.P_UPSTREAM_PDE, schema.P_FAST, schema.P_PRECISION, schema.P_DATA_STREAM, schema.P_DATA_PSI_TARGETING,
+    schema.P_UPSTREAM_PDE, schema.P_FAST, schema.P_SPECTRAL, schema.P_PRECISION, schema.P_DATA_STREAM,
+    schema.P_DATA_PSI_TARGETING,
 )
 #: Final (single-value) metrics kept as columns.
 FINAL_METRICS: tuple[str, ...] = (

@@ -98,7 +98,7 @@ def print_result(result: AnalysisResult, console: Console) -> None:
     if len(result.audit):
         console.print("budget audit (the same runs with a longer budget): " + "; ".join(
             f"{r.arm} x{r.budget_factor:g}: median gain {r.median_gain:.1%}, largest {r.max_gain:.1%}, "
-            f"{r.within_tolerance}/{r.audited_runs} within {r.tolerance:.0%}"
+            f"{r.within_tolerance}/{r.audited_runs} within {r.tolerance:.0%} ({r.audit_runs} audit runs recorded)"
             for r in result.audit.itertuples(index=False)))
     for message in result.skipped:
         console.print(f"[yellow]skipped:[/] {message}")

@@ -154,7 +154,8 @@ def _context(result: "AnalysisResult", workers: int) -> dict[str, Any]:
                                                    "share_converged": "share",
                                                    "median_late_improvement": "median late improvement"})
         if len(result.convergence) else None,
-        "audit": _table(result.audit, {"arm": "arm", "audited_runs": "audited runs", "budget_factor": "budget ×",
+        "audit": _table(result.audit, {"arm": "arm", "audit_runs": "audit runs", "audited_runs": "paired",
+                                       "budget_factor": "budget ×",
                                        "n_values": "N", "median_gain": "median gain", "max_gain": "largest gain",
                                        "within_tolerance": "within tolerance", "tolerance": "tolerance"})
         if len(result.audit) else None,

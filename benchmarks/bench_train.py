@@ -141,6 +141,9 @@ def load_peer(path: str) -> Callable[[ModelSpec], torch.nn.Module]:
         fnn2d = importlib.import_module("models.fno").FNN2d
     finally:
         sys.path.remove(str(root))
+        # their package is called plain "models": forget it, so that another --peer path is really read
+        for name in [n for n in sys.modules if n == "models" or n.startswith("models.")]:
+            del sys.modules[name]
 
     def build(spec: ModelSpec) -> torch.nn.Module:
         w, m = spec.width, spec.n_modes
@@ -459,8 +462,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = sorted(set(sections) - {"ladder", "batched", "accuracy", "bf16"})
     if unknown:
         raise SystemExit(f"unknown section(s) {unknown}; allowed: ladder, batched, accuracy, bf16")
+    threads = torch.get_num_threads()
     if args.threads is not None and not on_cuda:
         torch.set_num_threads(args.threads)
+    try:
+        run_sections(args, device, sections, batch=batch, steps=steps, sizes=sizes)
+    finally:
+        torch.set_num_threads(threads)  # main() is also called in-process (tests): leave the process as found
+
+
+def run_sections(args: argparse.Namespace, device: torch.device, sections: Sequence[str], *, batch: int,
+                 steps: int, sizes: Sequence[str]) -> None:
+    """Run the requested benchmark sections (arguments parsed and checked by :func:`main`)."""
+    on_cuda = device.type == "cuda"
     if "ladder" in sections:
         peer = load_peer(args.peer) if args.peer else None
         peak = sgemm_peak(device)

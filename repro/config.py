@@ -60,9 +60,9 @@ MIXED_COMPONENTS: tuple[tuple[str, float, float], ...] = (
 
 #: Model-size ladder (PROTOCOL.md §2): name -> (width, n_modes).  ``xxs`` is an extra rung
 #: for CPU tests and the quick grid; the paper's ladder is xs..xl.  ``xxs-m8`` and ``xs-m8`` are
-#: the CPU study's extra rungs: the widths of xxs and xs with 8 modes, so that a width ladder
-#: (8, 16, 32 at m = 8, with s) is not set by mode truncation (m = 4 leaves ~4.8 % of
-#: ||u|| of poisson(5,10) outside the kept modes).
+#: the CPU study's extra rungs: the widths of xxs and xs with 8 modes, so that small models are
+#: not set by mode truncation (m = 4 leaves ~4.8 % of ||u|| of poisson(5,10) outside the kept
+#: modes); with s they form a width ladder 8, 16, 32 at m = 8.
 MODEL_LADDER: dict[str, tuple[int, int]] = {
     "xxs": (8, 4),
     "xxs-m8": (8, 8),

@@ -135,16 +135,25 @@ def test_budget_audit_runs_pair_with_the_runs_they_audit_and_stay_off_the_curves
         _run(3, **{schema.P_EPOCHS: "100", schema.M_TEST_REL_L2: 0.10}, **ckpt),
         _run(4, **audit, **{schema.M_TEST_REL_L2: 0.099}, **ckpt),  # 1 % better: within tolerance
         _run(5, **audit, **{schema.P_N_TRAIN: "64"}),  # its grid run is missing: no pair
+        _run(6, **{schema.P_EPOCHS: "50", schema.M_TEST_REL_L2: 0.5}),  # a shorter schedule of another grid
+        _run(7, **{schema.P_EPOCHS: "100", schema.P_DATA_SEED: "1", schema.M_TEST_REL_L2: 0.9}),  # other data
+        _run(8, **audit, **{schema.P_SEED: "2", schema.C_STATUS: schema.FAILED}),  # recorded, never paired
     ])
-    kept, reports = apply_filters(df)
+    kept, reports = apply_filters(df.drop(index=[6, 7]))
     assert not len(flagged(reports))  # the audit's other epochs are not a second protocol
     sel = select_lr(kept)
     assert set(sel[schema.C_RUN_ID]) == {"r0", "r1", "r3"}  # the audit's lower val error is never selected
+    # one base per audit run, the longest shorter schedule on the same data: never the 50-epoch run of
+    # another grid nor the run on another data seed
+    both = budget_audit_pairs(df)
+    assert len(both) == 2 and set(both[schema.C_RUN_ID]) == {"r0", "r3"}
     pairs = budget_audit_pairs(kept).set_index(schema.P_ARM)
     assert sorted(pairs.index) == ["scratch", "transfer"]
     assert math.isclose(pairs.loc["scratch", "gain"], 0.25) and not pairs.loc["scratch", "within"]
     assert math.isclose(pairs.loc["transfer", "gain"], 0.01) and pairs.loc["transfer", "within"]
     assert (pairs["audit_epochs"] == 2 * pairs["epochs"]).all()
-    table = budget_audit_table(budget_audit_pairs(kept)).set_index("arm")
+    table = budget_audit_table(budget_audit_pairs(kept), df).set_index("arm")
     assert table.loc["transfer", "within_tolerance"] == 1 and table.loc["scratch", "within_tolerance"] == 0
+    # scratch: three audit runs recorded (one paired, one without a grid run, one failed)
+    assert table.loc["scratch", "audit_runs"] == 3 and table.loc["scratch", "audited_runs"] == 1
     assert table.loc["scratch", "budget_factor"] == 2 and table.loc["scratch", "tolerance"] == AUDIT_TOLERANCE

@@ -56,6 +56,22 @@ def _tiny(tmp_path: Path, text: str = TINY) -> Path:
     return path
 
 
+#: sha256 (first 16 hex) of each shipped grid's sorted run_keys.  Counts alone miss a change that moves
+#: keys (e.g. one block's stream rule reaching another's datasets): then committed stores, and grids
+#: half-run on a cluster, would no longer match their plan.  A change here re-plans real runs.
+GOLDEN_KEYS = {"quick": "4e8ed15fa3f96b92", "gpu-demo": "6fefbc7f7beadc91", "paper-e1": "eef4a89371388be3",
+               "paper-e2": "7b6f6e712d75f2c2", "paper-e3": "3f50118243584a55", "paper-e4": "232fc89cc96522c3",
+               "cpu-study": "cd351771fdde2626"}
+
+
+def test_shipped_grids_keep_their_run_keys():
+    import hashlib
+
+    for name, digest in GOLDEN_KEYS.items():
+        keys = sorted(expand(load_grid(name)).keys)
+        assert hashlib.sha256(",".join(keys).encode()).hexdigest()[:16] == digest, name
+
+
 def test_shipped_grids_load_with_golden_counts():
     assert set(GOLDEN) <= set(shipped_grids())
     for name, count in GOLDEN.items():
@@ -473,6 +489,12 @@ downstream = "poisson(5,10)"
     assert set(without.keys) | {r.run_key for r in audit} == set(plan.keys)
     with pytest.raises(SpecError, match="budget_audit = 1 is invalid"):
         load_grid(_tiny(tmp_path, text.replace("budget_audit = 2", "budget_audit = 1")))
+    with pytest.raises(SpecError, match="budget_audit = 50 is invalid: expected an integer in 2..10"):
+        load_grid(_tiny(tmp_path, text.replace("budget_audit = 2", "budget_audit = 50")))
+    orphan = text.replace("budget_audit = 2\nn_train = [8, 16]", "budget_audit = 2\nn_train = [8, 16]\nlrs = [5e-4]")
+    with pytest.raises(SpecError, match=re.escape("experiments[3] (audit): budget_audit cell scratch poisson(5,10) xxs N=8 "
+                                                  "lr=0.0005 seed=0 has no grid run to audit")):
+        load_grid(_tiny(tmp_path, orphan))
     with pytest.raises(SpecError, match="unknown key.*budget_audit"):
         load_grid(_tiny(tmp_path, "budget_audit = 2\n" + TINY))
 

@@ -24,12 +24,13 @@ expands to the same keys in any process, and two grids that share runs share the
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from repro import schema
-from repro.config import RunSpec
+from repro.config import RunSpec, SpecError
 from repro.grid.spec import GridSpec
 
 ROLE_PRETRAIN = schema.ROLE_PRETRAIN
@@ -188,15 +189,26 @@ def expand(grid: GridSpec) -> Plan:
         runs[key] = PlannedRun(spec=spec, role=role, shifts=shifts, pretrain_seed=pretrain_seed)
 
     pre: dict[tuple[str, str, int], RunSpec] = {}
-    for block in grid.blocks():
-        _expand_block(block, add, pre)
+    audited: list[tuple[int, RunSpec]] = []  # (block index, the run each audit run re-trains)
+    for i, block in enumerate(grid.blocks()):
+        audited += [(i, spec) for spec in _expand_block(block, add, pre)]
+    for i, spec in audited:
+        if spec.run_key not in runs or runs[spec.run_key].role != ROLE_DOWNSTREAM:
+            name = grid.experiments[i].name
+            raise SpecError(f"experiments[{i}] ({name}): budget_audit cell {spec.arm} {spec.data.label} {spec.model} "
+                            f"N={spec.n_train} lr={spec.lr:g} seed={spec.seed} has no grid run to audit (no other "
+                            "block plans it): audit cells must be cells of the grid")
     ordered = [r for r in runs.values() if r.role == ROLE_PRETRAIN] + \
               [r for r in runs.values() if r.role != ROLE_PRETRAIN]
     return Plan(grid=grid, runs=tuple(ordered))
 
 
-def _expand_block(grid: GridSpec, add: Callable[..., None], pre: dict[tuple[str, str, int], RunSpec]) -> None:
-    """Add one plain grid's runs (``pre``: pre-training runs by (upstream, model, seed), shared by blocks)."""
+def _expand_block(grid: GridSpec, add: Callable[..., None], pre: dict[tuple[str, str, int], RunSpec]) -> list[RunSpec]:
+    """Add one plain grid's runs (``pre``: pre-training runs by (upstream, model, seed), shared by blocks).
+
+    Returns, for a budget-audit block, the grid run each of its runs re-trains (same spec at the
+    grid's own budget), so that :func:`expand` can check that every audited cell exists.
+    """
     needs_pretrain = any(arm in grid.arms for arm in ("transfer", "zero_shot"))
     pre_seeds = grid.pretrain.all_seeds if needs_pretrain else ()
     for shift in grid.shifts if needs_pretrain else ():
@@ -214,6 +226,8 @@ def _expand_block(grid: GridSpec, add: Callable[..., None], pre: dict[tuple[str,
     ft = grid.finetune
     # An audit block's finetune is already scaled; its runs audit the budget and have no zero-shot arm.
     trained_role = ROLE_AUDIT if grid.budget_audit else ROLE_DOWNSTREAM
+    base_ft = grid.parent.finetune if grid.budget_audit and grid.parent is not None else ft
+    audited: list[RunSpec] = []
     for shift in grid.shifts:
         data = grid.dataset(shift.downstream, "downstream")
         mixed_up = shift.upstream == "mixed"
@@ -226,15 +240,22 @@ def _expand_block(grid: GridSpec, add: Callable[..., None], pre: dict[tuple[str,
                                 init_from=source.run_key, eval_every=1), ROLE_DOWNSTREAM, shift.label, pseed)
             for n in grid.n_train:
                 epochs = ft.epochs_for(n, grid.batch_size)
+                base_epochs = base_ft.epochs_for(n, grid.batch_size)
                 for lr in grid.lrs:
                     for seed in grid.seeds_for(n):
                         if "scratch" in grid.arms:
-                            add(RunSpec(arm="scratch", data=data, model=model, n_train=n, lr=lr, epochs=epochs,
-                                        batch_size=grid.batch_size, seed=seed, eval_every=ft.eval_every),
-                                trained_role, shift.label)
+                            spec = RunSpec(arm="scratch", data=data, model=model, n_train=n, lr=lr, epochs=epochs,
+                                           batch_size=grid.batch_size, seed=seed, eval_every=ft.eval_every)
+                            add(spec, trained_role, shift.label)
+                            if grid.budget_audit:
+                                audited.append(dataclasses.replace(spec, epochs=base_epochs))
                         if "transfer" in grid.arms:
                             for pseed, source in sources:
-                                add(RunSpec(arm="transfer", data=data, model=model, n_train=n, lr=lr,
-                                            epochs=epochs, layout="mixed" if mixed_up else "native",
-                                            batch_size=grid.batch_size, seed=seed, init_from=source.run_key,
-                                            eval_every=ft.eval_every), trained_role, shift.label, pseed)
+                                spec = RunSpec(arm="transfer", data=data, model=model, n_train=n, lr=lr,
+                                               epochs=epochs, layout="mixed" if mixed_up else "native",
+                                               batch_size=grid.batch_size, seed=seed, init_from=source.run_key,
+                                               eval_every=ft.eval_every)
+                                add(spec, trained_role, shift.label, pseed)
+                                if grid.budget_audit:
+                                    audited.append(dataclasses.replace(spec, epochs=base_epochs))
+    return audited

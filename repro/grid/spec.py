@@ -53,6 +53,8 @@ from repro.config import (ARMS, MAX_EPOCHS, MAX_RESOLUTION, MAX_SEED, MODEL_LADD
 
 #: Largest fine-tuning budget in optimiser steps (a typo guard, like repro.config.MAX_EPOCHS).
 MAX_STEPS = 100_000_000
+#: Largest multiple of the fine-tuning budget a budget-audit block may ask for.
+MAX_BUDGET_AUDIT = 10
 
 #: Where the shipped grids live (``runs/`` at the repository root).
 RUNS_DIR = Path(__file__).resolve().parents[2] / "runs"
@@ -155,7 +157,11 @@ class Finetune:
             raise SpecError(f"eval_every = {self.eval_every!r} is invalid: expected an integer >= 1")
 
     def scaled(self, factor: int) -> Finetune:
-        """The same rule with ``factor`` times the budget (epochs or steps, and both clamps)."""
+        """The same rule with ``factor`` times the budget (epochs or steps, and both clamps).
+
+        With ``steps`` the resulting epochs are ``factor`` times the original up to the ceiling of
+        ``steps / batches per epoch`` (exactly ``factor`` times whenever the batches divide the steps).
+        """
         mul = (lambda v: None if v is None else v * factor)
         return Finetune(epochs=mul(self.epochs), steps=mul(self.steps), min_epochs=self.min_epochs * factor,
                         max_epochs=mul(self.max_epochs), eval_every=self.eval_every)
@@ -222,9 +228,9 @@ class Experiment:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
             raise SpecError(f"name = {self.name!r} is invalid: expected letters, digits, '-', '_' or '.'")
-        if self.budget_audit is not None and self.budget_audit < 2:
-            raise SpecError(f"budget_audit = {self.budget_audit!r} is invalid: expected an integer >= 2 (the multiple "
-                            "of the fine-tuning budget to audit with)")
+        if self.budget_audit is not None and not 2 <= self.budget_audit <= MAX_BUDGET_AUDIT:
+            raise SpecError(f"budget_audit = {self.budget_audit!r} is invalid: expected an integer in "
+                            f"2..{MAX_BUDGET_AUDIT} (the multiple of the fine-tuning budget to audit with)")
 
 
 def canonical_label(label: str, *, allow_mixed: bool, key: str = "label") -> str:
@@ -356,8 +362,10 @@ class GridSpec:
     def all_shifts(self) -> tuple[Shift, ...]:
         """Every shift of the whole grid (all blocks), in order, once each."""
         root = self.parent or self
-        shifts = list(root.shifts) + [s for e in root.experiments for s in (e.shifts or root.shifts)]
-        return tuple(dict.fromkeys(shifts))
+        if not root.experiments:
+            return root.shifts
+        # Only shifts some block runs: an unused top-level default must not move other blocks' datasets.
+        return tuple(dict.fromkeys(s for e in root.experiments for s in (e.shifts or root.shifts)))
 
     def dataset(self, label: str, role: str) -> DatasetSpec:
         """The :class:`DatasetSpec` of ``label`` with the ``role``'s (upstream/downstream) split sizes.

@@ -48,8 +48,9 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 #: (l 3.8x, xl 6.6x in a noisier run); 64² batch 16: xxs 2.5x, xs 2.4x, s 1.9x, m 1.3x.
 #: Computing only the kept modes wins at every ladder size, so it replaced the reference.
 #: The fused path then beat it (benchmarks/bench_train.py --sections ladder, one thread, fp32,
-#: training-step samples/s, interleaved): see FUSED_SPEEDUP_NOTE in that benchmark; it is the CPU
-#: default.  On CUDA the fast path stays the default until the fused one is measured there.
+#: training-step samples/s, interleaved; the table in README "Benchmarks": 1.13-1.43x over fast at
+#: 32², batch 32, xxs..s); it is the CPU default.  On CUDA the fast path stays the default until
+#: the fused one is measured there.
 _CPU_DEFAULT = "fused"
 
 
@@ -126,12 +127,14 @@ def check_precision(precision: str, device: torch.device | str | None = None,
         raise ValueError(f"precision = {precision!r} is invalid: allowed: {', '.join(PRECISIONS)}")
     if precision != "bf16":
         return
-    if spectral is not None and spectral != "fast":
-        raise ValueError(f"precision = 'bf16' needs the fast spectral path, not {spectral!r} (torch.fft has no bf16 "
-                         "kernels; the fused path is fp32 only): use the fast path or fp32")
+    # The device first: on a CPU the default path is the fp32-only fused one, and "use the fast
+    # path" would be advice a CPU user cannot follow.
     if device is not None and torch.device(device).type != "cuda":
         raise ValueError(f"precision = 'bf16' needs a CUDA device, not {str(device)!r}: runs on a CPU are fp32 "
                          "(bf16 is no faster there and its accuracy is benchmarked on GPUs only)")
+    if spectral is not None and spectral != "fast":
+        raise ValueError(f"precision = 'bf16' needs the fast spectral path, not {spectral!r} (torch.fft has no bf16 "
+                         "kernels; the fused path is fp32 only): use the fast path or fp32")
 
 
 def _pointwise(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
