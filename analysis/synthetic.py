@@ -52,7 +52,8 @@ QUICK_SHIFTS = (E3_SHIFTS[1], E3_SHIFTS[2])
 class SyntheticGrid:
     """Shape and planted truth of a synthetic grid."""
 
-    name: str = "quick"
+    #: Never a shipped grid's label: `fit-laws --grid <label>` selects a shipped grid by its plan.
+    name: str = "synthetic"
     shifts: tuple[tuple[tuple[str, float, float], tuple[str, float, float]], ...] = QUICK_SHIFTS
     models: tuple[str, ...] = ("xxs", "xs")
     n_values: tuple[int, ...] = (8, 16, 32, 64, 128, 256)

@@ -8,6 +8,7 @@ tiny second grid whose curves have too few N to fit.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from analysis.analyze import CurveKey, analyze
 from analysis.collect import COLUMNS, StoreError, collect_runs, default_tracking_uri, list_grids
 from analysis.synthetic import QUICK_SHIFTS, SyntheticGrid, plan, write_store
 
-QUICK = SyntheticGrid(name="quick")
+QUICK = SyntheticGrid(name="synthetic")  # quick-grid shape, under its own label
 TINY = SyntheticGrid(name="tiny", shifts=QUICK_SHIFTS[:1], models=("xxs",), n_values=(8, 16), lrs=(1e-3,),
                      seeds=(0,), n_failed=0)
 CHROMIUM = Path("/usr/bin/chromium")
@@ -40,14 +41,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def runs(store: str):
-    return collect_runs(store, "quick")
+    return collect_runs(store, "synthetic")
 
 
 def test_collect_round_trips_the_store(store: str, runs) -> None:
     planned = plan(QUICK)
     assert len(runs) == len(planned)
     assert list(runs.columns) == list(COLUMNS)
-    assert list_grids(store) == ["quick", "tiny"]
+    assert list_grids(store) == ["synthetic", "tiny"]
     assert set(runs[schema.P_ARM]) == {"scratch", "transfer", "zero_shot"}
     assert runs[schema.P_N_TRAIN].dtype.name == "Int64" and runs[schema.P_LR].dtype == float
     failed = runs[runs[schema.C_STATUS] == schema.FAILED]
@@ -69,7 +70,7 @@ def test_client_and_sql_readers_agree(store: str, runs, monkeypatch: pytest.Monk
     import analysis.collect as collect
 
     monkeypatch.setattr(collect, "_is_sql", lambda uri: False)
-    slow = collect.collect_runs(store, "quick")
+    slow = collect.collect_runs(store, "synthetic")
     key = [schema.C_RUN_ID]
     a, b = runs.sort_values(key).reset_index(drop=True), slow.sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b)
@@ -78,7 +79,7 @@ def test_client_and_sql_readers_agree(store: str, runs, monkeypatch: pytest.Monk
 def test_store_errors_are_clear(tmp_path: Path, store: str) -> None:
     with pytest.raises(StoreError, match="no MLflow store"):
         collect_runs(f"sqlite:///{tmp_path / 'missing.db'}")
-    with pytest.raises(StoreError, match="recorded grids: quick, tiny"):
+    with pytest.raises(StoreError, match="recorded grids: synthetic, tiny"):
         collect_runs(store, "nope")
 
 
@@ -123,7 +124,7 @@ def test_analysis_recovers_the_planted_truth(runs) -> None:
 
 def test_fit_laws_cli(store: str, tmp_path: Path) -> None:
     out = tmp_path / "fits"
-    res = CliRunner().invoke(app, ["fit-laws", "--grid", "quick", "--tracking-uri", store, "--out", str(out),
+    res = CliRunner().invoke(app, ["fit-laws", "--grid", "synthetic", "--tracking-uri", store, "--out", str(out),
                                    "--n-boot", "50"])
     assert res.exit_code == 0, res.output
     assert "Fitted laws" in res.output and "PASS" in res.output
@@ -156,7 +157,7 @@ def test_cli_errors_are_one_line(store: str, tmp_path: Path, args: list[str], me
 @pytest.fixture(scope="module")
 def report_path(store: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report")
-    res = CliRunner().invoke(app, ["report", "--grid", "quick", "--tracking-uri", store, "--out", str(out),
+    res = CliRunner().invoke(app, ["report", "--grid", "synthetic", "--tracking-uri", store, "--out", str(out),
                                    "--n-boot", "50"])
     assert res.exit_code == 0, res.output
     return out / "index.html"
@@ -200,7 +201,7 @@ def test_report_in_headless_chromium(report_path: Path, tmp_path: Path) -> None:
 def test_collect_by_planned_run_keys_counts_runs_shared_with_another_grid(store: str, runs) -> None:
     """A run_key finished under one grid is part of every grid that plans it (F2)."""
     tiny = collect_runs(store, "tiny")
-    shared = set(runs[schema.C_RUN_KEY].iloc[:3])  # finished (and tagged) under 'quick'
+    shared = set(runs[schema.C_RUN_KEY].iloc[:3])  # finished (and tagged) under 'synthetic'
     got = collect_runs(store, "tiny", keys=shared | set(tiny[schema.C_RUN_KEY]))
     assert set(got[schema.C_RUN_KEY]) == shared | set(tiny[schema.C_RUN_KEY])
     assert set(collect_runs(store, None, keys=shared)[schema.C_RUN_KEY]) == shared
@@ -306,3 +307,13 @@ def test_synthetic_runs_carry_convergence_and_compute_and_plant_unconverged_ones
     keys = {r.spec.run_key for r in flagged}
     assert all(same[r.spec.run_key] == r.metrics[schema.M_TEST_REL_L2] for r in runs if r.spec.run_key not in keys)
     assert all(same[k] < r.metrics[schema.M_TEST_REL_L2] for r in flagged for k in [r.spec.run_key])  # worse
+
+
+def test_a_custom_grid_labelled_like_a_shipped_one_never_mixes_into_it(tmp_path: Path) -> None:
+    """Issue 11 #7: runs of another grid file that reuses the label 'quick' are not the shipped quick
+    grid's runs: fit-laws --grid quick selects by quick's plan and says why nothing matched."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    write_store(uri, dataclasses.replace(TINY, name="quick"))
+    res = CliRunner().invoke(app, ["fit-laws", "--grid", "quick", "--tracking-uri", uri, "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "tagged grid='quick' but belong to another grid file with that label" in res.output
