@@ -82,14 +82,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_train_step(model: FNO, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    """One training step (forward, loss, backward, Adam update) on resident data ``x``, ``y``."""
+def make_train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    batch: int | None = None) -> Callable[[], None]:
+    """One training step (forward, loss, backward, Adam update) on resident data ``x``, ``y``.
+
+    ``batch`` divides the loss; default ``x.shape[1]`` (our ``(M, B, ...)`` layout).
+    """
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
+    per = x.shape[1] if batch is None else batch
 
     def step() -> None:
         optimiser.zero_grad(set_to_none=True)
         # Loss of PROTOCOL §2: sum over pixels of the squared error, divided by the batch.
-        loss = ((model(x) - y) ** 2).sum() / x.shape[1]
+        loss = ((model(x) - y) ** 2).sum() / per
         loss.backward()
         optimiser.step()
 
@@ -154,17 +159,8 @@ def load_peer(path: str) -> Callable[[ModelSpec], torch.nn.Module]:
 
 
 def make_peer_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    """:func:`make_train_step` for the authors' network: the same loss and optimiser on ``x[0]``, ``y[0]``."""
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-4)
-    xb, yb = x[0], y[0].unsqueeze(1)                    # (B, C, n, n), (B, 1, n, n)
-
-    def step() -> None:
-        optimiser.zero_grad(set_to_none=True)
-        loss = ((model(xb) - yb) ** 2).sum() / xb.shape[0]
-        loss.backward()
-        optimiser.step()
-
-    return step
+    """:func:`make_train_step` for the authors' network, whose layout is ``(B, C, n, n) -> (B, 1, n, n)``."""
+    return make_train_step(model, x[0], y[0].unsqueeze(1), batch=x.shape[1])
 
 
 def bench_ladder(device: torch.device, *, resolution: int, batch: int, sizes: Sequence[str],
