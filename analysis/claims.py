@@ -1,4 +1,4 @@
-"""The paper's six findings (PROTOCOL.md §4), each decided on intervals, with its stability.
+"""The paper's six findings (docs/protocol.md §4.1), each decided on intervals, with its stability.
 
 Every evaluator takes the fitted curves (:class:`analysis.fits.PowerLawFit`, whose bootstrap
 replicates redraw whole seed curves) and the transfer metrics, and returns a :class:`Claim`:
@@ -58,12 +58,12 @@ AT_OR_BELOW_TOLERANCE = 1.05
 LR_EFFECT_THRESHOLD = 1.10
 #: Fewest model sizes for a trend (F3).
 MIN_MODEL_SIZES = 3
-#: The error regime the paper works in (PROTOCOL §4).
+#: The error regime the paper works in (docs/protocol.md §4.3).
 PAPER_REGIME = 1e-2
 #: Share of ||u|| outside the m = 4 kept modes on poisson(5,10) (issue 9 §4, measured at 32^2).
 M4_TRUNCATION_FLOOR = 0.048
 
-#: The findings as the paper states them (PROTOCOL.md §4).
+#: The findings as the paper states them (docs/protocol.md §4.1).
 FINDINGS: dict[int, str] = {
     1: "Transfer reaches a given error with orders of magnitude fewer downstream examples than scratch.",
     2: "Transfer is at or below scratch across the whole N range; the gap narrows as N grows.",

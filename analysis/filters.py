@@ -1,4 +1,4 @@
-"""Named run filters that say what they removed and why (DESIGN.md "failures are data").
+"""Named run filters that say what they removed and why (docs/design.md §3.7).
 
 Each filter takes the collected frame and returns the kept rows plus a :class:`FilterReport`
 (before/after counts and one exclusion row per removed run with its reason).

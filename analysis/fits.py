@@ -14,17 +14,17 @@ Method (after Hoffmann et al. 2022, arXiv 2203.15556, App. D.2, and issue 9 §2-
   lower AICc over the points with the seed offsets counted as parameters (AICc's small-sample
   penalty keeps 5 N from buying a third parameter they cannot support).  Every bootstrap
   replicate makes its own choice, so the intervals include the uncertainty of the law.
-- Uncertainty: a *seed* (one initialisation plus one nested-subset chain, PROTOCOL §2) shifts a
-  whole curve, so log err = log f(N) + b_seed (+ c_pretrain) + e.  The variance components are
-  estimated by one-way (nested, with pre-training seeds) ANOVA moments of the log residuals, and
-  a parametric bootstrap redraws whole seed curves: each replicate draws the component
-  variances from their scaled-inverse-chi-square sampling distributions (so that with S seeds
-  the level uncertainty is t_{S-1}-wide, not normal-wide: 2-3 seeds cannot pin a variance),
-  then one offset per seed and one noise value per point, and refits.  Resampling points within
-  each N instead treats a seed as independent across N and covered the truth in 25-60 % of
-  trials at a nominal 95 % (issue 9); tests/test_analysis_coverage.py checks this method on
-  planted laws with persistent seed offsets.  With a single seed the seed effect cannot be
-  estimated and no interval is given (``FitResult.interval_note`` says so).
+- Uncertainty: a *seed* (one initialisation plus one nested-subset chain, docs/protocol.md §2.9)
+  shifts a whole curve, so log err = log f(N) + b_seed (+ c_pretrain) + e.  The variance components
+  are estimated by one-way (nested, with pre-training seeds) ANOVA moments of the log residuals, and
+  a parametric bootstrap redraws whole seed curves: each replicate draws the component variances
+  from their scaled-inverse-chi-square sampling distributions (so that with S seeds the level
+  uncertainty is t_{S-1}-wide, not normal-wide: 2-3 seeds cannot pin a variance), then one offset
+  per seed and one noise value per point, and refits.  Resampling points within each N instead
+  treats a seed as independent across N and covered the truth in 25-60 % of trials at a nominal 95 %
+  (issue 9); tests/test_analysis_coverage.py checks this method on planted laws with persistent seed
+  offsets.  With a single seed the seed effect cannot be estimated and no interval is given
+  (``FitResult.interval_note`` says so).
 - All replicates are solved together as one block-separable L-BFGS-B problem warm-started at the
   point estimate: one optimiser call instead of B calls.
 - Held-out check: refit without the largest N and report the error of the prediction there.

@@ -1,7 +1,7 @@
 """Render an :class:`~analysis.analyze.AnalysisResult` as one self-contained ``index.html``.
 
-The report only renders: no MLflow, no fitting here (DESIGN.md).  Figures are plotnine PNGs
-embedded as base64 ``data:`` URIs and the CSS is inline, so the file opens with no network.
+The report only renders: no MLflow, no fitting here (docs/design.md §3.9).  Figures are plotnine
+PNGs embedded as base64 ``data:`` URIs and the CSS is inline, so the file opens with no network.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Learning-rate selection (PROTOCOL.md §2 "Selection", issue 9 §2).
+"""Learning-rate selection (docs/protocol.md §2.7, issue 9 §2).
 
 For each (task, shift, model size, N, arm) cell the LR with the lowest *mean* best validation
 relative L2 over the cell's seeds is chosen, and every seed's run at that LR is kept: one LR per

@@ -32,7 +32,7 @@ from repro import schema
 from repro.config import MODEL_LADDER, DatasetSpec, RunSpec, flatten, in_channels
 from analysis.transfer import shift_magnitude
 
-#: Upstream ranges of the E3 ladder (PROTOCOL.md §3), used by the benchmark store.
+#: Upstream ranges of the E3 ladder (docs/protocol.md §3.3), used by the benchmark store.
 E3_SHIFTS: tuple[tuple[tuple[str, float, float], tuple[str, float, float]], ...] = (
     (("poisson", 1.0, 2.5), ("poisson", 1.0, 5.0)),
     (("poisson", 1.0, 5.0), ("poisson", 2.5, 7.5)),
@@ -96,7 +96,10 @@ class SyntheticRun:
 
 
 def n_params(width: int, n_modes: int, c_in: int, n_layers: int = 4) -> int:
-    """FNO parameter count of PROTOCOL.md §2 (lift, spectral + 1x1 layers, 2-layer projection)."""
+    """FNO parameter count of docs/protocol.md §2.3.
+
+    Lift, spectral + 1x1 layers, 2-layer projection.
+    """
     spectral = 4 * width * width * n_modes * n_modes  # two complex m x m corner blocks
     return (c_in + 1) * width + n_layers * (spectral + width * width + width) + (2 * width * width + 2 * width) + 2 * width + 1
 

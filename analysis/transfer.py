@@ -1,4 +1,7 @@
-"""Transfer metrics (PROTOCOL.md §4): N_arm(eps), multiplier, D_T(N), catch-up N, OOD shift size."""
+"""Transfer metrics of docs/protocol.md §4.2.
+
+N_arm(eps), multiplier, D_T(N), catch-up N, OOD shift size.
+"""
 
 from __future__ import annotations
 
@@ -44,14 +47,14 @@ CATCH_UP_MAX = 1e9
 _CATCH_UP_GRID = 1200
 
 
-#: A fitted law is never inverted below the smallest N run (PROTOCOL §4 "how to read them"): where
+#: A fitted law is never inverted below the smallest N run (docs/protocol.md §4.3): where
 #: transfer at N_min already beats eps, the multiplier is the lower bound N_scratch(eps) / N_min.
 EXTRAPOLATION_BELOW = 1.0
 #: ... and at most this factor above the largest N run (one more doubling): further out, every
 #: bootstrap replicate extrapolates in its own way, and a value there is reported as a bound.
 EXTRAPOLATION_ABOVE = 2.0
-#: The paper's headline error level (PROTOCOL §4): the multiplier is reported there when both
-#: arms reach it inside the horizon.
+#: The paper's headline error level (docs/protocol.md §4.3): the multiplier is reported there
+#: when both arms reach it inside the horizon.
 PAPER_EPS = 1e-2
 #: Error levels inside both arms' fitted ranges at which the multiplier is also reported.
 N_INSIDE_LEVELS = 3

@@ -9,11 +9,11 @@ Section "batched": 16 small runs as one ensemble vs one by one.  Section "accura
 reference (both fp32) after the same short training.
 
 Section "bf16": the same model (same seed, data and data order) trained in fp32 and in bf16
-(``FNO(precision="bf16")``) until the fp32 test rel-L2 is <= 3e-2 (PROTOCOL's 1e-2 regime, where
-a ~5e-3 bf16 error floor matters); prints both test errors, their ratio, the rel-L2 between the
-two models' test predictions, the forward-only deviation of bf16 from fp32 on the same weights,
-and both training times.  bf16 stays an explicit option until this has passed on a GPU.  On a
-CPU the model's bf16 path runs under CPU autocast (an emulation, for rehearsal only: runs refuse
+(``FNO(precision="bf16")``) until the fp32 test rel-L2 is <= 3e-2 (docs/protocol.md §4.3: the 1e-2
+regime, where a ~5e-3 bf16 error floor matters); prints both test errors, their ratio, the rel-L2
+between the two models' test predictions, the forward-only deviation of bf16 from fp32 on the same
+weights, and both training times.  bf16 stays an explicit option until this has passed on a GPU.  On
+a CPU the model's bf16 path runs under CPU autocast (an emulation, for rehearsal only: runs refuse
 bf16 on CPU), at tiny sizes that do not reach the threshold; the output says so.
 
 Defaults: on CUDA the paper's setting (128², batch 128, every rung).  On CPU a 128² batch-128
@@ -93,7 +93,7 @@ def make_train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     def step() -> None:
         optimiser.zero_grad(set_to_none=True)
-        # Loss of PROTOCOL §2: sum over pixels of the squared error, divided by the batch.
+        # Loss (docs/protocol.md §2.5): sum over pixels of the squared error, divided by the batch.
         loss = ((model(x) - y) ** 2).sum() / per
         loss.backward()
         optimiser.step()

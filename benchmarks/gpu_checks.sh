@@ -14,8 +14,18 @@
 #   OUT=/tmp/gpu bash benchmarks/gpu_checks.sh bf16            # the bf16 check alone (sized for ~1 min on an H200)
 #   OUT=/tmp/gpu DEVICE=cpu SMOKE=1 bash benchmarks/gpu_checks.sh   # seconds-long CPU rehearsal
 #
-# On the lent device machine (python3 with torch, no MLflow): first `bash ../shared/tools/gpu-wheels.sh`
-# here, carry `.whl`; the wheels are installed into /tmp/site below.  Each section ends well inside
+# On the lent device machine (python3 with torch, no MLflow): first download here, into `.whl`, the
+# CPython 3.12 manylinux x86_64 wheels of mlflow-skinny and of the dependencies the device lacks:
+#   pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     -d .whl --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 \
+#     --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+#     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
+#     mlflow-skinny==3.17.2 sqlalchemy alembic mako sqlparse 'cachetools<8' \
+#     'importlib-metadata<10' pydantic pydantic-core annotated-types typing-inspection fastapi \
+#     starlette opentelemetry-api opentelemetry-sdk opentelemetry-proto \
+#     opentelemetry-semantic-conventions databricks-sdk google-auth pyasn1 pyasn1-modules \
+#     cryptography cffi pycparser typing-extensions greenlet
+# then carry `.whl`; the wheels are installed into /tmp/site below.  Each section ends well inside
 # the device tool's 10-minute limit per command, so they can also be run as separate calls.
 # At most 8 files come back from the device tool: the summary, one log per step and the store.
 # Then, here: `repro fit-laws --tracking-uri sqlite:///<store> --grid gpu-demo` and `repro report`.

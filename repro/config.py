@@ -25,18 +25,18 @@ from typing import Any, Mapping
 
 from repro import schema
 
-#: PDE systems of PROTOCOL.md §1, plus the mixture used for mixed pre-training (§3 E4).
+#: PDE systems of docs/protocol.md §1, plus the mixture used for mixed pre-training (§3 E4).
 PDES: tuple[str, ...] = ("poisson", "advdiff", "helmholtz", "mixed")
 SINGLE_PDES: tuple[str, ...] = ("poisson", "advdiff", "helmholtz")
 
-#: The three ways of obtaining a downstream model (PROTOCOL.md §2 "Arms").
+#: The three ways of obtaining a downstream model (docs/protocol.md §2.8).
 #: A pre-training run is simply a ``scratch`` run on the upstream dataset whose checkpoint
 #: later runs name in ``init_from``.
 ARMS: tuple[str, ...] = ("scratch", "transfer", "zero_shot")
 
 #: Coefficient-channel layouts: ``native`` = the PDE's own coefficient vector, ``mixed`` = the
 #: 6 coefficients [K11, K22, K12, v1, v2, omega] of the general operator
-#: -div(K grad u) + v.grad u - omega u = f shared by all three systems (PROTOCOL.md §2).
+#: -div(K grad u) + v.grad u - omega u = f shared by all three systems (docs/protocol.md §2.2).
 LAYOUTS: tuple[str, ...] = ("native", "mixed")
 
 #: Diffusion scale kappa of all three systems (authors' code).
@@ -58,7 +58,7 @@ MIXED_COMPONENTS: tuple[tuple[str, float, float], ...] = (
     ("helmholtz", 1.0, 10.0),
 )
 
-#: Model-size ladder (PROTOCOL.md §2): name -> (width, n_modes).  ``xxs`` is an extra rung
+#: Model-size ladder (docs/protocol.md §2.4): name -> (width, n_modes).  ``xxs`` is an extra rung
 #: for CPU tests and the quick grid; the paper's ladder is xs..xl.  ``xxs-m8`` and ``xs-m8`` are
 #: the CPU study's extra rungs: the widths of xxs and xs with 8 modes, so that small models are
 #: not set by mode truncation (m = 4 leaves ~4.8 % of ||u|| of poisson(5,10) outside the kept
@@ -131,7 +131,7 @@ def _check_positive_int(owner: str, field: str, value: int, *, allow_zero: bool 
 class DatasetSpec:
     """One dataset: a PDE with its physics-parameter range, resolution, split sizes and seed.
 
-    ``low``/``high`` bound the physics parameter of PROTOCOL.md §1 (SYS-1: eigenvalue ``e``;
+    ``low``/``high`` bound the physics parameter of docs/protocol.md §1 (SYS-1: eigenvalue ``e``;
     SYS-2: advection-to-diffusion ratio Psi; SYS-3: integer omega, inclusive).  For
     ``pde="mixed"`` they must be left out: the mixture's ranges are :data:`MIXED_COMPONENTS`.
     """
@@ -222,7 +222,10 @@ def format_range_end(x: float | None) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
-    """Architecture of one FNO (PROTOCOL.md §2): lift, ``n_layers`` Fourier layers, projection."""
+    """Architecture of one FNO (docs/protocol.md §2.3).
+
+    Lift, ``n_layers`` Fourier layers, projection.
+    """
 
     in_channels: int
     width: int
@@ -252,7 +255,8 @@ class RunSpec:
 
     - ``data``: the dataset this run trains on and is evaluated on (the downstream task; for a
       pre-training run, the upstream dataset).
-    - ``n_train``: size of the nested random training subset (PROTOCOL.md §2); 0 for zero-shot.
+    - ``n_train``: size of the nested random training subset (docs/protocol.md §2.9); 0 for
+      zero-shot.
     - ``init_from``: run_key (16 hex chars) or checkpoint path of the pre-trained model for the
       ``transfer`` and ``zero_shot`` arms.
     - ``seed``: model initialisation, subset draw and shuffling.
@@ -316,7 +320,7 @@ class RunSpec:
 
     @property
     def effective_batch_size(self) -> int:
-        """batch = min(batch_size, N): full batch below 128 samples (PROTOCOL.md §2)."""
+        """batch = min(batch_size, N): full batch below 128 samples (docs/protocol.md §2.5)."""
         return max(1, min(self.batch_size, self.n_train))
 
     @property

@@ -63,7 +63,7 @@ def test_members_are_independent(spectral: str) -> None:
 
 
 def test_parameter_count_matches_protocol_default() -> None:
-    # PROTOCOL.md §2: w = 64, m = 32, C_in = 4 -> 67,134,273 parameters.
+    # docs/protocol.md §2.3: w = 64, m = 32, C_in = 4 -> 67,134,273 parameters.
     spec = ModelSpec.from_ladder("l", 4)
     assert count_parameters(spec) == 67_134_273
     assert FNO(spec, device="meta").n_params_per_member == 67_134_273

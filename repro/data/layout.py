@@ -1,6 +1,6 @@
 """Coefficient layouts: each system's native vector vs the shared 6-coefficient mixed layout.
 
-Mixed layout (PROTOCOL.md §2) = [K11, K22, K12, v1, v2, omega] of the general operator
+Mixed layout (docs/protocol.md §2.2) = [K11, K22, K12, v1, v2, omega] of the general operator
 ``-div(K grad u) + v.grad u - omega u = f``:
 
 - poisson   native (kK11, kK22, kK12)              -> [kK11, kK22, kK12, 0, 0, 0]

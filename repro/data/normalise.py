@@ -1,4 +1,6 @@
-"""The input normaliser of PROTOCOL.md §2: per-sample source-norm rescaling + coefficient medians.
+"""The input normaliser of docs/protocol.md §2.1.
+
+Per-sample source-norm rescaling + coefficient medians.
 
 Network input for sample i: ``[f, t_1 1, ..., t_T 1] / c_i`` with ``c_i = (||f_i||_2 dx dy) / s_f``,
 and coefficient channel j additionally divided by ``s_tj``.  ``s_f`` is the median of
@@ -85,7 +87,7 @@ def fit_normaliser(source: np.ndarray, tensor: np.ndarray) -> Normaliser:
 
 
 def build_inputs(source: Array, tensor: Array, normaliser: Normaliser) -> Array:
-    """Network inputs (N, 1 + T, n, n) float32 per PROTOCOL.md §2.
+    """Network inputs (N, 1 + T, n, n) float32 per docs/protocol.md §2.1.
 
     Works on numpy arrays and on torch tensors (any device) alike.
 

@@ -1,4 +1,4 @@
-"""Nested random training subsets (PROTOCOL.md §2): N = 2^k is contained in 2^(k+1)."""
+"""Nested random training subsets (docs/protocol.md §2.9): N = 2^k is contained in 2^(k+1)."""
 
 from __future__ import annotations
 

@@ -180,7 +180,7 @@ class Shift:
     """One physics shift: pre-train on ``upstream``, evaluate / fine-tune on ``downstream``.
 
     Both are dataset labels as printed everywhere else (``poisson(1,5)``, ``advdiff(0.2,1)``,
-    ``helmholtz(1,10)``); ``upstream`` may also be ``mixed`` (PROTOCOL §3 E4).
+    ``helmholtz(1,10)``); ``upstream`` may also be ``mixed`` (docs/protocol.md §3 E4).
     """
 
     upstream: str
@@ -201,7 +201,7 @@ class Shift:
 class Experiment:
     """One block of a composite grid (``[[experiments]]``): its own axes, the grid's settings.
 
-    A study such as PROTOCOL §3's E1-E4 needs different axes per experiment (many N on the
+    A study such as docs/protocol.md §3's E1-E4 needs different axes per experiment (many N on the
     headline shift, several sizes on one shift, many shifts at one size, ...); one Cartesian
     product would multiply them all.  Every axis left out is the grid's own (top-level) value.
     The grid's plan is the union of its blocks' runs: a run two blocks share (same spec, hence

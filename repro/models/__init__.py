@@ -1,4 +1,4 @@
-"""FNO ensembles (PROTOCOL.md §2), the size ladder's parameter count, and checkpoints."""
+"""FNO ensembles (docs/protocol.md §2.3), the size ladder's parameter count, and checkpoints."""
 
 from repro.models.checkpoint import (Checkpoint, CheckpointError, build_model, load_checkpoint,
                                      save_checkpoint)

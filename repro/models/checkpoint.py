@@ -45,7 +45,7 @@ class Checkpoint:
     state : dict of str to Tensor
         One-member weights (leading dimension 1), see :func:`repro.models.member_state`.
     normaliser : dict
-        Input normaliser statistics of the (pre-)training data (PROTOCOL.md §2).
+        Input normaliser statistics of the (pre-)training data (docs/protocol.md §2.1).
     data_spec : dict
         The dataset the model was trained on.
     meta : dict

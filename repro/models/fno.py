@@ -1,4 +1,4 @@
-"""The Fourier Neural Operator of PROTOCOL.md §2, as an ensemble of ``M`` independent members.
+"""The Fourier Neural Operator of docs/protocol.md §2, as an ensemble of ``M`` independent members.
 
 Every model is an ensemble of ``M`` FNOs that share data and architecture but not weights
 (several learning-rate / seed runs trained together in one process; one run is ``M = 1``).
@@ -202,7 +202,7 @@ class FourierLayer(nn.Module):
 
 
 class FNO(nn.Module):
-    """Ensemble of ``members`` independent FNOs (PROTOCOL.md §2) trained together.
+    """Ensemble of ``members`` independent FNOs (docs/protocol.md §2.3) trained together.
 
     Parameters
     ----------

@@ -1,6 +1,6 @@
 """Spectral convolution of the FNO: a plain rfft2 reference and a truncated-DFT fast path.
 
-Both functions compute the same map (PROTOCOL.md §2): keep the two ``m x m`` low-frequency
+Both functions compute the same map (docs/protocol.md §2.3): keep the two ``m x m`` low-frequency
 corner blocks ``[:m, :m]`` and ``[-m:, :m]`` of ``rfft2(x, norm='ortho')``, multiply each kept
 mode by its own complex ``in x out`` matrix, and transform back with ``irfft2(norm='ortho')``.
 
@@ -14,7 +14,7 @@ contiguous ``(I, 2O)`` matrix, so the fast path's batched GEMM reads them withou
 Why a fast path: with ``m << n`` almost all of an FFT's work produces modes that are thrown away.
 The fast path evaluates only the kept modes as dense matrix products against precomputed cos/sin
 matrices (a truncated DFT), which maps onto GEMMs and tensor cores; it equals the reference to
-~1e-7 in fp32 (DESIGN.md "Speed").
+~1e-7 in fp32 (docs/design.md §5).
 """
 
 from __future__ import annotations

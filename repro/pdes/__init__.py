@@ -1,4 +1,4 @@
-"""The three PDE systems of PROTOCOL.md §1: batched sources, exact spectral solves, sampling.
+"""The three PDE systems of docs/protocol.md §1: batched sources, exact spectral solves, sampling.
 
 Pure numpy (FFTs via scipy.fft); every function also accepts torch tensors and then runs on
 their device (see :mod:`repro.pdes.xp`) -- this package never imports torch itself.

@@ -6,7 +6,7 @@ parameter is the advection-to-diffusion ratio
     Psi = ||lam v.grad u||_2 / ||div((1-lam) kappa K grad u)||_2,
 
 drawn ``Psi* ~ U(low, high)``.  The authors pick lam from a lookup table (realised Psi off by ~30%);
-we solve for lam per sample so that the realised Psi equals Psi* (PROTOCOL.md §1, a stated
+we solve for lam per sample so that the realised Psi equals Psi* (docs/protocol.md §1.3, a stated
 improvement) and store the realised value.  ``psi_targeting="authors"`` instead chooses lam their
 way (see :func:`authors_lambda`), so SYS-2 results can be compared with theirs like for like.
 

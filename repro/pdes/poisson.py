@@ -1,4 +1,4 @@
-"""SYS-1: anisotropic Poisson ``-div(kappa K grad u) = f``, mean(u) = 0 (PROTOCOL.md §1).
+"""SYS-1: anisotropic Poisson ``-div(kappa K grad u) = f``, mean(u) = 0 (docs/protocol.md §1.2).
 
 ``K = R(-theta) diag(1, e) R(theta)``, ``theta ~ U(0, 2 pi)``, ``e ~ U(low, high)``; the stored
 coefficients are ``kappa K11, kappa K22, kappa K12`` (authors' utils/gen_data_poisson.py).

@@ -1,4 +1,4 @@
-"""Gaussian-bump sources of PROTOCOL.md §1, built for a whole batch at once.
+"""Gaussian-bump sources of docs/protocol.md §1.5, built for a whole batch at once.
 
 The source is ``f(x, y) = sum_{j,k} A[j, k] g(y - c_j) g(x - c_k)`` with ``g(d) = exp(-d^2/(2 sigma^2))``,
 ``sigma = 1/32`` and centres ``c_j = 0.5 + (j - 5.5) * 2 sigma`` (12 per axis, spacing 2 sigma, centred
@@ -27,7 +27,7 @@ SPACING: float = 2.0 * SIGMA
 #: Amplitude range of an active bump (authors: min_act = 1e-3, max_act = 1).
 AMP_LOW: float = 1e-3
 AMP_HIGH: float = 1.0
-#: Probability that a bump is inactive, one value per sparsity block (PROTOCOL.md §1).
+#: Probability that a bump is inactive, one value per sparsity block (docs/protocol.md §1.5).
 VOID_FRACTIONS: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
 
 

@@ -1,6 +1,6 @@
 """Execute runs: group compatible RunSpecs into ensembles, train, evaluate, record in MLflow.
 
-The one data path for training (DESIGN.md):
+The one data path for training (docs/design.md §1):
 
     [RunSpec] --group by batch_key--> ensemble of M members
       --load data (content-addressed HDF5) + checkpoint--> tensors resident on the device

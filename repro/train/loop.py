@@ -3,8 +3,8 @@
 Pure torch, no MLflow: the engine (:mod:`repro.train.engine`) feeds tensors in and records
 what comes out.  A single run is simply M = 1.
 
-Protocol (PROTOCOL.md §2): loss = sum over pixels of (u_hat - u)^2 / batch; Adam; cosine LR to
-0 over the run, no warm-up; batch = min(batch_size, N); reshuffle every epoch with a seeded
+Protocol (docs/protocol.md §2.5): loss = sum over pixels of (u_hat - u)^2 / batch; Adam; cosine
+LR to 0 over the run, no warm-up; batch = min(batch_size, N); reshuffle every epoch with a seeded
 generator; validation relative L2 every ``eval_every`` epochs; keep the best checkpoint.
 """
 

@@ -16,7 +16,7 @@ import torch
 
 
 def cosine_factor(step: int, total_steps: int) -> float:
-    """Cosine decay from 1 to 0 over the run, no warm-up (PROTOCOL.md §2)."""
+    """Cosine decay from 1 to 0 over the run, no warm-up (docs/protocol.md §2.5)."""
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 

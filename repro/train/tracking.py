@@ -1,4 +1,4 @@
-"""MLflow tracking: the only module that writes runs (DESIGN.md "MLflow is the system of record").
+"""MLflow tracking: the only module that writes runs (docs/design.md §1).
 
 Store: a SQLite database ``<REPRO_HOME or ./.repro>/mlflow.db`` by default, or any tracking URI
 (``--tracking-uri`` / ``REPRO_TRACKING_URI``), e.g. an ``mlflow server`` for many hosts.  The
