@@ -18,11 +18,30 @@ from conftest import write_grid
 
 from repro import schema
 
-PG_BIN = Path(os.environ.get("REPRO_PG_BIN", "/usr/lib/postgresql/15/bin"))
+def find_pg_bin() -> Path | None:
+    """The PostgreSQL server binaries (initdb, pg_ctl), any version: $REPRO_PG_BIN, then
+    ``pg_config --bindir``, then PATH, then the newest /usr/lib/postgresql/<version>/bin."""
+    candidates: list[Path] = []
+    if os.environ.get("REPRO_PG_BIN"):
+        candidates.append(Path(os.environ["REPRO_PG_BIN"]))
+    if shutil.which("pg_config"):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.strip():
+            candidates.append(Path(out.stdout.strip()))
+    if shutil.which("initdb"):
+        candidates.append(Path(shutil.which("initdb")).parent)
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"),
+                      key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0, reverse=True)
+    candidates += versions
+    return next((c for c in candidates if (c / "initdb").exists() and (c / "pg_ctl").exists()), None)
+
+
+PG_BIN = find_pg_bin()
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300),
-              pytest.mark.skipif(not (PG_BIN / "initdb").exists(),
-                                 reason=f"PostgreSQL binaries not found in {PG_BIN} (apt-get install postgresql)")]
+              pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL server binaries (initdb, pg_ctl) not found "
+                                 "in $REPRO_PG_BIN, pg_config --bindir, PATH or /usr/lib/postgresql/*/bin "
+                                 "(apt-get install postgresql)")]
 
 
 def free_port() -> int:
