@@ -99,6 +99,9 @@ FINISHED = "FINISHED"
 FAILED = "FAILED"
 KILLED = "KILLED"
 RUNNING = "RUNNING"
+#: Not an MLflow state but a run outcome: another live process holds this run_key's claim (it
+#: trains it, or has just finished it), so this process did not train it (repro.grid.store.claim).
+ELSEWHERE = "ELSEWHERE"
 
 # --- analysis DataFrame columns (besides the dotted params above) --------------------------------
 C_RUN_ID = "run_id"

@@ -2,8 +2,10 @@
 
 ``run_grid`` is idempotent: FINISHED run_keys are skipped; FAILED, KILLED and missing ones run
 again; RUNNING ones whose owner is gone (:mod:`repro.grid.store`) are marked KILLED and run
-again; RUNNING ones whose owner is alive are left to it.  One MLflow parent run per
-invocation; the engine records one child run per RunSpec under it.
+again; RUNNING ones whose owner is alive are left to it, and their dependants wait for them.
+Each run the engine creates is a claim (:func:`repro.grid.store.claim`), so launchers started
+together on one store train every key once.  One MLflow parent run per invocation; the engine
+records one child run per RunSpec under it.
 """
 
 from __future__ import annotations
@@ -99,17 +101,19 @@ class GridOutcome:
     finished_before: int
     running_elsewhere: list[str]
     finished: list[str] = field(default_factory=list)
+    finished_elsewhere: list[str] = field(default_factory=list)  # waited for: another invocation trained them
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run_key, reason)
     reaped: dict[str, str] = field(default_factory=dict)
     wall_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.running_elsewhere
+        """No run failed (runs another live invocation trains are its business, not a failure)."""
+        return not self.failed
 
     @property
     def complete(self) -> int:
-        return self.finished_before + len(self.finished)
+        return self.finished_before + len(self.finished) + len(self.finished_elsewhere)
 
 
 def unit_task_id(unit: Unit) -> str:
@@ -156,6 +160,7 @@ class Progress:
         self.done = 0
         self.failed = 0
         self.running: dict[str, int] = {}
+        self.waiting = 0  # keys another invocation is training
         self.costs = costs or {}
         self.cost_done = 0.0
         self.cost_total = sum(self.costs.values())
@@ -196,7 +201,9 @@ class Progress:
         table.add_row(f"[bold]{self.grid}[/]", ProgressBar(total=max(1, self.todo), completed=self.done + self.failed,
                                                           width=30),
                       f"[green]done {self.done}[/] · [cyan]running {sum(self.running.values())}[/] · "
-                      f"[red]failed {self.failed}[/] · remaining {max(0, remaining)} "
+                      f"[red]failed {self.failed}[/] · "
+                      + (f"[yellow]waiting on another invocation {self.waiting}[/] · " if self.waiting else "")
+                      + f"remaining {max(0, remaining)} "
                       f"(of {self.todo} to do; {self.finished_before}/{self.total} finished before) · "
                       f"elapsed {_hms(elapsed)} · ETA {_hms(eta) if eta is not None else '?'}")
         return table
@@ -258,7 +265,7 @@ def run_grid(plan: Plan, opts: Options, *, console: Any = None, live: bool | Non
     outcome.parent_run_id = parent
     settings = Settings(tracking_uri=uri, data_dir=opts.data_dir, device=opts.device, fast=opts.fast,
                         grid=plan.grid.label, parent_run_id=parent, max_members=opts.max_members,
-                        heartbeat_s=opts.heartbeat_s, precision=opts.precision)
+                        heartbeat_s=opts.heartbeat_s, precision=opts.precision, stale_after=opts.stale_after)
     status = schema.FAILED
     try:
         if executor == "slurm":
@@ -297,9 +304,7 @@ def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settin
                                           device=settings.device)
     units = {task.task_id: unit for unit, task in pairs}
     sched = Scheduler(tasks=[*data_tasks, *[t for _, t in pairs]], deps=deps, done_keys=set(finished),
-                      describe=_pretrain_reason(plan))
-    for key in outcome.running_elsewhere:
-        sched.failed_keys[key] = f"pre-training run {key} is RUNNING in another invocation; run the grid again later"
+                      describe=_pretrain_reason(plan), waiting=set(outcome.running_elsewhere))
     slots = make_slots(device=opts.device, workers=opts.workers, runs_per_gpu=opts.runs_per_gpu)
     unit_costs: dict[str, float] = {}
     if costs:
@@ -310,6 +315,24 @@ def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settin
     progress = Progress(plan.grid.label, len(plan), len(finished), len(todo), console=console, live=live,
                         costs=unit_costs or None)
     last_beat = [time.monotonic()]
+    last_poll = [time.monotonic()]
+
+    def poll_waiting() -> None:
+        """Keys another invocation trains: finished there, still live there, or given up (ours again)."""
+        for key in sorted(sched.waiting):
+            runs = store.runs_of_key(uri, key)
+            if any(r.info.status == schema.FINISHED for r in runs):
+                sched.waiting.discard(key)
+                sched.done_keys.add(key)
+                outcome.finished_elsewhere.append(key)
+            elif not store.live_rivals(uri, runs, stale_after=opts.stale_after):
+                sched.waiting.discard(key)
+                unit = plan.units([key], max_members=1, device=settings.device)[0]
+                task = UnitTask(task_id=f"{unit_task_id(unit)}:again{len(units)}", specs=unit.specs,
+                                roles={key: plan[key].role})
+                units[task.task_id] = unit
+                sched.pending.append(task)
+        progress.waiting = len(sched.waiting)
 
     def record(key: str, status: str, reason: str | None) -> None:
         if status == schema.FINISHED:
@@ -340,11 +363,17 @@ def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settin
             if r is None:
                 record(spec.run_key, schema.FAILED, error or "no outcome reported")
                 bad += 1
+            elif r["status"] == schema.ELSEWHERE:  # another launcher holds it: wait for its outcome
+                sched.waiting.add(spec.run_key)
+            elif r["skipped"]:  # another launcher finished it between our survey and the pull
+                sched.done_keys.add(spec.run_key)
+                outcome.finished_elsewhere.append(spec.run_key)
             else:
                 record(spec.run_key, r["status"], r["failure_reason"])
                 ok += r["status"] == schema.FINISHED
                 bad += r["status"] != schema.FINISHED
         sched.done_tasks.add(task.task_id)
+        progress.waiting = len(sched.waiting)
         progress.finish(task.task_id, ok, bad, units[task.task_id].describe())
 
     def on_blocked(task: DataTask | UnitTask, reason: str) -> None:
@@ -358,6 +387,9 @@ def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settin
 
     def on_tick() -> None:
         progress.tick()
+        if sched.waiting and time.monotonic() - last_poll[0] > min(5.0, settings.heartbeat_s):
+            last_poll[0] = time.monotonic()
+            poll_waiting()
         if time.monotonic() - last_beat[0] > settings.heartbeat_s:
             last_beat[0] = time.monotonic()
             try:
@@ -459,9 +491,14 @@ def plan_text(plan: Plan, sv: Survey, est: Any = None, *, slots: int = 1, device
 
 def outcome_text(out: GridOutcome, plan: Plan) -> str:
     lines = [f"grid {out.grid}: {out.complete}/{out.total} runs finished "
-             f"({len(out.finished)} now, {out.finished_before} before), {len(out.failed)} failed, "
-             f"{len(out.running_elsewhere)} running elsewhere, in {_hms(out.wall_seconds)}"
+             f"({len(out.finished)} now, {out.finished_before} before"
+             + (f", {len(out.finished_elsewhere)} by another invocation" if out.finished_elsewhere else "")
+             + f"), {len(out.failed)} failed, in {_hms(out.wall_seconds)}"
              + (f"; MLflow parent run {out.parent_run_id}" if out.parent_run_id else "")]
+    still = [k for k in out.running_elsewhere if k not in out.finished_elsewhere]
+    if still and out.parent_run_id is None:
+        lines.append(f"nothing left to do here: {len(still)} runs are being trained by another invocation "
+                     f"(`repro status` shows them; run the grid again once it ends to pick up any it gives up)")
     if out.reaped:
         lines.append(f"stale RUNNING runs marked KILLED and run again: {len(out.reaped)}")
     if out.failed:

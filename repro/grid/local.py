@@ -71,7 +71,9 @@ class Scheduler:
     """Tasks with dependencies: a task is ready when every dependency succeeded.
 
     ``deps[task_id]`` lists task ids and/or run_keys; a run_key dependency is met once that key
-    is FINISHED (``done_keys``), and broken once it failed (``failed_keys``).
+    is FINISHED (``done_keys``), and broken once it failed (``failed_keys``).  ``waiting`` holds
+    the keys another invocation is training: the pool keeps going (idle if need be) until the
+    launcher moves each to ``done_keys`` or, if its owner gives up, back to ``pending``.
     """
 
     tasks: list[DataTask | UnitTask]
@@ -82,6 +84,7 @@ class Scheduler:
     failed_tasks: dict[str, str] = field(default_factory=dict)  # task id -> reason
     #: (run_key, its failure reason) -> the reason given to its dependants.
     describe: Callable[[str, str], str] | None = None
+    waiting: set[str] = field(default_factory=set)  # run_keys trained by another invocation
 
     def __post_init__(self) -> None:
         self.pending: list[DataTask | UnitTask] = list(self.tasks)
@@ -166,6 +169,10 @@ def run_local(scheduler: Scheduler, settings: Settings, slots: list[Slot], *,
                     on_start(task)
                     slot.conn.send(task)
             busy = [s for s in slots if s.task is not None]
+            if not busy and scheduler.waiting:  # only another invocation's runs are left to wait for
+                on_tick()
+                time.sleep(tick_s)
+                continue
             if not busy:
                 if scheduler.pending:  # nothing runs and nothing is ready: broken dependencies
                     for task in list(scheduler.pending):

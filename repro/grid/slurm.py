@@ -155,6 +155,7 @@ def run_slurm(plan, todo: list[str], finished: set[str], settings: Settings, opt
     describe = _pretrain_reason(plan)
     done = set(finished)
     failed: dict[str, str] = {}
+    elsewhere = set(outcome.running_elsewhere)  # keys another invocation trains
     bad_data: dict[str, str] = {}
     data_results = _run_phase(list(data_tasks), settings, opts, f"{plan.grid.label}-data", console)
     for t in data_tasks:
@@ -169,6 +170,9 @@ def run_slurm(plan, todo: list[str], finished: set[str], settings: Settings, opt
             if (schema.ROLE_PRETRAIN if unit.role == schema.ROLE_PRETRAIN else schema.ROLE_DOWNSTREAM) != phase:
                 continue
             reason = None
+            if any(dep in elsewhere for dep in deps[task.task_id]):  # its owner also runs the dependants
+                outcome.running_elsewhere.extend(spec.run_key for spec in task.specs)
+                continue
             for dep in deps[task.task_id]:
                 if dep in bad_data:
                     reason = bad_data[dep]
@@ -197,6 +201,9 @@ def run_slurm(plan, todo: list[str], finished: set[str], settings: Settings, opt
                 if r is not None and r["status"] == schema.FINISHED:
                     done.add(spec.run_key)
                     outcome.finished.append(spec.run_key)
+                elif r is not None and r["status"] == schema.ELSEWHERE:
+                    elsewhere.add(spec.run_key)
+                    outcome.running_elsewhere.append(spec.run_key)
                 else:
                     why = (r or {}).get("failure_reason") or error or "no outcome reported"
                     failed[spec.run_key] = why

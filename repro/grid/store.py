@@ -265,6 +265,89 @@ def reap_stale(uri: str, states: Mapping[str, KeyState], *, stale_after: float =
     return reaped
 
 
+# --- claims: at most one live run per run_key across launchers and hosts --------------------------
+
+#: How long a contended claim waits for its rival to withdraw before it reads the store again.
+CLAIM_SETTLE_S = 2.0
+
+
+def runs_of_key(uri: str, run_key: str) -> list[Any]:
+    """Every (not deleted) run tagged with ``run_key``."""
+    return search_runs(uri, f"tags.`{schema.T_RUN_KEY}` = '{run_key}'")
+
+
+def live_rivals(uri: str, runs: Iterable[Any], *, exclude: str | None = None,
+                stale_after: float = STALE_AFTER_S) -> list[Any]:
+    """The RUNNING runs among ``runs`` (other than ``exclude``) whose owner is alive."""
+    running = [r for r in runs if r.info.status == schema.RUNNING and r.info.run_id != exclude]
+    if not running:
+        return []
+    parents = parents_of(uri, running)
+    now = time.time()
+    return [r for r in running
+            if stale_reason(r, parents.get(r.data.tags.get(schema.T_PARENT_RUN_ID, "")), now=now,
+                            stale_after=stale_after) is None]
+
+
+def _claim_order(run: Any) -> tuple[int, str]:
+    return (run.info.start_time or 0, run.info.run_id)
+
+
+def _withdraw(uri: str, run_id: str) -> None:
+    """Delete a claim that lost: it never trained, so it must not show up as a run at all."""
+    c = client(uri)
+    retrying(lambda: c.delete_run(run_id))
+
+
+def claim(uri: str, mine: Mapping[str, str], *, settle_s: float = CLAIM_SETTLE_S,
+          stale_after: float = STALE_AFTER_S, sleep: Callable[[float], None] = time.sleep) -> dict[str, str]:
+    """Decide which of this process's freshly created RUNNING runs it may train.
+
+    ``mine`` maps run_key -> the run id this process has just created for it (its claim).
+    Returns {run_key: reason} for the claims it lost; those runs are deleted here.  Nothing but
+    the store is shared, and no clock is trusted across hosts:
+
+    1. the claim (a RUNNING run under a live owner) is written *before* the store is read;
+    2. a FINISHED run of the key, or no rival claim, settles it (lost / won);
+    3. a rival that sorts first (start time, then run id) wins; this claim withdraws;
+    4. when every rival sorts after this claim, it waits ``settle_s`` for them to withdraw
+       and reads again: any rival still there means that rival may not have seen this claim,
+       so this one withdraws too (both may withdraw; the caller simply tries again later).
+
+    Two claims can both go on only if each read missed the other's write, and each write came
+    before its own read — a cycle, so at most one live run per key trains (a claim that finds
+    a rival withdraws unless that rival is seen to withdraw first).
+    """
+    lost: dict[str, str] = {}
+    contended: list[str] = []
+    for key, run_id in mine.items():
+        runs = runs_of_key(uri, key)
+        done = [r for r in runs if r.info.status == schema.FINISHED]
+        if done:
+            lost[key] = f"run {done[0].info.run_id} of another invocation finished it"
+            continue
+        rivals = live_rivals(uri, runs, exclude=run_id, stale_after=stale_after)
+        if not rivals:
+            continue
+        me = next((r for r in runs if r.info.run_id == run_id), None)
+        first = min(rivals, key=_claim_order)
+        if me is None or _claim_order(first) < _claim_order(me):
+            lost[key] = f"run {first.info.run_id} of another invocation claimed it first"
+        else:
+            contended.append(key)
+    if contended:
+        sleep(settle_s)
+        for key in contended:
+            runs = runs_of_key(uri, key)
+            other = [r for r in runs if r.info.status == schema.FINISHED and r.info.run_id != mine[key]]
+            other += live_rivals(uri, runs, exclude=mine[key], stale_after=stale_after)
+            if other:
+                lost[key] = f"run {other[0].info.run_id} of another invocation claimed it at the same time"
+    for key in lost:
+        _withdraw(uri, mine[key])
+    return lost
+
+
 def beat_runs(uri: str, parent_run_id: str | None, keys: Iterable[str], identity: str) -> int:
     """Tag the RUNNING runs of ``keys`` under ``parent_run_id`` with this worker and a fresh heartbeat."""
     from mlflow.entities import RunTag

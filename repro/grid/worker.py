@@ -2,8 +2,9 @@
 
 Used by both executors: the local pool's worker processes (:func:`pool_worker`) and the SLURM
 array tasks (:mod:`repro.grid.slurm`).  A unit is re-checked against MLflow just before it
-runs ("pull"): keys that finished meanwhile are dropped, so nothing finished is ever trained
-again.  While the engine trains, a heartbeat thread tags the unit's RUNNING runs with this
+runs ("pull"): keys that finished meanwhile, or that another live process is training, are
+dropped; the runs the engine creates are claims that :func:`repro.grid.store.claim` settles
+against other launchers, so no key is trained twice at once.  While the engine trains, a heartbeat thread tags the unit's RUNNING runs with this
 process's identity (see :mod:`repro.grid.store`).
 """
 
@@ -58,6 +59,7 @@ class Settings:
     parent_run_id: str | None
     max_members: int = 16
     heartbeat_s: float = store.HEARTBEAT_S
+    stale_after: float = store.STALE_AFTER_S
     precision: str = "fp32"  # forward precision, like fast an execution option (not in the run_key)
 
 
@@ -92,11 +94,20 @@ def run_unit(task: UnitTask, settings: Settings) -> list[dict[str, Any]]:
     """Run the unfinished specs of ``task``; returns one outcome dict per spec of the task."""
     from repro.train.engine import execute
 
-    states = store.key_states(settings.tracking_uri, [s.run_key for s in task.specs])
-    todo = [s for s in task.specs if states[s.run_key].finished is None]
-    out = [{"run_key": s.run_key, "status": schema.FINISHED, "run_id": states[s.run_key].finished.info.run_id,
-            "failure_reason": None, "skipped": True, "test_rel_l2": None, "wall_seconds": 0.0}
-           for s in task.specs if states[s.run_key].finished is not None]
+    uri = settings.tracking_uri
+    states = store.key_states(uri, [s.run_key for s in task.specs])
+    out: list[dict[str, Any]] = []
+    todo = []
+    for spec in task.specs:
+        st = states[spec.run_key]
+        live = store.live_rivals(uri, st.running, stale_after=settings.stale_after) if st.finished is None else []
+        if st.finished is not None:
+            out.append(_skipped(spec.run_key, schema.FINISHED, st.finished.info.run_id, None))
+        elif live:
+            out.append(_skipped(spec.run_key, schema.ELSEWHERE, live[0].info.run_id,
+                                f"run {live[0].info.run_id} of another invocation is training it"))
+        else:
+            todo.append(spec)
     if not todo:
         return out
     beat = _Heartbeat(settings, [s.run_key for s in todo])
@@ -107,12 +118,20 @@ def run_unit(task: UnitTask, settings: Settings) -> list[dict[str, Any]]:
                            grid=settings.grid,
                            parent_run_id=settings.parent_run_id, roles=dict(task.roles), progress=False,
                            max_members=settings.max_members,
-                           extra_tags={store.T_WORKER: store.process_identity(), store.T_HEARTBEAT: f"{time.time():.0f}"})
+                           extra_tags={store.T_WORKER: store.process_identity(), store.T_HEARTBEAT: f"{time.time():.0f}"},
+                           claim=lambda mine: store.claim(uri, mine, stale_after=settings.stale_after))
     finally:
         beat.stop.set()
     out.extend({"run_key": o.run_key, "status": o.status, "run_id": o.run_id, "failure_reason": o.failure_reason,
-                "skipped": False, "test_rel_l2": o.test_rel_l2, "wall_seconds": o.wall_seconds} for o in outcomes)
+                "skipped": o.status == schema.ELSEWHERE, "test_rel_l2": o.test_rel_l2,
+                "wall_seconds": o.wall_seconds} for o in outcomes)
     return out
+
+
+def _skipped(run_key: str, status: str, run_id: str | None, reason: str | None) -> dict[str, Any]:
+    """The outcome of a key this worker did not train (finished before, or trained elsewhere)."""
+    return {"run_key": run_key, "status": status, "run_id": run_id, "failure_reason": reason, "skipped": True,
+            "test_rel_l2": None, "wall_seconds": 0.0}
 
 
 def run_task(task: DataTask | UnitTask, settings: Settings) -> list[dict[str, Any]]:

@@ -43,7 +43,7 @@ class RunOutcome:
     """What became of one RunSpec."""
 
     run_key: str
-    status: str  # schema.FINISHED | schema.FAILED
+    status: str  # schema.FINISHED | schema.FAILED | schema.ELSEWHERE (the claim was lost)
     run_id: str | None
     test_rel_l2: float | None
     failure_reason: str | None
@@ -109,7 +109,8 @@ def execute(specs: Sequence[RunSpec], *, tracking_uri: str, data_dir: Path | Non
             device: str = "cpu", fast: bool | None = None, precision: str = "fp32", grid: str | None = None,
             parent_run_id: str | None = None, roles: Mapping[str, str] | None = None,
             progress: bool = True, max_members: int = 16,
-            extra_tags: Mapping[str, str] | None = None) -> list[RunOutcome]:
+            extra_tags: Mapping[str, str] | None = None,
+            claim: Callable[[Mapping[str, str]], Mapping[str, str]] | None = None) -> list[RunOutcome]:
     """Train / evaluate every spec and record each as one MLflow run.
 
     Parameters
@@ -135,6 +136,11 @@ def execute(specs: Sequence[RunSpec], *, tracking_uri: str, data_dir: Path | Non
     extra_tags:
         Tags set on every run when it is created (e.g. the grid worker's identity, so that a
         launcher can tell a live RUNNING run from one whose process died).
+    claim:
+        Called with {run_key: run id} of each ensemble's runs right after they are created and
+        before anything trains; returns {run_key: reason} of those another process owns (their
+        runs are gone, their outcome is ``schema.ELSEWHERE``).  The grid passes
+        :func:`repro.grid.store.claim`, so concurrent launchers never train a key twice.
 
     Returns
     -------
@@ -155,7 +161,8 @@ def execute(specs: Sequence[RunSpec], *, tracking_uri: str, data_dir: Path | Non
                                                        device=torch.device(device), spectral=spectral,
                                                        precision=precision, grid=grid,
                                                        parent_run_id=parent_run_id, roles=roles or {},
-                                                       progress=progress, extra_tags=extra_tags or {}):
+                                                       progress=progress, extra_tags=extra_tags or {},
+                                                       claim=claim):
             outcomes[outcome.run_key] = outcome
     return [outcomes[s.run_key] for s in specs]
 
@@ -194,16 +201,26 @@ def _one_line(err: BaseException) -> str:
 
 def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, device: torch.device,
                    spectral: str, precision: str, grid: str | None, parent_run_id: str | None, roles: Mapping[str, str],
-                   progress: bool, allow_oom_retry: bool, extra_tags: Mapping[str, str]) -> list[RunOutcome]:
+                   progress: bool, allow_oom_retry: bool, extra_tags: Mapping[str, str],
+                   claim: Callable[[Mapping[str, str]], Mapping[str, str]] | None) -> list[RunOutcome]:
     started = time.perf_counter()
-    head = group[0]
-    extra = _model_params(head, spectral, precision)
+    extra = _model_params(group[0], spectral, precision)
     tags = {**extra_tags, schema.T_DEVICE: tracking.device_name(str(device))}
     if grid:
         tags[schema.T_GRID] = grid
     recorders = [tracking.RunRecorder.start(tracking_uri, spec, extra_params=extra,
                                             tags={**tags, schema.T_ROLE: roles.get(spec.run_key, schema.ROLE_DOWNSTREAM)},
                                             parent_run_id=parent_run_id) for spec in group]
+    elsewhere: list[RunOutcome] = []
+    if claim is not None:  # the runs just created are this process's claims on their keys
+        lost = claim({spec.run_key: rec.run_id for spec, rec in zip(group, recorders)})
+        elsewhere = [RunOutcome(spec.run_key, schema.ELSEWHERE, None, None, lost[spec.run_key], 0.0)
+                     for spec in group if spec.run_key in lost]
+        kept = [(spec, rec) for spec, rec in zip(group, recorders) if spec.run_key not in lost]
+        if not kept:
+            return elsewhere
+        group, recorders = [spec for spec, _ in kept], [rec for _, rec in kept]
+    head = group[0]
     outcomes: dict[int, RunOutcome] = {}
 
     def fail_all(reason: str) -> None:
@@ -265,7 +282,7 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
         else:
             where = traceback.extract_tb(err.__traceback__)[-1]
             fail_all(f"{_one_line(err)} (at {Path(where.filename).name}:{where.lineno})")
-    return [outcomes[m] for m in range(len(group))]
+    return elsewhere + [outcomes[m] for m in range(len(group))]
 
 
 def _model_params(spec: RunSpec, spectral: str, precision: str) -> dict[str, object]:

@@ -45,9 +45,24 @@ def init_store(uri: str) -> str:
 
     Idempotent and cheap when the store exists.  Call once in the launcher before workers.
     """
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return experiment_id(uri)
+    if not uri.startswith("sqlite:///"):
+        return experiment_id(uri)  # a tracking server migrates its own database once, at start
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    # MLflow migrates a new SQLite file on first contact; two processes doing so at once race
+    # (alembic: "table ... already exists").  A lock file beside the database serialises them.
+    import fcntl
+
+    try:
+        lock = open(db.with_name(db.name + ".init-lock"), "a")
+    except OSError:  # a read-only folder: nothing will be migrated or created there anyway
+        return experiment_id(uri)
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return experiment_id(uri)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @functools.lru_cache(maxsize=16)
