@@ -7,14 +7,18 @@
     repro fit-laws --tracking-uri sqlite:///reports/quick/mlflow.db --grid quick --out reports/quick
     repro report   --tracking-uri sqlite:///reports/quick/mlflow.db --grid quick --out reports/quick
 
-Re-running the analysis on the store must give the committed verdicts and numbers exactly: a
-change to the fits, the rules or the store that moves them has to regenerate the example.
+Re-running the analysis on the store must give the committed verdicts and numbers: a change to the
+fits, the rules or the store that moves them has to regenerate the example.  The numbers are compared
+to 1e-9; the claim texts word for word, except that a printed number (3 significant digits) may
+differ in its last digit: another numpy/scipy build moves a bootstrap quantile by ~1e-11, which flips
+the rounding of a value that sits on a rounding boundary (seen: 0.0750 printed as 0.075 or 0.0751).
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -27,6 +31,15 @@ from analysis.collect import collect_runs
 from repro.grid import expand, load_grid
 
 ROOT = Path(__file__).resolve().parents[1] / "reports"
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def assert_same_text(got: str, want: str) -> None:
+    """Equal words; numbers equal up to a flip of the last printed digit."""
+    assert _NUMBER.sub("#", got) == _NUMBER.sub("#", want), (got, want)
+    for g, w in zip(_NUMBER.findall(got), _NUMBER.findall(want)):
+        digits = max(3, *(len(x.lstrip("-").split("e")[0].replace(".", "").lstrip("0")) for x in (g, w)))
+        assert float(g) == pytest.approx(float(w), rel=10.0 ** (1 - digits), abs=1e-12), (g, w, got)
 GRIDS = sorted(p.parent.name for p in ROOT.glob("*/mlflow.db.gz"))
 
 
@@ -40,7 +53,8 @@ def test_committed_report_reproduces_from_its_store(grid: str, tmp_path: Path) -
     committed = json.loads((ROOT / grid / "analysis.json").read_text())
     got = claims_frame(result.claims)
     assert got["verdict"].tolist() == [c["verdict"] for c in committed["claims"]]
-    assert got["summary"].tolist() == [c["summary"] for c in committed["claims"]]
+    for text, c in zip(got["summary"].tolist(), committed["claims"], strict=True):
+        assert_same_text(text, c["summary"])
     want = pd.read_csv(ROOT / grid / "transfer_summary.csv")
     for col in ("eps", "multiplier", "multiplier_lo", "multiplier_hi"):
         assert result.transfer_summary[col].to_numpy() == pytest.approx(want[col].to_numpy(), rel=1e-9), col
