@@ -24,8 +24,16 @@ _VERDICT_STYLE = {PASS: "bold green", FAIL: "bold red", NOT_ENOUGH: "dim"}
 
 
 def default_out_dir(grid: str | None) -> Path:
-    """``reports/<grid>`` (``reports/all`` without a grid filter)."""
-    return Path("reports") / (grid or "all")
+    """``<REPRO_HOME>/reports/<grid>`` (``.../all`` without a grid filter).
+
+    Beside the store, not the checkout's ``reports/``: that folder holds the committed results,
+    which a user's own run must neither overwrite nor mix with.  A grid given as a TOML path is
+    named by its file stem.
+    """
+    from repro.config import repro_home
+
+    name = "all" if grid is None else (Path(grid).stem if grid.endswith(".toml") else Path(grid).name)
+    return repro_home() / "reports" / name
 
 
 def selection_note(grid: str | None, keys: Collection[str] | None) -> str:

@@ -249,6 +249,22 @@ def _slurm_device(device: str | None, gpus_per_task: int | None, workers: int | 
     return device, gpus_per_task
 
 
+def _require_store(uri: str) -> None:
+    """Refuse to read a SQLite store that does not exist (MLflow would create an empty one and
+    every count would read 0 — the usual cause is running from another folder or REPRO_HOME)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    if not path.exists():
+        fail(f"no MLflow store at {path} (nothing has run with this store yet): pass --tracking-uri, set "
+             f"REPRO_HOME or REPRO_TRACKING_URI, or run `repro run-grid` first")
+
+
+def _next_steps(grid: str, uri: str, explicit_uri: bool) -> str:
+    where = f" --tracking-uri {uri}" if explicit_uri else ""
+    return f"next: repro fit-laws --grid {grid}{where}   then   repro report --grid {grid}{where}"
+
+
 def _load_plan(grid: str):
     from repro.config import SpecError
     from repro.grid.plan import expand
@@ -367,6 +383,7 @@ def run_grid_cmd(
             return estimate_units(units, device=device, fast=fast, precision=precision,
                                   threads=max(1, cpu_count() // slots)).unit_seconds
 
+        typer.echo(f"grid {plan.grid.label}: {len(plan)} runs; reading what {uri} holds of them ...", err=True)
         out = launcher.run_grid(plan, opts, costs=costs if executor == "local" else None)
     except KeyboardInterrupt:
         fail("interrupted; running runs were marked KILLED and will run again next time", code=130)
@@ -375,6 +392,8 @@ def run_grid_cmd(
     typer.echo(launcher.outcome_text(out, plan))
     if not out.ok:
         raise typer.Exit(1)
+    if out.complete == out.total:
+        typer.echo(_next_steps(grid, uri, tracking_uri is not None))
 
 
 @app.command()
@@ -392,10 +411,13 @@ def status(
     from repro.train import tracking
 
     plan = _load_plan(grid)
+    uri = tracking_uri or tracking.default_tracking_uri()
+    _require_store(uri)
     try:
-        rep = launcher.grid_status(plan, tracking_uri or tracking.default_tracking_uri())
+        rep = launcher.grid_status(plan, uri)
     except store.StoreError as err:
         fail(str(err))
+    typer.echo(f"store: {uri}")
     typer.echo(launcher.status_text(rep))
 
 
@@ -455,6 +477,7 @@ def export(
 
     plan = _load_plan(grid)
     uri = tracking_uri or tracking.default_tracking_uri()
+    _require_store(uri)
     try:
         with Progress(transient=True) as bar:
             job = bar.add_task(f"exporting {plan.grid.label}", total=None)
@@ -486,8 +509,10 @@ def _analysis_command(which: str, grid: str | None, tracking_uri: str | None, ou
     from analysis import commands
     from analysis.collect import StoreError, default_tracking_uri
 
+    uri = tracking_uri or default_tracking_uri()
+    _require_store(uri)
     try:
-        getattr(commands, which)(tracking_uri or default_tracking_uri(), grid, out, n_boot=n_boot,
+        getattr(commands, which)(uri, grid, out, n_boot=n_boot,
                                  keys=_grid_keys(grid))
     except StoreError as err:
         fail(str(err))
@@ -511,7 +536,7 @@ def _grid_keys(grid: str | None) -> frozenset[str] | None:
 def fit_laws(
     grid: Optional[str] = typer.Option(None, "--grid", help=_GRID_HELP),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=_URI_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder. Default: reports/<grid or 'all'>."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder. Default: <REPRO_HOME>/reports/<grid or 'all'> (./.repro/reports/...)."),
     n_boot: int = typer.Option(200, "--n-boot", min=0, help=_BOOT_HELP),
 ) -> None:
     """Fit scaling laws, transfer metrics and the paper's claims; print tables, write CSV/JSON.
@@ -533,7 +558,7 @@ def fit_laws(
 def report(
     grid: Optional[str] = typer.Option(None, "--grid", help=_GRID_HELP),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=_URI_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder for index.html. Default: reports/<grid or 'all'>."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder for index.html. Default: <REPRO_HOME>/reports/<grid or 'all'> (./.repro/reports/...)."),
     n_boot: int = typer.Option(200, "--n-boot", min=0, help=_BOOT_HELP),
 ) -> None:
     """Render one self-contained HTML report (figures embedded; opens without network).

@@ -148,6 +148,16 @@ def describe_run(run: PlannedRun) -> str:
     return " ".join(bits)
 
 
+#: The phases of a grid invocation, in the order they start.
+PHASES = ("datasets", "pre-training", "fine-tuning")
+
+
+def task_phase(task: DataTask | UnitTask) -> str:
+    if isinstance(task, DataTask):
+        return "datasets"
+    return "pre-training" if schema.ROLE_PRETRAIN in task.roles.values() else "fine-tuning"
+
+
 class Progress:
     """Counts and ETA of one invocation, shown live with rich (or as lines when not a terminal)."""
 
@@ -159,7 +169,7 @@ class Progress:
         self.grid, self.total, self.finished_before, self.todo = grid, total, finished_before, todo
         self.done = 0
         self.failed = 0
-        self.running: dict[str, int] = {}
+        self.running: dict[str, tuple[int, str]] = {}  # task id -> (runs in it, phase)
         self.waiting = 0  # keys another invocation is training
         self.costs = costs or {}
         self.cost_done = 0.0
@@ -181,39 +191,56 @@ class Progress:
             self._live.update(self.render())
             self._live.__exit__(*exc)
 
+    #: An ETA is shown once this share of the work (estimated cost, else runs) is done: the first
+    #: units include worker start-up and dataset generation, and extrapolating them swings wildly.
+    ETA_AFTER = 0.05
+
     def eta(self) -> float | None:
         elapsed = time.monotonic() - self.t0
-        if self.cost_total > 0 and self.cost_done > 0:
-            return elapsed * (self.cost_total - self.cost_done) / self.cost_done
-        finished = self.done + self.failed
-        if finished:
-            return elapsed * (self.todo - finished) / finished
-        return None
+        if self.cost_total > 0:
+            share = self.cost_done / self.cost_total
+            remaining = self.cost_total - self.cost_done
+        else:
+            share = (self.done + self.failed) / max(1, self.todo)
+            remaining = self.todo - self.done - self.failed
+        if share < self.ETA_AFTER or self.done + self.failed < 2:
+            return None
+        return elapsed * remaining / (self.cost_done if self.cost_total > 0 else self.done + self.failed)
+
+    def phase(self) -> str:
+        """What the pool is doing now: datasets, pre-training and/or fine-tuning."""
+        phases = sorted({ph for _, ph in self.running.values()}, key=PHASES.index)
+        return " + ".join(phases) if phases else ("waiting" if self.waiting else "starting")
 
     def render(self) -> Any:
         from rich.progress_bar import ProgressBar
         from rich.table import Table
 
-        remaining = self.todo - self.done - self.failed - sum(self.running.values())
-        eta = self.eta()
+        runs = sum(n for n, _ in self.running.values())
+        units = sum(1 for n, _ in self.running.values() if n)
+        remaining = self.todo - self.done - self.failed - runs
         elapsed = time.monotonic() - self.t0
         table = Table.grid(padding=(0, 1))
-        table.add_row(f"[bold]{self.grid}[/]", ProgressBar(total=max(1, self.todo), completed=self.done + self.failed,
-                                                          width=30),
-                      f"[green]done {self.done}[/] · [cyan]running {sum(self.running.values())}[/] · "
+        table.add_row(f"[bold]{self.grid}[/] {self.phase()}",
+                      ProgressBar(total=max(1, self.todo), completed=self.done + self.failed, width=30),
+                      f"[green]done {self.done}[/] · [cyan]running {runs} runs in {units} units[/] · "
                       f"[red]failed {self.failed}[/] · "
                       + (f"[yellow]waiting on another invocation {self.waiting}[/] · " if self.waiting else "")
                       + f"remaining {max(0, remaining)} "
                       f"(of {self.todo} to do; {self.finished_before}/{self.total} finished before) · "
-                      f"elapsed {_hms(elapsed)} · ETA {_hms(eta) if eta is not None else '?'}")
+                      f"elapsed {_hms(elapsed)} · ETA {self.eta_text()}")
         return table
+
+    def eta_text(self) -> str:
+        eta = self.eta()
+        return _hms(eta) if eta is not None else f"after {self.ETA_AFTER:.0%} of the work"
 
     def _refresh(self) -> None:
         if self._live is not None:
             self._live.update(self.render())
 
-    def start(self, task_id: str, n: int) -> None:
-        self.running[task_id] = n
+    def start(self, task_id: str, n: int, phase: str) -> None:
+        self.running[task_id] = (n, phase)
         self._refresh()
 
     def finish(self, task_id: str, ok: int, bad: int, label: str = "") -> None:
@@ -222,9 +249,8 @@ class Progress:
         self.failed += bad
         self.cost_done += self.costs.get(task_id, 0.0)
         if not self.live_enabled and label:
-            eta = self.eta()
             self.console.print(f"[{_hms(time.monotonic() - self.t0)}] {label}: {ok} finished, {bad} failed "
-                               f"({self.done + self.failed}/{self.todo}, ETA {_hms(eta) if eta is not None else '?'})",
+                               f"({self.done + self.failed}/{self.todo}, ETA {self.eta_text()})",
                                highlight=False)
         self._refresh()
 
@@ -233,8 +259,14 @@ class Progress:
 
 
 def _hms(seconds: float | None) -> str:
+    """m:ss, h:mm:ss up to two days, then days or years (a paper grid on a CPU is years, not
+    "39375:03:37")."""
     if seconds is None:
         return "?"
+    if seconds >= 365 * 86400:
+        return f"{seconds / (365.25 * 86400):,.1f} years"
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:,.1f} days"
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
@@ -344,7 +376,7 @@ def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settin
             outcome.failed.append((key, why))
 
     def on_start(task: DataTask | UnitTask) -> None:
-        progress.start(task.task_id, len(task.specs) if isinstance(task, UnitTask) else 0)
+        progress.start(task.task_id, len(task.specs) if isinstance(task, UnitTask) else 0, task_phase(task))
 
     def on_result(task: DataTask | UnitTask, results: list[dict] | None, error: str | None) -> None:
         if isinstance(task, DataTask):

@@ -1,0 +1,52 @@
+"""What a newcomer meets first: honest durations, a clear word about an empty store, the phase."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from repro import schema
+from repro.cli import app
+from repro.grid.launcher import Progress, _hms, task_phase
+from repro.grid.worker import DataTask, UnitTask
+
+
+def test_long_durations_read_in_days_and_years() -> None:
+    assert _hms(75) == "1:15"
+    assert _hms(3 * 3600 + 5) == "3:00:05"
+    assert _hms(47 * 3600) == "47:00:00"
+    assert _hms(3 * 86400) == "3.0 days"
+    assert _hms(39375 * 3600) == "4.5 years"  # the paper grid's CPU estimate, once "39375:03:37"
+
+
+def test_status_export_and_analysis_refuse_a_missing_store(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    uri = f"sqlite:///{missing}"
+    for args in (["status", "--grid", "quick"], ["export", "--grid", "quick", "--to", str(tmp_path / "x.db")],
+                 ["fit-laws"], ["report"]):
+        res = CliRunner().invoke(app, [*args, "--tracking-uri", uri])
+        assert res.exit_code == 2, (args, res.output)
+        assert f"no MLflow store at {missing}" in res.output, res.output
+        assert "Traceback" not in res.output
+    assert not missing.exists() and not missing.parent.exists()  # nothing was created
+
+
+def test_progress_names_the_phase_and_waits_for_a_stable_eta() -> None:
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    prog = Progress("g", total=10, finished_before=0, todo=10, console=console, live=False,
+                    costs={f"t{i}": 1.0 for i in range(10)})
+    pre = UnitTask("t0", specs=(), roles={"k": schema.ROLE_PRETRAIN})
+    prog.start("t0", 1, task_phase(pre))
+    prog.start("t1", 4, task_phase(UnitTask("t1", specs=(), roles={"j": schema.ROLE_DOWNSTREAM})))
+    assert prog.phase() == "pre-training + fine-tuning"
+    assert prog.eta() is None and "after 5% of the work" in prog.eta_text()
+    prog.finish("t0", 1, 0)
+    assert prog.eta() is None  # one unit done: too early to extrapolate
+    prog.finish("t1", 4, 0)
+    assert prog.eta() is not None
+    console.print(prog.render())
+    assert "running 0 runs in 0 units" in console.export_text()
+    assert task_phase(DataTask(dataset=None)) == "datasets"  # type: ignore[arg-type]
