@@ -19,7 +19,7 @@ from repro.grid.spec import Finetune, load_grid, parse_grid, parse_label, shippe
 #: Runs per shipped grid (pre-training + downstream, after deduplication).  A change here is a
 #: change of the science plan: update deliberately.
 GOLDEN = {"quick": 42, "gpu-demo": 392, "paper-e1": 292, "paper-e2": 2920, "paper-e3": 2332, "paper-e4": 2626,
-          "cpu-study": 510}
+          "cpu-study": 510, "cpu-study-v2": 510}
 
 TINY = """
 label = "tiny"
@@ -61,7 +61,7 @@ def _tiny(tmp_path: Path, text: str = TINY) -> Path:
 #: half-run on a cluster, would no longer match their plan.  A change here re-plans real runs.
 GOLDEN_KEYS = {"quick": "4e8ed15fa3f96b92", "gpu-demo": "6fefbc7f7beadc91", "paper-e1": "eef4a89371388be3",
                "paper-e2": "7b6f6e712d75f2c2", "paper-e3": "3f50118243584a55", "paper-e4": "232fc89cc96522c3",
-               "cpu-study": "cd351771fdde2626"}
+               "cpu-study": "cd351771fdde2626", "cpu-study-v2": "cb1d2f5bb4cfee1f"}
 
 
 def test_shipped_grids_keep_their_run_keys():
@@ -533,3 +533,11 @@ def test_run_and_dataset_specs_bound_resolution_seed_and_epochs():
         RunSpec(arm="scratch", data=data, model="xxs", n_train=8, lr=1e-3, epochs=10**7)
     with pytest.raises(SpecError, match="seed = 100000000000000000000 is invalid"):
         RunSpec(arm="scratch", data=data, model="xxs", n_train=8, lr=1e-3, epochs=1, seed=10**20)
+
+
+def test_cpu_study_v2_retrains_only_the_large_n_cells():
+    """cpu-study-v2 raises min_epochs only: every run below N = 256 keeps its run_key (reused)."""
+    v1, v2 = expand(load_grid("cpu-study")), expand(load_grid("cpu-study-v2"))
+    changed = [run for run in v2 if run.run_key not in set(v1.keys)]
+    assert changed and all(run.spec.n_train >= 256 for run in changed)
+    assert len(v1) == len(v2) and len(set(v1.keys) & set(v2.keys)) == len(v2) - len(changed)
