@@ -57,5 +57,5 @@ def test_quick_grid_then_fit_laws_then_report(tmp_path: Path) -> None:
     report = _repro("report", "--out", str(tmp_path / "report"), home=tmp_path)
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
     html = (tmp_path / "report" / "index.html").read_text()
-    assert "data:image/png;base64," in html and "claims" in html.lower()
+    assert '<svg class="figure"' in html and "claims" in html.lower()  # figures are inline SVG
     assert "http://" not in html and "https://" not in html  # self-contained: nothing to fetch
