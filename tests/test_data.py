@@ -221,6 +221,39 @@ def test_truncated_file_raises_data_error_and_is_rebuilt(tmp_path: Path, counted
     assert any(str(path) in r.getMessage() for r in caplog.records)
 
 
+def test_tampered_normaliser_is_refused_then_regenerated(tmp_path: Path, counted: list[int], caplog) -> None:
+    """The stored normaliser is verified like the arrays (issue 11 #2): scaled x1000 with h5py,
+    the file is refused naming it and the attribute, and rebuilt to the same content."""
+    spec = _spec()
+    path = ensure_split(spec, "train", tmp_path)
+    good = load_split(spec, "train", tmp_path)
+    with h5py.File(path, "r+") as h5:
+        stored = json.loads(h5.attrs["normaliser"])
+        stored["source_scale"] *= 1000.0
+        h5.attrs["normaliser"] = json.dumps(stored)
+    with pytest.raises(DataError, match="attribute 'normaliser' does not match") as err:
+        load_split(spec, "train", tmp_path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    with caplog.at_level(logging.WARNING, logger="repro.data"):
+        rebuilt = load_split(spec, "train", tmp_path, rebuild=True)  # what training calls
+    assert len(counted) == 2
+    assert any(str(path) in r.getMessage() and "'normaliser'" in r.getMessage() and "regenerating" in r.getMessage()
+               for r in caplog.records)
+    assert rebuilt.normaliser == good.normaliser and rebuilt.content_hash == good.content_hash
+    # ensure_split (repro generate, the grid's data tasks) regenerates too; so does a lost attribute.
+    with h5py.File(path, "r+") as h5:
+        coefficients = good.normaliser.to_dict()
+        coefficients["coefficient_scales"] = [1000.0 * s for s in coefficients["coefficient_scales"]]
+        h5.attrs["normaliser"] = json.dumps(coefficients)
+    assert ensure_split(spec, "train", tmp_path) == path and len(counted) == 3
+    with h5py.File(path, "r+") as h5:
+        del h5.attrs["normaliser"]
+    with pytest.raises(DataError, match="without a stored normaliser"):
+        load_split(spec, "train", tmp_path)
+    assert load_split(spec, "train", tmp_path, rebuild=True).normaliser == good.normaliser
+    assert len(counted) == 4
+
+
 def test_garbage_and_missing_files_raise_data_error(tmp_path: Path) -> None:
     spec = _spec()
     with pytest.raises(DataError, match="no such dataset file"):

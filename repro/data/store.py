@@ -11,9 +11,15 @@ File layout (readable by plain h5py; compatible with the authors' loaders):
   ``content_hash`` (sha256 over the arrays), ``normaliser`` (JSON, train split only).
 
 The file name carries a hash of ``key``, so asking for the same split again finds the same file;
-it is reused only after its content hash verifies.  Files are written chunk by chunk to a
-temporary name in the same directory and renamed when complete, so a crash never leaves a
-half-written file under the real name.
+it is reused only after it verifies: the content hash over the arrays, and the attributes that
+change training checked against what they must be -- ``key`` against the spec and, for the train
+split, ``normaliser`` against the normaliser refitted from the (hashed) arrays it was fitted on
+(and ``coefficients``, the column order a plain-h5py reader relies on, where stored, against
+``COEFFICIENTS[pde]``).  The normaliser is a function of the hashed content, so the content hash
+(the runs' ``data_hash`` tags) covers it without changing value; an edited normaliser fails
+verification, and is regenerated or refused, as edited arrays are.  Files are written chunk by
+chunk to a temporary name in the same directory and renamed when complete, so a crash never
+leaves a half-written file under the real name.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -41,6 +48,10 @@ log = logging.getLogger("repro.data")
 ENV_DATA_DIR = "REPRO_DATA_DIR"
 #: Arrays covered by the content hash, in hashing order.
 _HASHED = ("fields", "tensor", "ratio", "system")
+#: Relative tolerance of the stored normaliser against the one refitted on load.  The refit
+#: repeats the write's float64 arithmetic on the same float32 arrays, so it agrees to the last
+#: bit on one numpy; the slack only absorbs a summation order another numpy version might use.
+NORMALISER_RTOL = 1e-9
 
 
 class DataError(ValueError):
@@ -261,9 +272,12 @@ def _read(path: Path, spec: DatasetSpec, split: str, keep: bool) -> dict[str, An
             if keep:
                 out["source"] = np.empty((size, n, n), dtype=np.float32)
                 out["solution"] = np.empty((size, n, n), dtype=np.float32)
+            norms = np.empty(size) if split == "train" else None
             for rows in _rows(size):
                 block = h5["fields"][rows]  # (B, 2, n, n)
                 hasher.update("fields", block)
+                if norms is not None:
+                    norms[rows] = source_norms(block[:, 0])
                 if keep:
                     out["source"][rows] = block[:, 0]
                     out["solution"][rows] = block[:, 1]
@@ -280,9 +294,38 @@ def _read(path: Path, spec: DatasetSpec, split: str, keep: bool) -> dict[str, An
     digest = hasher.hexdigest()
     if attrs.get("content_hash") != digest:
         raise DataError(f"{path}: content hash mismatch (stored {attrs.get('content_hash')}, computed {digest})")
+    _check_attrs(path, spec, attrs)
+    if norms is not None:
+        out["normaliser"] = _check_normaliser(path, attrs, fit_normaliser_from_norms(norms, out["tensor"]))
     out["content_hash"] = digest
     out["attrs"] = attrs
     return out
+
+
+def _check_attrs(path: Path, spec: DatasetSpec, attrs: dict[str, Any]) -> None:
+    """The coefficient order a plain-h5py reader acts on, where stored, is the spec's."""
+    want = json.dumps(list(COEFFICIENTS[spec.pde]))
+    if "coefficients" in attrs and attrs["coefficients"] != want:
+        raise DataError(f"{path}: attribute 'coefficients' is {attrs.get('coefficients')!r}, expected {want}")
+
+
+def _check_normaliser(path: Path, attrs: dict[str, Any], refit: Normaliser) -> Normaliser:
+    """The train split's stored ``normaliser`` attribute, verified against ``refit`` (the
+    normaliser fitted again on the verified arrays): training reads the attribute, so an edited
+    one must fail verification as edited arrays do."""
+    if "normaliser" not in attrs:
+        raise DataError(f"{path}: training split without a stored normaliser (attribute 'normaliser')")
+    try:
+        stored = Normaliser.from_dict(json.loads(attrs["normaliser"]))
+    except (TypeError, ValueError, KeyError) as err:
+        raise DataError(f"{path}: attribute 'normaliser' is malformed ({type(err).__name__}: {err})") from None
+    values = (stored.source_scale, *stored.coefficient_scales)
+    refitted = (refit.source_scale, *refit.coefficient_scales)
+    if len(values) != len(refitted) or not all(
+            math.isclose(a, b, rel_tol=NORMALISER_RTOL, abs_tol=0.0) for a, b in zip(values, refitted)):
+        raise DataError(f"{path}: attribute 'normaliser' does not match the stored arrays (stored "
+                        f"{canonical_json(stored.to_dict())}, refitted {canonical_json(refit.to_dict())})")
+    return stored
 
 
 def ensure_split(spec: DatasetSpec, split: str, data_dir: Path, *, progress: bool = False) -> Path:
@@ -352,11 +395,7 @@ def load_split(spec: DatasetSpec, split: str, data_dir: Path, *, rebuild: bool =
         log.warning("%s; regenerating", err)
         _regenerate(spec, split, data_dir)
         d = _read(path, spec, split, keep=True)
-    normaliser = None
-    if split == "train":
-        if "normaliser" not in d["attrs"]:
-            raise DataError(f"{path}: training split without a stored normaliser")
-        normaliser = Normaliser.from_dict(json.loads(d["attrs"]["normaliser"]))
+    normaliser = d.get("normaliser")  # train split: the stored one, verified by _read
     return SplitData(
         source=d["source"], solution=d["solution"], tensor=d["tensor"], ratio=d.get("ratio"),
         content_hash=d["content_hash"], normaliser=normaliser, path=path, spec=spec, split=split,
