@@ -248,7 +248,23 @@ def test_missing_and_unreadable_checkpoint(tmp_path, data_dir):
             assert run.info.status == schema.FINISHED
         else:
             assert run.info.status == schema.FAILED
-            assert r.spec.init_from in run.data.tags[schema.T_FAILURE_REASON], run.data.tags[schema.T_FAILURE_REASON]
+            reason = run.data.tags[schema.T_FAILURE_REASON]
+            assert r.spec.init_from in reason, reason
+            # ... and says how to re-create it (issue 11 #3)
+            assert "mlflow runs delete --run-id" in reason and "`repro run-grid --grid ckpt --tracking-uri" in reason
+
+    # Doing what the reason says, with the real `mlflow` command: the pre-training runs train
+    # again and their dependants finish.
+    for key in pre.values():
+        (run,) = states[key.run_key]
+        rm = subprocess.run([str(Path(sys.executable).with_name("mlflow")), "runs", "delete", "--run-id",
+                             run.info.run_id], env={**env_for(home), "MLFLOW_TRACKING_URI": uri},
+                            capture_output=True, text=True, timeout=120)
+        assert rm.returncode == 0, rm.stdout + rm.stderr
+    res = cli(["run-grid", "--grid", str(second), *common], home)
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = runs_by_key(uri, plan2.keys)
+    assert all(any(x.info.status == schema.FINISHED for x in runs[k]) for k in plan2.keys)
 
 
 def test_pretrain_failure_fails_dependants_without_launching(tmp_path, data_dir):

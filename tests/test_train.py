@@ -203,6 +203,97 @@ def test_diverging_run_fails_with_reason_and_others_finish(store) -> None:
     assert "diverged" in run.data.tags[schema.T_FAILURE_REASON]
 
 
+def test_finite_blow_up_fails_as_diverged_with_the_number(store) -> None:
+    """lr = 10 stays finite but goes far beyond the zero predictor (issue 11 #9): FAILED as
+    diverged with the number; the ensemble's sane member finishes as before."""
+    from repro.train.loop import DIVERGENCE_FACTOR, divergence_limit
+
+    assert DIVERGENCE_FACTOR == 10 and divergence_limit(0.3) == 10 and divergence_limit(2.5) == 25
+    assert divergence_limit(math.nan) == 10
+    good = RunSpec(arm="scratch", data=DOWN, model="xxs", n_train=8, lr=1e-3, epochs=3, seed=2)
+    bad = RunSpec(arm="scratch", data=DOWN, model="xxs", n_train=8, lr=10.0, epochs=3, seed=2)
+    out_good, out_bad = execute([good, bad], tracking_uri=store["uri"], data_dir=store["data_dir"], progress=False)
+    assert out_good.status == schema.FINISHED and out_good.failure_reason is None
+    assert math.isfinite(out_good.test_rel_l2) and out_good.test_rel_l2 < DIVERGENCE_FACTOR
+    assert out_bad.status == schema.FAILED
+    reason = out_bad.failure_reason
+    assert reason.startswith("diverged: validation rel-L2 ") and "exceeds 10x max(initial validation rel-L2" in reason
+    value = float(reason.removeprefix("diverged: validation rel-L2 ").split()[0])
+    assert math.isfinite(value) and value > 10, reason  # the number, finite: not the non-finite rule
+    assert "(lr=10)" in reason
+    run = MlflowClient(store["uri"]).get_run(out_bad.run_id)
+    assert run.info.status == schema.FAILED and run.data.tags[schema.T_FAILURE_REASON] == reason
+    history = MlflowClient(store["uri"]).get_metric_history(out_bad.run_id, schema.M_VAL_REL_L2)
+    assert history and all(math.isfinite(m.value) for m in history)  # finite all along
+
+
+def _fresh_pretrain(tmp_path: Path, store) -> tuple[str, RunSpec, str]:
+    """A pre-training run of its own (this test damages its checkpoint): uri, spec, run id."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = RunSpec(arm="scratch", data=UP, model="xxs", n_train=16, lr=3e-3, epochs=1, seed=5)
+    (outcome,) = execute([spec], tracking_uri=uri, data_dir=store["data_dir"], progress=False, grid="ckpt-heal")
+    assert outcome.status == schema.FINISHED, outcome.failure_reason
+    return uri, spec, outcome.run_id
+
+
+def test_a_damaged_cached_checkpoint_is_fetched_again(store, tmp_path: Path, caplog) -> None:
+    """Issue 11 #3: a cached checkpoint that fails to load is replaced from the intact artifact."""
+    import logging
+    import zipfile
+
+    uri, pre, _ = _fresh_pretrain(tmp_path, store)
+    cached = tracking.resolve_checkpoint(pre.run_key, uri)
+    whole = cached.read_bytes()
+    transfer = dict(arm="transfer", data=DOWN, model="xxs", n_train=8, lr=1e-3, epochs=1, init_from=pre.run_key)
+
+    cached.write_bytes(whole[: len(whole) // 2])  # truncated
+    with caplog.at_level(logging.WARNING, logger="repro.train"):
+        (outcome,) = execute([RunSpec(seed=0, **transfer)], tracking_uri=uri, data_dir=store["data_dir"],
+                             progress=False)
+    assert outcome.status == schema.FINISHED, outcome.failure_reason
+    assert cached.read_bytes() == whole
+    assert any(str(cached) in r.getMessage() and "fetched again" in r.getMessage() for r in caplog.records)
+
+    with zipfile.ZipFile(cached, "w") as z:  # a whole archive that is no checkpoint: only loading tells
+        z.writestr("junk", b"x")
+    checkpoint = tracking.load_pretrained(pre.run_key, uri)
+    assert checkpoint.model_spec == pre.model_spec and cached.read_bytes() == whole
+    (outcome,) = execute([RunSpec(seed=1, **transfer)], tracking_uri=uri, data_dir=store["data_dir"], progress=False)
+    assert outcome.status == schema.FINISHED, outcome.failure_reason
+
+
+def test_a_lost_checkpoint_says_how_to_recreate_it(store, tmp_path: Path) -> None:
+    """Artifact and cache both gone: the reason names the run_key and the commands that
+    re-create the pre-training run; doing what it says makes the dependant finish."""
+    import shlex
+
+    uri, pre, run_id = _fresh_pretrain(tmp_path, store)
+    cached = tracking.resolve_checkpoint(pre.run_key, uri)
+    artifact = Path(MlflowClient(uri).get_run(run_id).info.artifact_uri.removeprefix("file://")) / schema.A_CHECKPOINT
+    artifact.unlink()
+    cached.unlink()
+    spec = RunSpec(arm="transfer", data=DOWN, model="xxs", n_train=8, lr=1e-3, epochs=1, init_from=pre.run_key)
+    (outcome,) = execute([spec], tracking_uri=uri, data_dir=store["data_dir"], progress=False, grid="down")
+    assert outcome.status == schema.FAILED
+    reason = outcome.failure_reason
+    assert pre.run_key in reason and run_id in reason and "\n" not in reason
+    delete = f"`MLFLOW_TRACKING_URI={uri} mlflow runs delete --run-id {run_id}`"
+    assert delete in reason and f"`repro run-grid --grid down --tracking-uri {uri}`" in reason, reason
+    # Without a grid of its own the hint falls back to the pre-training run's grid tag.
+    with pytest.raises(tracking.CheckpointNotFound, match="run-grid --grid ckpt-heal "):
+        tracking.load_pretrained(pre.run_key, uri, cache_dir=tmp_path / "other-cache")
+    # Doing what it says: delete the run (as `mlflow runs delete` does), train it again.
+    env_uri, command = delete.strip("`").split(" ", 1)
+    assert env_uri == f"MLFLOW_TRACKING_URI={uri}" and shlex.split(command)[:3] == ["mlflow", "runs", "delete"]
+    MlflowClient(uri).delete_run(run_id)
+    with pytest.raises(tracking.CheckpointNotFound, match=f"{pre.run_key}: no FINISHED run.*repro run-grid --grid"):
+        tracking.resolve_checkpoint(pre.run_key, uri)
+    (again,) = execute([pre], tracking_uri=uri, data_dir=store["data_dir"], progress=False, grid="ckpt-heal")
+    assert again.status == schema.FINISHED
+    (outcome,) = execute([spec], tracking_uri=uri, data_dir=store["data_dir"], progress=False, grid="down")
+    assert outcome.status == schema.FINISHED, outcome.failure_reason
+
+
 def test_missing_checkpoint_fails_the_run_naming_it(store) -> None:
     spec = RunSpec(arm="transfer", data=DOWN, model="xxs", n_train=8, lr=1e-3, epochs=1,
                    init_from="ffffffffffffffff")

@@ -7,7 +7,8 @@ The one data path for training (docs/design.md §1):
       --train_ensemble--> best weights per member --evaluate--> test/rel_l2
       --RunRecorder--> one MLflow child run per RunSpec (params, metrics, checkpoint, PNG)
 
-Failures are data: a diverged member, an out-of-memory error, a missing checkpoint or any
+Failures are data: a diverged member (non-finite, or a rel-L2 above
+:func:`repro.train.loop.divergence_limit`), an out-of-memory error, a missing checkpoint or any
 exception ends the affected runs FAILED with a ``failure_reason`` tag; other groups go on.
 """
 
@@ -32,10 +33,11 @@ from repro.data.normalise import Normaliser, build_inputs, fit_normaliser
 from repro.data.subsets import nested_subset
 from repro.models import FNO, load_members, member_state, resolve_spectral
 from repro.models.fno import check_precision
-from repro.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from repro.models.checkpoint import Checkpoint, CheckpointError, save_checkpoint
 from repro.models.flops import forward_flops
 from repro.train import tracking
-from repro.train.loop import EnsembleData, EnsembleResult, EpochReport, Schedule, evaluate, train_ensemble
+from repro.train.loop import (EnsembleData, EnsembleResult, EpochReport, Schedule, divergence_reason, evaluate,
+                              train_ensemble)
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,7 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
                                          time.perf_counter() - started)
 
     try:
-        source = _load_source(head, tracking_uri) if head.init_from else None
+        source = _load_source(head, tracking_uri, grid) if head.init_from else None
         if source is not None:
             upstream = {schema.P_UPSTREAM_PDE: source.upstream.pde, schema.P_UPSTREAM_LOW: source.upstream.low,
                         schema.P_UPSTREAM_HIGH: source.upstream.high}
@@ -257,6 +259,9 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
             reason = results.failure[m]
             if reason is None and not math.isfinite(test_err[m]):
                 reason = "diverged: non-finite test error"
+            if reason is None and results.initial_val:  # trained runs; zero-shot only measures
+                reason = divergence_reason("test rel-L2", test_err[m], results.initial_val[m],
+                                           f" (lr={spec.lr:g})")
             if reason is not None:
                 rec.fail(reason)
                 outcomes[m] = RunOutcome(spec.run_key, schema.FAILED, rec.run_id, None, reason, wall)
@@ -293,10 +298,10 @@ def _model_params(spec: RunSpec, spectral: str, precision: str) -> dict[str, obj
             schema.P_PRECISION: precision}
 
 
-def _load_source(spec: RunSpec, tracking_uri: str) -> _Source:
-    """Resolve and load the pre-trained checkpoint; check that it fits this run's data."""
-    path = tracking.resolve_checkpoint(spec.init_from, tracking_uri)
-    checkpoint = load_checkpoint(path)
+def _load_source(spec: RunSpec, tracking_uri: str, grid: str | None = None) -> _Source:
+    """Resolve and load the pre-trained checkpoint (a damaged cached copy is fetched again);
+    check that it fits this run's data."""
+    checkpoint = tracking.load_pretrained(spec.init_from, tracking_uri, grid=grid)
     upstream = DatasetSpec(**checkpoint.data_spec)
     want = spec.model_spec
     have = checkpoint.model_spec

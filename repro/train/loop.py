@@ -71,6 +71,33 @@ class EpochReport:
 CONVERGENCE_THRESHOLD = 0.005
 
 
+#: A member diverged when a validation rel-L2 (at any evaluation; its test error at the end)
+#: exceeds ``DIVERGENCE_FACTOR`` times ``max(initial validation rel-L2, 1)``: 1 is the zero
+#: predictor's error, the initial error is the model's before its first step (a random
+#: initialisation's, or for transfer the pre-trained model's zero-shot error).  Non-finite values
+#: have always counted; this catches the blow-ups that stay finite (issue 11 #9: lr = 10 reached
+#: test rel-L2 3.6e12 and FINISHED).  Margin: over the 409 FINISHED trained runs (scratch and
+#: transfer) of reports/cpu-study/partial the largest validation rel-L2 at any evaluation is 2.05
+#: and the largest test rel-L2 1.05, so a limit of at least 10 leaves every one of them alone.
+DIVERGENCE_FACTOR = 10.0
+
+
+def divergence_limit(initial: float) -> float:
+    """The rel-L2 above which a member counts as diverged: ``DIVERGENCE_FACTOR * max(initial, 1)``
+    (a non-finite ``initial`` counts as 1)."""
+    return DIVERGENCE_FACTOR * (max(initial, 1.0) if math.isfinite(initial) else 1.0)
+
+
+def divergence_reason(what: str, value: float, initial: float, where: str) -> str | None:
+    """``failure_reason`` of a finite ``what`` (e.g. "validation rel-L2") above
+    :func:`divergence_limit`, else None; ``where`` says when (" at epoch 7 (lr=10)")."""
+    limit = divergence_limit(initial)
+    if not value > limit:
+        return None
+    return (f"diverged: {what} {value:.4g}{where} exceeds {DIVERGENCE_FACTOR:g}x max(initial validation "
+            f"rel-L2 {initial:.4g}, 1) = {limit:.4g}")
+
+
 @dataclass(frozen=True)
 class Convergence:
     """Late-training improvement of one member's best validation error, and the verdict.
@@ -150,6 +177,9 @@ class EnsembleResult:
     history: list[EpochReport] = field(default_factory=list)
     evaluations: int = 0
     convergence: list[Convergence] = field(default_factory=list)
+    #: Validation rel-L2 per member before the first step: the divergence reference (empty
+    #: without training).  A check, not model selection: not counted in ``evaluations``.
+    initial_val: list[float] = field(default_factory=list)
 
 
 def squared_error_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -199,7 +229,9 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
 
     Members are independent: their parameters, optimiser state, data order and learning rates
     never mix, so the result equals M separate runs up to floating-point reassociation.  A
-    member whose loss becomes non-finite is marked failed and no longer affects anything.
+    member whose loss becomes non-finite, or whose validation error becomes non-finite or exceeds
+    :func:`divergence_limit` of its error before the first step, is marked failed and no longer
+    affects anything.
     """
     members, n_train = data.subsets.shape
     if members != schedule.n_members or members != len(seeds):
@@ -218,6 +250,8 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
     best_state = {name: p.detach().clone() for name, p in model.named_parameters()}
     history: list[EpochReport] = []
     step = 0
+    # The divergence reference: each member's validation error before it trains (one extra pass).
+    initial_val = evaluate(model, val_inputs, val_targets).mean(dim=1).tolist()
     started = time.perf_counter()
     model.train()
     for epoch in range(1, schedule.epochs + 1):
@@ -248,6 +282,9 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
             for m, v in enumerate(val_list):
                 if failure[m] is None and not math.isfinite(v):
                     failure[m] = f"diverged: non-finite validation error at epoch {epoch} (lr={schedule.lrs[m]:g})"
+                elif failure[m] is None:
+                    failure[m] = divergence_reason("validation rel-L2", v, initial_val[m],
+                                                   f" at epoch {epoch} (lr={schedule.lrs[m]:g})")
             if any(improved):
                 mask = torch.tensor(improved, device=device)
                 with torch.no_grad():
@@ -274,4 +311,4 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
                 for m in range(members)]
     return EnsembleResult(best_val=best_val, best_epoch=best_epoch, failure=failure,
                           train_seconds=train_seconds, samples_seen=len(history) * n_train, history=history,
-                          evaluations=len(evaluated), convergence=verdicts)
+                          evaluations=len(evaluated), convergence=verdicts, initial_val=initial_val)
