@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from repro import schema
-from repro.config import MODEL_LADDER, DatasetSpec, RunSpec, flatten, in_channels
+from repro.config import MODEL_LADDER, DatasetSpec, RunSpec, flatten, in_channels, run_name
 from analysis.transfer import shift_magnitude
 
 #: Upstream ranges of the E3 ladder (docs/protocol.md §3.3), used by the benchmark store.
@@ -261,7 +261,7 @@ def write_store(tracking_uri: str, grid: SyntheticGrid, runs: list[SyntheticRun]
     parent_id = parent.info.run_id
     for run in plan(grid) if runs is None else runs:
         spec = run.spec
-        child = client.create_run(exp_id, run_name=f"{spec.arm}:{spec.data.label}:{spec.model}:N{spec.n_train}",
+        child = client.create_run(exp_id, run_name=run_name(spec),
                                   tags={**run.tags, schema.T_PARENT_RUN_ID: parent_id})
         now = int(time.time() * 1000)
         params = [Param(k, str(v)) for k, v in {**flatten(spec), **run.params}.items()]

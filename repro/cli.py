@@ -23,6 +23,52 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+ENV_DEBUG = "REPRO_DEBUG"
+ENV_STORE_TIMEOUT = "REPRO_STORE_TIMEOUT"
+
+
+def main() -> None:
+    """The console script: ``app`` with one clear line instead of a traceback for anything
+    unexpected (``--debug`` anywhere on the command line, or REPRO_DEBUG=1, shows it)."""
+    import os
+    import sys
+
+    if "--debug" in sys.argv[1:]:
+        sys.argv.remove("--debug")
+        os.environ[ENV_DEBUG] = "1"
+    _bound_store_requests()
+    try:
+        app(prog_name="repro")
+    except Exception as err:  # noqa: BLE001 - the last line of defence of a command-line tool
+        if os.environ.get(ENV_DEBUG):
+            raise
+        text = str(err).strip().splitlines()
+        typer.secho(f"error: {type(err).__name__}: {text[0] if text else ''} (a bug, or an unhandled case: "
+                    f"re-run with --debug for the traceback)", fg=typer.colors.RED, err=True)
+        raise SystemExit(1) from None
+
+
+def _bound_store_requests() -> None:
+    """Bound what one MLflow HTTP request may take (MLflow's defaults, 120 s x 7 retries with
+    backoff, leave a dead server silent for minutes); the user's own MLFLOW_HTTP_* settings win."""
+    import os
+
+    timeout = os.environ.get(ENV_STORE_TIMEOUT, "20")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", timeout)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def _store_timeout() -> float:
+    import os
+
+    try:
+        return max(0.5, float(os.environ.get(ENV_STORE_TIMEOUT, "10")))
+    except ValueError:
+        fail(f"{ENV_STORE_TIMEOUT}={os.environ[ENV_STORE_TIMEOUT]!r} is not a number of seconds")
+        raise  # unreachable
+
+
 # --- generate (data layer) ------------------------------------------------------------------
 
 #: DatasetSpec field -> the `repro generate` option that sets it (for one-line errors).
@@ -184,6 +230,7 @@ def train(
     from repro.train import tracking
 
     uri = tracking_uri or tracking.default_tracking_uri()
+    _require_store(uri, must_exist=False)
     device = device or autodetect_device()
     _check_precision(precision, device, fast)
     try:
@@ -195,11 +242,11 @@ def train(
     if arm != "scratch":
         if not from_:
             fail(f"--from is required for --arm {arm}: a pre-trained run_key or checkpoint path")
-        from repro.models.checkpoint import CheckpointError, load_checkpoint
+        from repro.models.checkpoint import CheckpointError
 
         try:
             tracking.init_store(uri)
-            checkpoint = load_checkpoint(tracking.resolve_checkpoint(from_, uri))
+            checkpoint = tracking.load_pretrained(from_, uri)  # a damaged cached copy is fetched again
         except (tracking.CheckpointNotFound, CheckpointError) as err:
             fail(str(err))
     if layout is None:
@@ -249,15 +296,40 @@ def _slurm_device(device: str | None, gpus_per_task: int | None, workers: int | 
     return device, gpus_per_task
 
 
-def _require_store(uri: str) -> None:
-    """Refuse to read a SQLite store that does not exist (MLflow would create an empty one and
-    every count would read 0 — the usual cause is running from another folder or REPRO_HOME)."""
-    if not uri.startswith("sqlite:///"):
+def _require_store(uri: str, *, must_exist: bool = True) -> None:
+    """Fail fast and clearly on a store that cannot answer: a tracking server that refuses or is
+    silent (probed with one bounded request), or — with ``must_exist`` — a SQLite file that does
+    not exist (MLflow would create an empty one and every count would read 0; the usual cause is
+    running from another folder or REPRO_HOME)."""
+    if uri.startswith(("http://", "https://")):
+        _probe_server(uri)
+        return
+    if not uri.startswith("sqlite:///") or not must_exist:
         return
     path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
     if not path.exists():
         fail(f"no MLflow store at {path} (nothing has run with this store yet): pass --tracking-uri, set "
              f"REPRO_HOME or REPRO_TRACKING_URI, or run `repro run-grid` first")
+
+
+def _probe_server(uri: str) -> None:
+    import socket
+    import urllib.error
+    import urllib.request
+
+    timeout = _store_timeout()
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answers (a proxy without /health, say): the calls themselves will tell
+    except (TimeoutError, socket.timeout):
+        fail(f"MLflow server {uri} accepted the connection but did not answer within {timeout:g} s "
+             f"({ENV_STORE_TIMEOUT} sets the limit)")
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        if isinstance(reason, TimeoutError):
+            fail(f"MLflow server {uri} did not answer within {timeout:g} s ({ENV_STORE_TIMEOUT} sets the limit)")
+        fail(f"MLflow server {uri} cannot be reached: {reason}")
 
 
 def _next_steps(grid: str, uri: str, explicit_uri: bool) -> str:
@@ -329,6 +401,7 @@ def run_grid_cmd(
 
     plan = _load_plan(grid)
     uri = tracking_uri or tracking.default_tracking_uri()
+    _require_store(uri, must_exist=False)
     if executor not in ("local", "slurm"):
         fail(f"--executor {executor!r} is invalid: allowed: local, slurm")
     if max_members < 1 or runs_per_gpu < 1 or (workers is not None and workers < 1) or array_parallelism < 1:
@@ -423,30 +496,51 @@ def status(
 
 @app.command()
 def ui(
-    port: int = typer.Option(5000, help="port on 127.0.0.1"),
+    port: int = typer.Option(5000, min=1, max=65535, help="port on 127.0.0.1"),
     tracking_uri: str = typer.Option(None, help="MLflow store (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
 ) -> None:
-    """Open the MLflow UI over the project's store on http://127.0.0.1:PORT.
+    """Open the MLflow UI over the project's store on http://127.0.0.1:PORT, on the runs page.
+
+    Prints "starting ..." at once and the runs page's address when the UI answers; Ctrl-C stops it.
 
     Example:
 
       repro ui --port 5000
     """
-    import os
     import shutil
+    import subprocess
     import sys
+    import time
+    import urllib.request
 
     from repro.train import tracking
 
     uri = tracking_uri or tracking.default_tracking_uri()
     if uri.startswith("http"):
         fail(f"{uri} is already an MLflow server: open it in a browser")
-    tracking.init_store(uri)
+    _require_store(uri, must_exist=False)
+    experiment = tracking.init_store(uri)
+    tracking.mark_experiment_kind(uri)  # the UI then opens on runs, not on GenAI traces
     exe = shutil.which("mlflow")
     cmd = [exe] if exe else [sys.executable, "-m", "mlflow"]
     cmd += ["ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    typer.echo(f"MLflow UI on http://127.0.0.1:{port} over {uri}")
-    os.execvp(cmd[0], cmd)
+    base = f"http://127.0.0.1:{port}"
+    typer.echo(f"starting the MLflow UI over {uri} (the first start can take a minute) ...")
+    proc = subprocess.Popen(cmd)
+    try:
+        while proc.poll() is None:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        if proc.poll() is not None:
+            fail(f"the MLflow UI exited with status {proc.returncode} (is port {port} in use? try --port)")
+        typer.echo(f"MLflow UI ready: {base}/#/experiments/{experiment}/runs   (Ctrl-C stops it)")
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(10)
 
 
 @app.command()
@@ -576,4 +670,4 @@ def report(
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

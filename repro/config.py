@@ -453,14 +453,28 @@ def _coerce(hint: Any, value: Any, *, where: str) -> Any:
     return value
 
 
+def run_name(spec: "RunSpec", role: str | None = None) -> str:
+    """The run's name in the MLflow UI: unique within a grid and readable at a glance, e.g.
+    ``scratch poisson(5,10) xs N=128 lr=0.003 seed=0`` or ``pretrain poisson(1,5) xs ...``."""
+    head = schema.ROLE_PRETRAIN if role == schema.ROLE_PRETRAIN else spec.arm
+    bits = [head, spec.data.label, spec.model]
+    if spec.arm != "zero_shot":
+        bits += [f"N={spec.n_train}", f"lr={spec.lr:g}", f"seed={spec.seed}"]
+    if spec.init_from:  # which pre-trained model (two pre-training seeds share an upstream)
+        bits.append(f"from={Path(spec.init_from).name[:8]}")
+    return " ".join(bits)
+
+
 def repro_home() -> Path:
     """The project's home directory: ``$REPRO_HOME``, else ``./.repro`` (absolute)."""
     return Path(os.environ.get(schema.ENV_HOME, schema.DEFAULT_HOME)).resolve()
 
 
 def default_tracking_uri() -> str:
-    """``$REPRO_TRACKING_URI``, else the SQLite store ``<home>/mlflow.db``.
+    """``$REPRO_TRACKING_URI``, else MLflow's own ``$MLFLOW_TRACKING_URI``, else the SQLite store
+    ``<home>/mlflow.db``.
 
     Shared by the writer (training) and the readers (analysis), so both find the same store.
     """
-    return os.environ.get(schema.ENV_TRACKING_URI) or f"sqlite:///{repro_home() / 'mlflow.db'}"
+    return (os.environ.get(schema.ENV_TRACKING_URI) or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{repro_home() / 'mlflow.db'}")

@@ -42,7 +42,7 @@ P_PRECISION = "precision"  # forward precision: "fp32" (default) or "bf16" (expl
 # --- metrics -----------------------------------------------------------------------------------
 M_TRAIN_LOSS = "train/loss"  # per epoch, mean over batches of sum-over-pixels squared error
 M_VAL_REL_L2 = "val/rel_l2"  # per evaluated epoch
-M_LR = "lr"  # per epoch, learning rate in effect
+M_LR = "lr_scheduled"  # per epoch, the learning rate in effect (cosine); the param "lr" is its peak
 M_TEST_REL_L2 = "test/rel_l2"  # final: mean per-sample relative L2 of the best checkpoint
 M_BEST_VAL_REL_L2 = "best/val_rel_l2"
 M_BEST_EPOCH = "best_epoch"

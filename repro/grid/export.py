@@ -47,6 +47,7 @@ def export_grid(plan: Plan, src_uri: str, dst: Path, *, artifacts: bool = False,
     dst = Path(dst)
     if dst.exists():
         raise store.StoreError(f"{dst}: already exists; an export never overwrites a store (choose a new path)")
+    _check_writable_folder(dst)
     parents, children = grid_runs(plan, src_uri)
     if not children:
         raise store.StoreError(f"grid {plan.grid.label!r}: no runs in {src_uri}")
@@ -54,7 +55,7 @@ def export_grid(plan: Plan, src_uri: str, dst: Path, *, artifacts: bool = False,
     # half store at ``dst`` (and so never blocks the next attempt).  The name is new per attempt:
     # MLflow caches its database engine (and we the experiment id) per URI.
     folder = dst.resolve().parent
-    for stale in folder.glob(f".{dst.name}.*.partial"):  # left by a killed export
+    for stale in folder.glob(f".{dst.name}.*.partial*"):  # left by a killed export (and its init lock)
         stale.unlink(missing_ok=True)
     partial = folder / f".{dst.name}.{uuid.uuid4().hex[:12]}.partial"
     dst_uri = f"sqlite:///{partial}"
@@ -70,6 +71,20 @@ def export_grid(plan: Plan, src_uri: str, dst: Path, *, artifacts: bool = False,
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    finally:  # the lock tracking.init_store took beside the new database
+        partial.with_name(partial.name + ".init-lock").unlink(missing_ok=True)
     partial.replace(dst)
     return ExportResult(path=dst, n_parents=len(parents), n_runs=len(children))
+
+
+def _check_writable_folder(dst: Path) -> None:
+    """Refuse, before reading anything, a destination whose folder cannot hold a new file."""
+    import os
+
+    folder = dst.resolve().parent
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise store.StoreError(f"{dst}: {existing} is a file, not a folder")
+    if existing is None or not os.access(existing, os.W_OK | os.X_OK) or str(existing).startswith(("/proc", "/sys")):
+        raise store.StoreError(f"{dst}: cannot write in {existing or folder} (choose a writable folder)")
 

@@ -86,6 +86,7 @@ def survey(plan: Plan, uri: str, *, reap: bool = True, stale_after: float = stor
     reaped: dict[str, str] = {}
     if reap:
         reaped = store.reap_stale(uri, states, stale_after=stale_after)
+        store.reap_dead_parents(uri, plan.grid.label, stale_after=stale_after)
         if reaped:
             states = store.key_states(uri, plan.keys)
     return Survey(plan=plan, states=states, reaped=reaped)
@@ -453,23 +454,47 @@ class StatusReport:
     per_axis: dict[str, dict[Any, Counter]]  # axis -> value -> Counter(status)
     failures: list[tuple[str, str, str, str]]  # (run_key, description, status, reason)
     running: list[str]
+    stale: dict[str, str] = field(default_factory=dict)  # run_key -> why its RUNNING run's owner is gone
 
 
 def grid_status(plan: Plan, uri: str) -> StatusReport:
     """Per-axis completion and failures of ``plan`` in the store (read-only: reaps nothing)."""
     sv = survey(plan, uri, reap=False)
+    stale = _stale_keys(uri, sv)
     counts: Counter = Counter()
     per_axis: dict[str, dict[Any, Counter]] = {}
     for run in plan:
-        st = sv.states[run.run_key].status
+        st = STALE if run.run_key in stale else sv.states[run.run_key].status
         counts[st] += 1
         for axis, value in run.axis_values().items():
             values = run.shifts or ("-",) if axis == "shift" else (value,)
             for v in values:
                 per_axis.setdefault(axis, {}).setdefault(v, Counter())[st] += 1
     failures = [(k, describe_run(plan[k]), st, reason) for k, st, reason in sv.failures()]
+    failures += [(k, describe_run(plan[k]), STALE, f"RUNNING, but {why}: the next run-grid marks it KILLED and "
+                  f"runs it again") for k, why in stale.items()]
     return StatusReport(grid=plan.grid.label, total=len(plan), counts=counts, per_axis=per_axis,
-                        failures=failures, running=sv.running)
+                        failures=failures, running=[k for k in sv.running if k not in stale], stale=stale)
+
+
+#: A status of ``repro status`` only: RUNNING in MLflow, but its owner is gone.
+STALE = "STALE"
+
+
+def _stale_keys(uri: str, sv: Survey) -> dict[str, str]:
+    """Keys whose only RUNNING runs have a dead owner (read-only: nothing is marked)."""
+    running = {k: sv.states[k].running for k in sv.running}
+    if not running:
+        return {}
+    parents = store.parents_of(uri, [r for runs in running.values() for r in runs])
+    now = time.time()
+    out = {}
+    for key, runs in running.items():
+        reasons = [store.stale_reason(r, parents.get(r.data.tags.get(schema.T_PARENT_RUN_ID, "")), now=now)
+                   for r in runs]
+        if all(reasons):
+            out[key] = reasons[0]
+    return out
 
 
 # --- text for the CLI -----------------------------------------------------------------------------
@@ -543,7 +568,8 @@ def outcome_text(out: GridOutcome, plan: Plan) -> str:
 def status_text(rep: StatusReport) -> str:
     c = rep.counts
     lines = [f"grid {rep.grid}: {c.get(schema.FINISHED, 0)}/{rep.total} finished, {c.get(schema.RUNNING, 0)} running, "
-             f"{c.get(schema.FAILED, 0)} failed, {c.get(schema.KILLED, 0)} killed, {c.get('MISSING', 0)} not started",
+             + (f"{c.get(STALE, 0)} stale (owner gone), " if c.get(STALE) else "")
+             + f"{c.get(schema.FAILED, 0)} failed, {c.get(schema.KILLED, 0)} killed, {c.get('MISSING', 0)} not started",
              "completion per axis (finished/all):"]
     lines += _axis_lines(rep.per_axis, lambda cnt: f"{cnt.get(schema.FINISHED, 0)}/{sum(cnt.values())}")
     if rep.failures:

@@ -265,6 +265,38 @@ def reap_stale(uri: str, states: Mapping[str, KeyState], *, stale_after: float =
     return reaped
 
 
+def launcher_gone(parent: Any, *, now: float | None = None, stale_after: float = STALE_AFTER_S) -> str | None:
+    """Why a RUNNING grid parent run's launcher is gone (its process, or its heartbeat), else None."""
+    if parent.info.status != schema.RUNNING:
+        return None
+    now = time.time() if now is None else now
+    tags = parent.data.tags
+    launcher = tags.get(T_LAUNCHER)
+    if launcher and tags.get(T_EXECUTOR, "local") == "local":
+        alive = identity_alive(launcher)
+        if alive is not None:
+            return None if alive else f"its launcher {launcher} is gone"
+    try:
+        age = now - float(tags[T_HEARTBEAT])
+    except (KeyError, ValueError):
+        age = now - (parent.info.start_time or 0) / 1000.0
+    return f"no heartbeat from its launcher for {age:.0f} s" if age > stale_after else None
+
+
+def reap_dead_parents(uri: str, grid: str, *, stale_after: float = STALE_AFTER_S) -> dict[str, str]:
+    """Close the RUNNING parent runs of ``grid`` whose launcher died as KILLED; {run id: reason}."""
+    flt = (f"attributes.status = 'RUNNING' and tags.`{schema.T_ROLE}` = '{schema.ROLE_GRID}' "
+           f"and tags.`{schema.T_GRID}` = '{grid}'")
+    reaped = {}
+    now = time.time()
+    for parent in search_runs(uri, flt):
+        reason = launcher_gone(parent, now=now, stale_after=stale_after)
+        if reason:
+            mark_killed(uri, parent.info.run_id, f"grid invocation ended without closing: {reason}")
+            reaped[parent.info.run_id] = reason
+    return reaped
+
+
 # --- claims: at most one live run per run_key across launchers and hosts --------------------------
 
 #: How long a contended claim waits for its rival to withdraw before it reads the store again.
@@ -376,7 +408,7 @@ def record_failed(uri: str, spec: Any, reason: str, *, grid: str, role: str, par
     """
     from mlflow.entities import Param, RunTag
 
-    from repro.config import flatten
+    from repro.config import flatten, run_name
     from repro.train.tracking import experiment_id
 
     c = client(uri)
@@ -385,7 +417,7 @@ def record_failed(uri: str, spec: Any, reason: str, *, grid: str, role: str, par
     if parent_run_id:
         tags[schema.T_PARENT_RUN_ID] = parent_run_id
     run = retrying(lambda: c.create_run(experiment_id(uri),
-                                        run_name=f"{spec.arm}:{spec.data.label}:{spec.model}:N{spec.n_train}",
+                                        run_name=run_name(spec, role),
                                         tags=tags))
     rid = run.info.run_id
     params = [Param(k, str(v)) for k, v in flatten(spec).items()]

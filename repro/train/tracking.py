@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from repro import __version__, schema
-from repro.config import RunSpec, default_tracking_uri, flatten, repro_home  # noqa: F401 (re-exported)
+from repro.config import RunSpec, default_tracking_uri, flatten, repro_home, run_name  # noqa: F401 (re-exported)
 
 #: MLflow's limit on one log_batch call (params + metrics + tags), minus headroom.
 _BATCH_LIMIT = 900
@@ -80,12 +80,26 @@ def experiment_id(uri: str) -> str:
     if uri.startswith("sqlite:///"):
         location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
     try:
-        return client.create_experiment(schema.EXPERIMENT, artifact_location=location)
+        return client.create_experiment(schema.EXPERIMENT, artifact_location=location,
+                                        tags={_T_EXPERIMENT_KIND: _KIND_TRAINING})
     except Exception:  # another process created it between our two calls
         exp = client.get_experiment_by_name(schema.EXPERIMENT)
         if exp is None:
             raise
         return exp.experiment_id
+
+
+#: MLflow 3's UI opens an experiment by its kind: without it, on an empty GenAI traces page.
+_T_EXPERIMENT_KIND = "mlflow.experimentKind"
+_KIND_TRAINING = "custom_model_development"
+
+
+def mark_experiment_kind(uri: str) -> None:
+    """Tag the experiment as model training (stores made before the tag was set at creation)."""
+    client = _client(uri)
+    exp = client.get_experiment(experiment_id(uri))
+    if exp.tags.get(_T_EXPERIMENT_KIND) != _KIND_TRAINING:
+        client.set_experiment_tag(exp.experiment_id, _T_EXPERIMENT_KIND, _KIND_TRAINING)
 
 
 @functools.lru_cache(maxsize=1)
@@ -146,7 +160,7 @@ class RunRecorder:
         all_tags = {schema.T_RUN_KEY: spec.run_key, **provenance_tags(), **(tags or {})}
         if parent_run_id:
             all_tags[schema.T_PARENT_RUN_ID] = parent_run_id
-        run = client.create_run(experiment_id(uri), run_name=f"{spec.arm}:{spec.data.label}:{spec.model}:N{spec.n_train}",
+        run = client.create_run(experiment_id(uri), run_name=run_name(spec, all_tags.get(schema.T_ROLE)),
                                 tags=all_tags)
         params = {**flatten(spec), **(extra_params or {})}
         items = [Param(k, str(v)) for k, v in params.items()]

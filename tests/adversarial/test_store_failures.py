@@ -1,0 +1,90 @@
+"""Stores that cannot answer, and bad destinations: one clear line, a non-zero exit, no traceback,
+and no minutes of silence.  Real processes (the console script's own error handling) and real
+sockets: a refused port and a server that accepts connections but never answers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from repro import schema
+from repro.cli import app
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _repro(args: list[str], home: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    full = {k: v for k, v in os.environ.items() if k not in (schema.ENV_TRACKING_URI, "MLFLOW_TRACKING_URI")}
+    full.update({schema.ENV_HOME: str(home), **env})
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "repro", *args], env=full, capture_output=True, text=True,
+                         timeout=120)
+    return res, time.monotonic() - t0
+
+
+def _one_clear_line(res: subprocess.CompletedProcess, *needles: str) -> None:
+    assert res.returncode != 0, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr + res.stdout, res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, res.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_refused_and_silent_tracking_servers(tmp_path: Path) -> None:
+    refused = f"http://127.0.0.1:{_closed_port()}"
+    for args in (["status"], ["fit-laws"], ["run-grid", "--dry-run"]):
+        res, took = _repro([*args, "--tracking-uri", refused], tmp_path)
+        _one_clear_line(res, refused, "cannot be reached")
+        assert took < 60, took
+    # MLflow's own variable is honoured (REPRO_TRACKING_URI still wins when both are set)
+    res, _ = _repro(["status"], tmp_path, MLFLOW_TRACKING_URI=refused)
+    _one_clear_line(res, refused)
+
+    with socket.socket() as silent:  # listens (the kernel completes the handshake), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        res, took = _repro(["export", "--to", str(tmp_path / "x.db"), "--tracking-uri", uri], tmp_path,
+                           REPRO_STORE_TIMEOUT="2")
+        _one_clear_line(res, uri, "did not answer within 2 s")
+        assert took < 60, took
+
+
+def test_bad_export_destinations_and_ui_port(tmp_path: Path) -> None:
+    runner = CliRunner()
+    store = tmp_path / "mlflow.db"
+    from repro.train.tracking import init_store
+
+    init_store(f"sqlite:///{store}")
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    for dst, needle in ((a_file / "x.db", "is a file, not a folder"), (Path("/proc/x.db"), "cannot write in")):
+        res = runner.invoke(app, ["export", "--grid", "quick", "--to", str(dst), "--tracking-uri", f"sqlite:///{store}"])
+        assert res.exit_code == 2 and needle in res.output, res.output
+    res = runner.invoke(app, ["ui", "--port", "99999", "--tracking-uri", f"sqlite:///{store}"])
+    assert res.exit_code == 2 and "less than or equal to 65535" in res.output, res.output
+
+
+def test_an_unexpected_error_is_one_line_unless_debug(tmp_path: Path) -> None:
+    garbage = tmp_path / "mlflow.db"
+    garbage.write_bytes(b"this is not a database" * 100)
+    uri = f"sqlite:///{garbage}"
+    res, _ = _repro(["status", "--tracking-uri", uri], tmp_path)
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().startswith("error:") and len(res.stderr.strip().splitlines()) <= 2, res.stderr
+    res, _ = _repro(["status", "--tracking-uri", uri, "--debug"], tmp_path)
+    assert res.returncode != 0 and ("Traceback" in res.stderr or "error:" in res.stderr), res.stderr
