@@ -193,15 +193,17 @@ def train(
     arm: str = typer.Option("scratch", help="scratch | transfer | zero_shot"),
     from_: str = typer.Option(None, "--from", help="pre-trained run_key or checkpoint path (transfer, zero_shot)"),
     n_train: int = typer.Option(None, help="training subset size N (default: the whole training split)"),
-    model: str = typer.Option("l", help="model size: xxs, xs, s, m, l, xl"),
+    model: str = typer.Option(None, help="model size: xxs, xxs-m8, xs, xs-m8, s, m, l, xl (default: xs on a CPU, "
+                                          "l on a GPU)"),
     lr: float = typer.Option(1e-3, help="learning rate (Adam, cosine decay to 0)"),
-    epochs: int = typer.Option(500, help="epochs"),
+    epochs: int = typer.Option(None, help="epochs (default: 100 on a CPU, the paper's 500 on a GPU)"),
     seed: int = typer.Option(0, help="initialisation, subset and shuffling seed"),
-    batch_size: int = typer.Option(128, help="batch size (min(batch, N) is used)"),
+    batch_size: int = typer.Option(None, help="batch size, min(batch, N) is used (default: 32 on a CPU, 128 on a GPU)"),
     eval_every: int = typer.Option(1, help="validate every k epochs"),
     layout: str = typer.Option(None, help="coefficient layout: native | mixed (default: the checkpoint's, else native)"),
-    resolution: int = typer.Option(128, help="grid size n (n x n)"),
-    sizes: str = typer.Option("32768,4096,4096", help="dataset split sizes TRAIN,VAL,TEST"),
+    resolution: int = typer.Option(None, help="grid size n (n x n) (default: 32 on a CPU, the paper's 128 on a GPU)"),
+    sizes: str = typer.Option(None, help="dataset split sizes TRAIN,VAL,TEST (default: 1024,128,128 on a CPU, "
+                                         "the paper's 32768,4096,4096 on a GPU)"),
     data_seed: int = typer.Option(0, help="dataset seed (as `repro generate --seed` and grids' data_seed)"),
     device: str = typer.Option(None, help="cpu | cuda | cuda:K (default: cuda if available)"),
     fast: bool = typer.Option(None, "--fast/--reference", help="spectral path (default: fastest on the device)"),
@@ -233,6 +235,12 @@ def train(
     _require_store(uri, must_exist=False)
     device = device or autodetect_device()
     _check_precision(precision, device, fast)
+    defaults = _TRAIN_DEFAULTS["cpu" if device == "cpu" else "cuda"]
+    chosen = {"model": model, "epochs": epochs, "batch_size": batch_size, "resolution": resolution, "sizes": sizes}
+    if any(v is None for v in chosen.values()):
+        typer.echo(f"defaults for {device}: " + ", ".join(f"--{k.replace('_', '-')} {defaults[k]}"
+                                                         for k, v in chosen.items() if v is None), err=True)
+    model, epochs, batch_size, resolution, sizes = (defaults[k] if v is None else v for k, v in chosen.items())
     try:
         n_tr, n_va, n_te = (int(x) for x in sizes.split(","))
     except ValueError:
@@ -263,14 +271,50 @@ def train(
     if checkpoint is not None and checkpoint.model_spec.in_channels != spec.model_spec.in_channels:
         fail(f"checkpoint {from_} takes {checkpoint.model_spec.in_channels} input channels but {data.label} "
              f"in layout {layout} gives {spec.model_spec.in_channels}")
+    from repro.data import default_data_dir, ensure_split
     from repro.train.engine import execute
 
+    typer.echo(_cost_line(spec, device), err=True)
+    root = Path(data_dir) if data_dir else default_data_dir()
+    for split in ("train", "val", "test"):  # generated here, with a progress bar, if not cached
+        ensure_split(data, split, root, progress=True)
     (outcome,) = execute([spec], tracking_uri=uri, data_dir=Path(data_dir) if data_dir else None,
                          device=device, fast=fast, precision=precision, progress=True)
     if outcome.status != "FINISHED":
         fail(f"run {outcome.run_key} FAILED: {outcome.failure_reason}", code=1)
     typer.echo(f"run_key {outcome.run_key}  mlflow run {outcome.run_id}  test rel L2 {outcome.test_rel_l2:.4g}"
                f"  ({outcome.wall_seconds:.1f} s)")
+
+
+#: `repro train`'s defaults per device: a minimal command on a CPU is a minutes-long run, on a GPU
+#: the paper's setting (model l, 500 epochs, 128^2, 32,768 / 4,096 / 4,096 samples).
+_TRAIN_DEFAULTS = {
+    "cpu": {"model": "xs", "epochs": 100, "batch_size": 32, "resolution": 32, "sizes": "1024,128,128"},
+    "cuda": {"model": "l", "epochs": 500, "batch_size": 128, "resolution": 128, "sizes": "32768,4096,4096"},
+}
+#: The rate the cost line assumes on a CPU: what one core reached on the fused path
+#: (benchmarks/bench_train.py, model s at 32^2: 29 % of a 127 GFLOP/s SGEMM peak).
+_CPU_FLOPS_PER_S = 35e9
+
+
+def _cost_line(spec, device: str) -> str:
+    """One line of what a run will cost before it starts (steps, analytic FLOPs, a CPU time)."""
+    import math
+
+    from repro.models.flops import forward_flops
+
+    if spec.arm == "zero_shot":
+        return "cost: evaluation only (zero-shot)"
+    n = spec.n_train or spec.data.n_train
+    steps = spec.epochs * math.ceil(n / min(spec.batch_size, n))
+    flops = 3.0 * forward_flops(spec.model_spec, spec.data.resolution, "fast") * spec.epochs * n
+    line = (f"cost: {spec.epochs:,} epochs x {math.ceil(n / min(spec.batch_size, n)):,} steps = {steps:,} steps "
+            f"on N = {n:,} at {spec.data.resolution}^2, ~{flops:.2g} FLOPs (model {spec.model})")
+    if device == "cpu":
+        from repro.grid.launcher import _hms
+
+        line += f"; about {_hms(flops / _CPU_FLOPS_PER_S)} on one CPU core at {_CPU_FLOPS_PER_S / 1e9:.0f} GFLOP/s"
+    return line
 
 
 # --- run-grid / status / ui (grid launcher) -------------------------------------------------

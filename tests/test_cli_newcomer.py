@@ -50,3 +50,23 @@ def test_progress_names_the_phase_and_waits_for_a_stable_eta() -> None:
     console.print(prog.render())
     assert "running 0 runs in 0 units" in console.export_text()
     assert task_phase(DataTask(dataset=None)) == "datasets"  # type: ignore[arg-type]
+
+
+def test_train_defaults_fit_a_cpu_and_the_cost_is_said_first() -> None:
+    from repro.cli import _TRAIN_DEFAULTS, _cost_line
+    from repro.config import DatasetSpec, RunSpec
+
+    cpu = _TRAIN_DEFAULTS["cpu"]
+    n = int(cpu["sizes"].split(",")[0])
+    spec = RunSpec(arm="scratch", data=DatasetSpec(pde="poisson", low=1, high=5, resolution=cpu["resolution"],
+                                                 n_train=n, n_val=128, n_test=128),
+                   model=cpu["model"], n_train=n, lr=1e-3, epochs=cpu["epochs"], batch_size=cpu["batch_size"])
+    line = _cost_line(spec, "cpu")
+    assert "100 epochs x 32 steps = 3,200 steps" in line and "on one CPU core" in line, line
+    hours = line.rsplit("about ", 1)[1].split(" on one")[0]
+    assert ":" in hours and len(hours.split(":")) == 2, line  # minutes, not hours, for the CPU default
+    paper = _TRAIN_DEFAULTS["cuda"]
+    big = RunSpec(arm="scratch", data=DatasetSpec(pde="poisson", low=1, high=5, resolution=paper["resolution"],
+                                                n_train=32768, n_val=4096, n_test=4096),
+                  model=paper["model"], n_train=32768, lr=1e-3, epochs=paper["epochs"], batch_size=128)
+    assert "days" in _cost_line(big, "cpu") or "years" in _cost_line(big, "cpu")
