@@ -13,6 +13,7 @@ analysis DataFrame (see :mod:`repro.schema`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -323,8 +324,10 @@ class RunSpec:
         """batch = min(batch_size, N): full batch below 128 samples (docs/protocol.md §2.5)."""
         return max(1, min(self.batch_size, self.n_train))
 
-    @property
+    @functools.cached_property
     def run_key(self) -> str:
+        # Cached on the (frozen, hence immutable) instance: expanding a 3,000-run grid read it
+        # ~10^5 times, and re-hashing was 3.6 of its 3.9 s.
         return spec_hash(self)
 
 

@@ -70,3 +70,19 @@ def test_train_defaults_fit_a_cpu_and_the_cost_is_said_first() -> None:
                                                 n_train=32768, n_val=4096, n_test=4096),
                   model=paper["model"], n_train=32768, lr=1e-3, epochs=paper["epochs"], batch_size=128)
     assert "days" in _cost_line(big, "cpu") or "years" in _cost_line(big, "cpu")
+
+
+def test_dry_run_warns_when_a_grid_is_too_big_for_the_machine(tmp_path: Path) -> None:
+    from conftest import write_grid
+
+    from repro.grid import launcher, store
+    from repro.grid.estimate import Estimate
+    from repro.grid.plan import expand
+    from repro.grid.spec import load_grid
+
+    plan = expand(load_grid(write_grid(tmp_path / "g.toml", "big")))
+    sv = launcher.Survey(plan=plan, states={k: store.KeyState(k) for k in plan.keys})
+    small = launcher.plan_text(plan, sv, Estimate(unit_seconds={"u": 3600.0}), slots=2)
+    big = launcher.plan_text(plan, sv, Estimate(unit_seconds={"u": 39375 * 3600.0}), slots=2)
+    assert "warning" not in small and "wall time about 30:00" in small
+    assert "warning: about 2.2 years of wall time here" in big, big

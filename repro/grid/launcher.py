@@ -511,6 +511,10 @@ def _fmt_value(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+#: A dry-run warns when the estimated wall time exceeds this (two days).
+LONG_GRID_S = 2 * 86400.0
+
+
 def plan_text(plan: Plan, sv: Survey, est: Any = None, *, slots: int = 1, device: str = "cpu",
               max_members: int = 16) -> str:
     """The ``--dry-run`` summary: counts per axis, finished / running / to do, estimated cost."""
@@ -536,6 +540,9 @@ def plan_text(plan: Plan, sv: Survey, est: Any = None, *, slots: int = 1, device
         lines.append(f"estimated cost: {hours:.3f} {device}-hours ({est.source}); "
                      f"wall time about {_hms(wall)} with {slots} {'GPU slot' if device.startswith('cuda') else 'worker'}"
                      f"{'s' if slots != 1 else ''}")
+        if wall > LONG_GRID_S:
+            lines.append(f"  warning: about {_hms(wall)} of wall time here (more than {_hms(LONG_GRID_S)}): a GPU "
+                         f"(--device cuda), a cluster (--executor slurm) or fewer axes would fit it better")
         if est.not_estimated:
             lines.append(f"  not estimated: {len(est.not_estimated)} units of model sizes / resolutions with no "
                          f"finished run yet (the estimate above leaves them out)")
