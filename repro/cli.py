@@ -36,7 +36,8 @@ def main() -> None:
     if "--debug" in sys.argv[1:]:
         sys.argv.remove("--debug")
         os.environ[ENV_DEBUG] = "1"
-    _bound_store_requests()
+    if len(sys.argv) > 1 and sys.argv[1] in _READ_COMMANDS:
+        _bound_store_requests()
     try:
         app(prog_name="repro")
     except Exception as err:  # noqa: BLE001 - the last line of defence of a command-line tool
@@ -48,12 +49,23 @@ def main() -> None:
         raise SystemExit(1) from None
 
 
+#: Commands that only read the store: a request that hangs is bounded for them.  run-grid and
+#: train keep MLflow's patient retries (a server restart mid-grid must not fail runs); they are
+#: protected by the probe at start (:func:`_probe_server`).
+_READ_COMMANDS = ("status", "fit-laws", "report", "export")
+STORE_TIMEOUT_S = 15.0
+
+
 def _bound_store_requests() -> None:
     """Bound what one MLflow HTTP request may take (MLflow's defaults, 120 s x 7 retries with
     backoff, leave a dead server silent for minutes); the user's own MLFLOW_HTTP_* settings win."""
+    import math
     import os
 
-    timeout = os.environ.get(ENV_STORE_TIMEOUT, "20")
+    try:
+        timeout = str(math.ceil(float(os.environ.get(ENV_STORE_TIMEOUT, STORE_TIMEOUT_S))))
+    except ValueError:
+        return  # _store_timeout() reports it
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", timeout)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
@@ -63,7 +75,7 @@ def _store_timeout() -> float:
     import os
 
     try:
-        return max(0.5, float(os.environ.get(ENV_STORE_TIMEOUT, "10")))
+        return max(0.5, float(os.environ.get(ENV_STORE_TIMEOUT, STORE_TIMEOUT_S)))
     except ValueError:
         fail(f"{ENV_STORE_TIMEOUT}={os.environ[ENV_STORE_TIMEOUT]!r} is not a number of seconds")
         raise  # unreachable
@@ -568,6 +580,13 @@ def ui(
     exe = shutil.which("mlflow")
     cmd = [exe] if exe else [sys.executable, "-m", "mlflow"]
     cmd += ["ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    import socket
+
+    with socket.socket() as probe:  # another server on the port would answer /health for us
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            fail(f"port {port} on 127.0.0.1 is in use: choose another with --port")
     base = f"http://127.0.0.1:{port}"
     typer.echo(f"starting the MLflow UI over {uri} (the first start can take a minute) ...")
     proc = subprocess.Popen(cmd)
@@ -581,7 +600,8 @@ def ui(
         if proc.poll() is not None:
             fail(f"the MLflow UI exited with status {proc.returncode} (is port {port} in use? try --port)")
         typer.echo(f"MLflow UI ready: {base}/#/experiments/{experiment}/runs   (Ctrl-C stops it)")
-        proc.wait()
+        if proc.wait() != 0:
+            raise typer.Exit(proc.returncode)
     except KeyboardInterrupt:
         proc.terminate()
         proc.wait(10)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
+
 #: Settings of the tiny one-shift grid the grid tests run (16^2, xxs, a few epochs).
 TINY_GRID = dict(resolution=16, models='["xxs"]', n_train="[8, 16]", arms='["scratch", "transfer", "zero_shot"]',
             lrs="[3e-3]", seeds="[0]", up="64", down="16", pre_epochs=3, ft_epochs=3)
@@ -40,3 +42,11 @@ def write_grid(path: Path, label: str, **over) -> Path:
         downstream = "poisson(5,10)"
         """))
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_outside_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's MLFLOW_TRACKING_URI / REPRO_TRACKING_URI never reaches a test (or the
+    processes it starts): every test picks its own store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("REPRO_TRACKING_URI", raising=False)

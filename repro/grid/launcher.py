@@ -206,7 +206,7 @@ class Progress:
             remaining = self.todo - self.done - self.failed
         if share < self.ETA_AFTER or self.done + self.failed < 2:
             return None
-        return elapsed * remaining / (self.cost_done if self.cost_total > 0 else self.done + self.failed)
+        return max(0.0, elapsed * remaining / (self.cost_done if self.cost_total > 0 else self.done + self.failed))
 
     def phase(self) -> str:
         """What the pool is doing now: datasets, pre-training and/or fine-tuning."""
@@ -253,6 +253,12 @@ class Progress:
             self.console.print(f"[{_hms(time.monotonic() - self.t0)}] {label}: {ok} finished, {bad} failed "
                                f"({self.done + self.failed}/{self.todo}, ETA {self.eta_text()})",
                                highlight=False)
+        self._refresh()
+
+    def finish_elsewhere(self, ok: int, bad: int = 0) -> None:
+        """Keys this invocation waited for and another one ended."""
+        self.done += ok
+        self.failed += bad
         self._refresh()
 
     def tick(self) -> None:
@@ -351,14 +357,29 @@ def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settin
     last_poll = [time.monotonic()]
 
     def poll_waiting() -> None:
-        """Keys another invocation trains: finished there, still live there, or given up (ours again)."""
+        """Keys another invocation trains: finished there (done), failed there (a failure, as if
+        ours: it would fail the same way here), still live there, or given up (ours again)."""
         for key in sorted(sched.waiting):
-            runs = store.runs_of_key(uri, key)
+            try:
+                runs = store.runs_of_key(uri, key)
+                live = store.live_rivals(uri, runs, stale_after=opts.stale_after)
+            except Exception:  # noqa: BLE001 - a store hiccup: ask again next tick
+                return
+            newest = max(runs, key=lambda r: r.info.start_time or 0, default=None)
+            failed = [newest] if newest is not None and newest.info.status == schema.FAILED else []
             if any(r.info.status == schema.FINISHED for r in runs):
                 sched.waiting.discard(key)
                 sched.done_keys.add(key)
                 outcome.finished_elsewhere.append(key)
-            elif not store.live_rivals(uri, runs, stale_after=opts.stale_after):
+                progress.finish_elsewhere(1)
+            elif live:
+                continue
+            elif failed:
+                sched.waiting.discard(key)
+                why = failed[-1].data.tags.get(schema.T_FAILURE_REASON, "(no reason recorded)")
+                record(key, schema.FAILED, f"failed in another invocation (run {failed[-1].info.run_id}): {why}")
+                progress.finish_elsewhere(0, 1)
+            else:
                 sched.waiting.discard(key)
                 unit = plan.units([key], max_members=1, device=settings.device)[0]
                 task = UnitTask(task_id=f"{unit_task_id(unit)}:again{len(units)}", specs=unit.specs,
@@ -401,6 +422,7 @@ def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settin
             elif r["skipped"]:  # another launcher finished it between our survey and the pull
                 sched.done_keys.add(spec.run_key)
                 outcome.finished_elsewhere.append(spec.run_key)
+                ok += 1
             else:
                 record(spec.run_key, r["status"], r["failure_reason"])
                 ok += r["status"] == schema.FINISHED
@@ -559,9 +581,11 @@ def outcome_text(out: GridOutcome, plan: Plan) -> str:
              + (f", {len(out.finished_elsewhere)} by another invocation" if out.finished_elsewhere else "")
              + f"), {len(out.failed)} failed, in {_hms(out.wall_seconds)}"
              + (f"; MLflow parent run {out.parent_run_id}" if out.parent_run_id else "")]
-    still = [k for k in out.running_elsewhere if k not in out.finished_elsewhere]
-    if still and out.parent_run_id is None:
-        lines.append(f"nothing left to do here: {len(still)} runs are being trained by another invocation "
+    settled = set(out.finished) | set(out.finished_elsewhere) | {k for k, _ in out.failed}
+    still = [k for k in dict.fromkeys(out.running_elsewhere) if k not in settled]
+    if still:
+        head = "nothing left to do here" if out.parent_run_id is None else "not trained here"
+        lines.append(f"{head}: {len(still)} runs are being trained by another invocation "
                      f"(`repro status` shows them; run the grid again once it ends to pick up any it gives up)")
     if out.reaped:
         lines.append(f"stale RUNNING runs marked KILLED and run again: {len(out.reaped)}")

@@ -208,3 +208,19 @@ def run_slurm(plan, todo: list[str], finished: set[str], settings: Settings, opt
                     why = (r or {}).get("failure_reason") or error or "no outcome reported"
                     failed[spec.run_key] = why
                     outcome.failed.append((spec.run_key, why))
+    _settle_elsewhere(uri, outcome, settings.stale_after)
+
+
+def _settle_elsewhere(uri: str, outcome, stale_after: float) -> None:
+    """After the phases: keys left to another invocation either finished there, are still live
+    there (the outcome text says so), or were given up — a failure here, so the exit says run again."""
+    for key in dict.fromkeys(outcome.running_elsewhere):
+        try:
+            runs = store.runs_of_key(uri, key)
+            live = store.live_rivals(uri, runs, stale_after=stale_after)
+        except Exception:  # noqa: BLE001 - unknown: left as running elsewhere
+            continue
+        if any(r.info.status == schema.FINISHED for r in runs):
+            outcome.finished_elsewhere.append(key)
+        elif not live:
+            outcome.failed.append((key, "left to another invocation that did not finish it: run the grid again"))

@@ -290,6 +290,8 @@ def reap_dead_parents(uri: str, grid: str, *, stale_after: float = STALE_AFTER_S
     reaped = {}
     now = time.time()
     for parent in search_runs(uri, flt):
+        if parent.data.tags.get(T_EXECUTOR, "local") != "local":
+            continue  # a SLURM launcher waits on its jobs without beating: nothing here tells it is gone
         reason = launcher_gone(parent, now=now, stale_after=stale_after)
         if reason:
             mark_killed(uri, parent.info.run_id, f"grid invocation ended without closing: {reason}")
@@ -336,15 +338,16 @@ def claim(uri: str, mine: Mapping[str, str], *, settle_s: float = CLAIM_SETTLE_S
     """Decide which of this process's freshly created RUNNING runs it may train.
 
     ``mine`` maps run_key -> the run id this process has just created for it (its claim).
-    Returns {run_key: reason} for the claims it lost; those runs are deleted here.  Nothing but
-    the store is shared, and no clock is trusted across hosts:
+    Returns {run_key: reason} for the claims it lost; those runs are deleted here, each as soon
+    as it is lost.  Nothing but the store is shared, and the order between claims never relies on
+    clocks agreeing across hosts (liveness still reads heartbeats, :func:`stale_reason`):
 
     1. the claim (a RUNNING run under a live owner) is written *before* the store is read;
     2. a FINISHED run of the key, or no rival claim, settles it (lost / won);
     3. a rival that sorts first (start time, then run id) wins; this claim withdraws;
-    4. when every rival sorts after this claim, it waits ``settle_s`` for them to withdraw
-       and reads again: any rival still there means that rival may not have seen this claim,
-       so this one withdraws too (both may withdraw; the caller simply tries again later).
+    4. when every rival sorts after this claim, it waits ``settle_s`` (at least twice its own
+       reading time) for them to withdraw and reads again: any rival still there may not have
+       seen this claim, so this one withdraws too (both may withdraw; the caller tries again).
 
     Two claims can both go on only if each read missed the other's write, and each write came
     before its own read — a cycle, so at most one live run per key trains (a claim that finds
@@ -352,31 +355,34 @@ def claim(uri: str, mine: Mapping[str, str], *, settle_s: float = CLAIM_SETTLE_S
     """
     lost: dict[str, str] = {}
     contended: list[str] = []
+    started = time.monotonic()
     for key, run_id in mine.items():
         runs = runs_of_key(uri, key)
         done = [r for r in runs if r.info.status == schema.FINISHED]
         if done:
             lost[key] = f"run {done[0].info.run_id} of another invocation finished it"
-            continue
-        rivals = live_rivals(uri, runs, exclude=run_id, stale_after=stale_after)
-        if not rivals:
-            continue
-        me = next((r for r in runs if r.info.run_id == run_id), None)
-        first = min(rivals, key=_claim_order)
-        if me is None or _claim_order(first) < _claim_order(me):
-            lost[key] = f"run {first.info.run_id} of another invocation claimed it first"
         else:
-            contended.append(key)
+            rivals = live_rivals(uri, runs, exclude=run_id, stale_after=stale_after)
+            if not rivals:
+                continue
+            me = next((r for r in runs if r.info.run_id == run_id), None)
+            first = min(rivals, key=_claim_order)
+            if me is not None and _claim_order(me) < _claim_order(first):
+                contended.append(key)
+                continue
+            lost[key] = f"run {first.info.run_id} of another invocation claimed it first"
+        _withdraw(uri, run_id)  # at once: a rival that sorts first is waiting for it to go
     if contended:
-        sleep(settle_s)
+        # The rival reads and withdraws in a loop like the one above; give it at least twice as
+        # long as this one took, so that a slow store does not make both sides withdraw.
+        sleep(max(settle_s, 2.0 * (time.monotonic() - started)))
         for key in contended:
             runs = runs_of_key(uri, key)
             other = [r for r in runs if r.info.status == schema.FINISHED and r.info.run_id != mine[key]]
             other += live_rivals(uri, runs, exclude=mine[key], stale_after=stale_after)
             if other:
                 lost[key] = f"run {other[0].info.run_id} of another invocation claimed it at the same time"
-    for key in lost:
-        _withdraw(uri, mine[key])
+                _withdraw(uri, mine[key])
     return lost
 
 

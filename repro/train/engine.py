@@ -208,6 +208,8 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
     started = time.perf_counter()
     extra = _model_params(group[0], spectral, precision)
     tags = {**extra_tags, schema.T_DEVICE: tracking.device_name(str(device))}
+    if schema.T_GRID_HEARTBEAT in tags:  # fresh on every claim (an OOM retry's comes much later)
+        tags[schema.T_GRID_HEARTBEAT] = f"{time.time():.0f}"
     if grid:
         tags[schema.T_GRID] = grid
     recorders = [tracking.RunRecorder.start(tracking_uri, spec, extra_params=extra,
@@ -222,6 +224,7 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
         if not kept:
             return elsewhere
         group, recorders = [spec for spec, _ in kept], [rec for _, rec in kept]
+        allow_oom_retry = allow_oom_retry and len(group) > 1
     head = group[0]
     outcomes: dict[int, RunOutcome] = {}
 
@@ -280,7 +283,7 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
             if allow_oom_retry:
                 finished = [o for o in outcomes.values() if o.status == schema.FINISHED]
                 fail_all(f"out of memory with {len(group)} runs in one ensemble; retried in smaller ensembles")
-                raise _OutOfMemory(finished) from err
+                raise _OutOfMemory(finished + elsewhere) from err  # neither is retried
             fail_all(f"out of memory: {_one_line(err)}")
         elif isinstance(err, (tracking.CheckpointNotFound, CheckpointError)):
             fail_all(str(err).splitlines()[0])  # the message already names the checkpoint

@@ -70,3 +70,31 @@ def test_claim_orders(tmp_path):
     mine = _claim_run(uri, "k-stale", now)
     assert store.claim(uri, {"k-stale": mine}, settle_s=0) == {}
     assert _alive(uri, dead.info.run_id)  # left to the launcher's reaper, not deleted by a claim
+
+
+def test_two_claimants_interleaved_on_two_keys_each_win_one(tmp_path):
+    """A sorts first on k1, B on k2 (as two launchers' ensembles interleave): both claim at once;
+    each loser withdraws at once, so each winner sees its rival gone and trains — nobody waits
+    in vain and no key is left untrained."""
+    import threading
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    init_store(uri)
+    now = int(time.time() * 1000)
+    a = {"k1": _claim_run(uri, "k1", now), "k2": _claim_run(uri, "k2", now + 10)}
+    b = {"k1": _claim_run(uri, "k1", now + 10), "k2": _claim_run(uri, "k2", now)}
+    lost: dict[str, dict[str, str]] = {}
+    barrier = threading.Barrier(2)
+
+    def run(name: str, mine: dict[str, str]) -> None:
+        barrier.wait()
+        lost[name] = store.claim(uri, mine, settle_s=1.0)
+
+    threads = [threading.Thread(target=run, args=("a", a)), threading.Thread(target=run, args=("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert set(lost["a"]) == {"k2"} and set(lost["b"]) == {"k1"}, lost
+    assert _alive(uri, a["k1"]) and _alive(uri, b["k2"])
+    assert not _alive(uri, a["k2"]) and not _alive(uri, b["k1"])
