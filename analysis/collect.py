@@ -133,12 +133,17 @@ def collect_runs(tracking_uri: str, grid: str | None = None, keys: Collection[st
         The store is missing or empty, or ``grid`` names no recorded grid.
     """
     keys = None if keys is None else frozenset(keys)
+    if grid is not None and keys is None and _is_sql(tracking_uri):
+        client = _client(tracking_uri)
+        _one_plan_per_label(client, _experiment_id(client, tracking_uri), grid)
     if _is_sql(tracking_uri):
         frame = _collect_sql(tracking_uri, grid, keys)
         if frame is not None:
             return frame
     client = _client(tracking_uri)
     exp_id = _experiment_id(client, tracking_uri)
+    if grid is not None and keys is None:
+        _one_plan_per_label(client, exp_id, grid)
     where = f"tags.{schema.T_RUN_KEY} != ''"
     if grid is not None and keys is None:
         where += f" and tags.{schema.T_GRID} = '{grid}'"
@@ -151,6 +156,17 @@ def collect_runs(tracking_uri: str, grid: str | None = None, keys: Collection[st
     if not records:
         _no_runs(tracking_uri, grid, keys, outside)
     return _with_outside(runs_to_frame(records), outside)
+
+
+def _one_plan_per_label(client: Any, exp_id: str, grid: str) -> None:
+    """Refuse to select by a ``grid`` label that names several different plans in this store
+    (two grid files with one label): their runs would merge silently."""
+    parents = _search(client, exp_id, f"tags.{schema.T_ROLE} = '{schema.ROLE_GRID}' and tags.{schema.T_GRID} = '{grid}'")
+    plans = sorted({p.data.tags[schema.T_GRID_PLAN] for p in parents if p.data.tags.get(schema.T_GRID_PLAN)})
+    if len(plans) > 1:
+        raise StoreError(f"grid label {grid!r} names {len(plans)} different plans in this store (plan hashes "
+                         f"{', '.join(plans)}): pass the grid's TOML file with --grid, so that exactly its "
+                         f"plan's run_keys are selected")
 
 
 #: ``frame.attrs`` key of :func:`collect_runs`: runs tagged with the grid but not in its plan (left out).

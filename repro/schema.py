@@ -83,6 +83,7 @@ T_GRID_WORKER = "grid.worker"  # host:pid:start of the worker process training t
 T_GRID_LAUNCHER = "grid.launcher"  # host:pid:start of the launcher (on the parent run)
 T_GRID_HEARTBEAT = "grid.heartbeat"  # unix time of the owner's last beat
 T_GRID_EXECUTOR = "grid.executor"  # local | slurm
+T_GRID_PLAN = "grid.plan"  # on the parent run: hash of the plan's sorted run_keys (which grid, not just its label)
 
 # --- artifacts ---------------------------------------------------------------------------------
 A_CHECKPOINT = "checkpoint/model.pt"

@@ -300,7 +300,8 @@ def run_grid(plan: Plan, opts: Options, *, console: Any = None, live: bool | Non
     executor = opts.executor
     parent = start_parent_run(uri, grid=plan.grid.label, tags={
         store.T_LAUNCHER: store.process_identity(), store.T_EXECUTOR: executor,
-        store.T_HEARTBEAT: f"{time.time():.0f}", "grid.todo": str(len(todo)), "grid.total": str(len(plan))})
+        store.T_HEARTBEAT: f"{time.time():.0f}", "grid.todo": str(len(todo)), "grid.total": str(len(plan)),
+        schema.T_GRID_PLAN: plan.plan_hash})
     outcome.parent_run_id = parent
     settings = Settings(tracking_uri=uri, data_dir=opts.data_dir, device=opts.device, fast=opts.fast,
                         grid=plan.grid.label, parent_run_id=parent, max_members=opts.max_members,

@@ -123,6 +123,14 @@ class Plan:
         return run_key in self._index
 
     @property
+    def plan_hash(self) -> str:
+        """Identity of the plan (sha256 of its sorted run_keys, 16 hex): two grid files with one
+        label but different runs have different hashes."""
+        import hashlib
+
+        return hashlib.sha256(",".join(sorted(self.keys)).encode()).hexdigest()[:16]
+
+    @property
     def keys(self) -> tuple[str, ...]:
         return tuple(r.run_key for r in self.runs)
 
