@@ -223,7 +223,7 @@ def train(
                                   help="forward precision: fp32 (default, every device) or bf16 (CUDA and the fast "
                                        "path only; autocast, ~5e-3 error floor vs fp32: see benchmarks/bench_train.py "
                                        "--sections bf16)"),
-    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI, then $MLFLOW_TRACKING_URI, else ./.repro/mlflow.db)"),
     data_dir: str = typer.Option(None, help="dataset cache (default: $REPRO_DATA_DIR or ./.repro/data)"),
 ) -> None:
     """Train (or evaluate) one FNO run and record it in MLflow.
@@ -421,7 +421,7 @@ def run_grid_cmd(
     array_parallelism: int = typer.Option(16, help="SLURM: at most this many array tasks at once"),
     slurm_tasks: int = typer.Option(None, help="SLURM array size (default: one task per unit, at most 256)"),
     slurm_folder: str = typer.Option(None, help="SLURM logs and scripts (default: <REPRO_HOME>/slurm)"),
-    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI, then $MLFLOW_TRACKING_URI, else ./.repro/mlflow.db)"),
     data_dir: str = typer.Option(None, help="dataset cache (default: $REPRO_DATA_DIR or ./.repro/data)"),
     fast: bool = typer.Option(None, "--fast/--reference", help="spectral path (default: fastest on the device)"),
     precision: str = typer.Option("fp32", "--precision", metavar="fp32|bf16",
@@ -528,7 +528,7 @@ def run_grid_cmd(
 @app.command()
 def status(
     grid: str = typer.Option("quick", "--grid", help="shipped grid name or path to a TOML file"),
-    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI, then $MLFLOW_TRACKING_URI, else ./.repro/mlflow.db)"),
 ) -> None:
     """Summarise a grid from MLflow: completion per axis, failures with their reasons.
 
@@ -553,7 +553,7 @@ def status(
 @app.command()
 def ui(
     port: int = typer.Option(5000, min=1, max=65535, help="port on 127.0.0.1"),
-    tracking_uri: str = typer.Option(None, help="MLflow store (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
+    tracking_uri: str = typer.Option(None, help="MLflow store (default: $REPRO_TRACKING_URI, then $MLFLOW_TRACKING_URI, else ./.repro/mlflow.db)"),
 ) -> None:
     """Open the MLflow UI over the project's store on http://127.0.0.1:PORT, on the runs page.
 
@@ -611,7 +611,7 @@ def ui(
 def export(
     grid: str = typer.Option("quick", "--grid", help="shipped grid name or path to a TOML file"),
     to: str = typer.Option(..., "--to", help="new SQLite file to write (never overwritten), e.g. reports/NAME/mlflow.db"),
-    tracking_uri: str = typer.Option(None, help="MLflow store to read (default: $REPRO_TRACKING_URI or ./.repro/mlflow.db)"),
+    tracking_uri: str = typer.Option(None, help="MLflow store to read (default: $REPRO_TRACKING_URI, then $MLFLOW_TRACKING_URI, else ./.repro/mlflow.db)"),
     artifacts: bool = typer.Option(False, "--artifacts/--no-artifacts", help="copy checkpoints and figures too"),
 ) -> None:
     """Copy one grid's runs into a new, portable SQLite MLflow store.
@@ -655,7 +655,7 @@ from typing import Optional  # noqa: E402
 _GRID_HELP = ("Only runs of this grid: a shipped grid name or a grid TOML selects the run_keys of its plan (and runs "
               "tagged with the name), so runs shared with another grid count; any other name selects by the MLflow "
               "'grid' tag. Default: every grid in the store.")
-_URI_HELP = "MLflow tracking URI. Default: $REPRO_TRACKING_URI, else sqlite:///<$REPRO_HOME or ./.repro>/mlflow.db."
+_URI_HELP = "MLflow tracking URI. Default: $REPRO_TRACKING_URI, then $MLFLOW_TRACKING_URI, else sqlite:///<$REPRO_HOME or ./.repro>/mlflow.db."
 _BOOT_HELP = "Bootstrap replicates per fitted curve (0: no intervals)."
 
 
