@@ -64,19 +64,27 @@ def load(tracking_uri: str, grid: str | None, n_boot: int = N_BOOT, workers: int
 
 
 def print_result(result: AnalysisResult, console: Console) -> None:
-    """Rich tables: fits, transfer metrics, claims with stability and regime; then convergence and skips."""
+    """Rich tables: fits, transfer metrics, claims with stability and regime; then convergence and skips.
+
+    On a narrow terminal (< 120 columns) the tables keep their key columns only (every column is in
+    the CSV files), so no cell is folded letter by letter; the claims are blocks, not a table.
+    """
+    narrow = console.width < 120
     fits = Table(title="Fitted laws per curve (law chosen by AICc; 95% intervals from whole-seed-curve bootstrap)",
                  show_lines=False)
-    for col in ("task / shift", "model", "arm", "pts", "law", "E", "α", "α CI", "seed sd", "not identified",
-                "held-out err"):
+    cols = ("task / shift", "model", "arm", "pts", "law", "E", "α", "α CI", "seed sd", "not identified",
+            "held-out err")
+    keep = 8 if narrow else len(cols)
+    for col in cols[:keep]:
         fits.add_column(col, overflow="fold")
     for key, fit in result.curves.items():
         held = f"{fit.heldout.rel_error:+.1%}" if fit.heldout else "-"
         seed_sd = format_number(fit.seed_effects.sigma_seed) if fit.seed_effects else "n/a"
         alpha_ci = format_interval(*fit.intervals["alpha"]) if not fit.interval_note else "none (one seed)"
-        fits.add_row(key.shift or key.task, key.model, key.arm, str(fit.n_points), fit.law,
-                     format_number(fit.params["E"]), format_number(fit.params["alpha"]), alpha_ci, seed_sd,
-                     " ".join(fit.unidentified) or "-", held)
+        row = (key.shift or key.task, key.model, key.arm, str(fit.n_points), fit.law,
+               format_number(fit.params["E"]), format_number(fit.params["alpha"]), alpha_ci, seed_sd,
+               " ".join(fit.unidentified) or "-", held)
+        fits.add_row(*row[:keep])
     console.print(fits)
     summary = result.transfer_summary
     if len(summary):
@@ -84,21 +92,26 @@ def print_result(result: AnalysisResult, console: Console) -> None:
                    caption=f"≥ / ≤: a lower / upper bound; laws are never inverted below the smallest N run nor beyond "
                            f"{EXTRAPOLATION_ABOVE:g}× the largest (catch-up inf: not within it); every level is in "
                            "multiplier.csv")
-        for col in ("shift", "model", "ε", "level", "multiplier", "95% CI", "zero-shot ≤ ε", "D_T(N_min)", "catch-up N"):
+        cols = ("shift", "model", "ε", "multiplier", "95% CI", "level", "zero-shot ≤ ε", "D_T(N_min)", "catch-up N")
+        keep = 5 if narrow else len(cols)
+        for col in cols[:keep]:
             tm.add_column(col, overflow="fold")
         for row in summary.itertuples(index=False):
-            tm.add_row(row.shift, row.model, format_number(row.eps), str(row.level),
-                       format_bound(row.multiplier, row.multiplier_bound),
-                       format_interval(row.multiplier_lo, row.multiplier_hi, row.multiplier_lo_bound, row.multiplier_hi_bound),
-                       "yes" if row.zero_shot_reaches else "no", format_bound(row.d_t_nmin, row.d_t_nmin_bound),
-                       format_number(row.catch_up))
+            cells = (row.shift, row.model, format_number(row.eps), format_bound(row.multiplier, row.multiplier_bound),
+                     format_interval(row.multiplier_lo, row.multiplier_hi, row.multiplier_lo_bound,
+                                     row.multiplier_hi_bound),
+                     str(row.level), "yes" if row.zero_shot_reaches else "no",
+                     format_bound(row.d_t_nmin, row.d_t_nmin_bound), format_number(row.catch_up))
+            tm.add_row(*cells[:keep])
         console.print(tm)
-    claims = Table(title="The paper's findings on these runs (decided on 95% intervals)")
-    for col in ("#", "verdict", "stability", "deciding numbers", "regime"):
-        claims.add_column(col, overflow="fold")
+    console.print("[bold]The paper's findings on these runs[/] (decided on 95% intervals; stability = share of "
+                  "bootstrap replicates giving the same verdict)")
     for c in result.claims:
-        claims.add_row(str(c.id), f"[{_VERDICT_STYLE[c.verdict]}]{c.verdict}[/]", format_percent(c.stability), c.summary, c.regime)
-    console.print(claims)
+        console.print(f"[bold]F{c.id}[/] [{_VERDICT_STYLE[c.verdict]}]{c.verdict}[/] (stability "
+                      f"{format_percent(c.stability)}) — the paper: {c.finding}")
+        console.print(f"    {c.summary}", highlight=False)
+        if c.regime:
+            console.print(f"    [dim]{c.regime}[/]", highlight=False)
     if len(result.convergence):
         console.print("convergence of the selected runs: " + "; ".join(
             f"{r.arm} {r.converged}/{r.with_diagnostic} converged ({format_percent(r.share_converged)})"

@@ -318,6 +318,13 @@ def test_transfer_tables_are_computed_once(runs, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(az, "transfer_tables", lambda r: pytest.fail("recomputed"))
     az.write_outputs(result, tmp_path)
     print_result(result, Console(file=open(tmp_path / "out.txt", "w")))
+    print_result(result, Console(file=open(tmp_path / "narrow.txt", "w"), width=80))
+    narrow = (tmp_path / "narrow.txt").read_text()
+    assert "F1 " in narrow and "the paper: Transfer reaches" in narrow  # what each finding says
+    assert max(len(line) for line in narrow.splitlines()) <= 80
+    # no table cell folded letter by letter: every table row's cells hold >= 2 characters of text
+    cells = [c.strip() for line in narrow.splitlines() if line.startswith("│") for c in line.strip("│").split("│")]
+    assert all(len(c) != 1 or c in "0123456789-" for c in cells if c), [c for c in cells if len(c) == 1]
     monkeypatch.setattr("analysis.report._figures", lambda result, workers: {})
     assert _context(result, 1)["summary"] is not None
     assert "multiplier_ci" not in result.transfer_summary  # the report adds columns to a copy
