@@ -63,10 +63,6 @@ _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _LABEL_RE = re.compile(rf"^\s*({'|'.join(SINGLE_PDES)})\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*$")
 
 
-def _err(where: str, key: str, value: object, allowed: str) -> SpecError:
-    return SpecError(f"{where}: {key} = {value!r} is invalid: {allowed}")
-
-
 @dataclass(frozen=True, kw_only=True)
 class Sizes:
     """Split sizes of a family of datasets (every upstream, or every downstream dataset)."""

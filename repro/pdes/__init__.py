@@ -8,8 +8,8 @@ Public API
 - :func:`generate` -- draw and solve a batch of one system (dispatches to the modules below).
 - :mod:`repro.pdes.poisson`, :mod:`repro.pdes.advdiff`, :mod:`repro.pdes.helmholtz` -- per system
   ``generate`` and ``solve`` (plus ``advdiff.ratio`` / ``advdiff.solve_lambda``).
-- :mod:`repro.pdes.spectral` -- the general operator's symbol, ``solve_general``,
-  ``apply_general`` and the Nyquist convention.
+- :mod:`repro.pdes.spectral` -- the general operator's symbol, ``solve_general`` and the
+  Nyquist convention.
 - :mod:`repro.pdes.sources` -- the 12 x 12 Gaussian-bump sources and sparsity blocks.
 """
 

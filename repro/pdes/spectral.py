@@ -160,21 +160,3 @@ def _remove_resonant_modes(f: Array, f_hat: Array, resonant: Array) -> Array:
     zero = resonant[:, 0, 0]  # (B,)
     mean = f_hat[:, 0, 0].real / (n * n)  # (B,) the k = 0 coefficient is n^2 * mean
     return f - xp.where(zero, mean, 0.0 * mean)[:, None, None]
-
-
-def apply_general(
-    u: Array,
-    k11: Array | float,
-    k22: Array | float,
-    k12: Array | float | None = None,
-    v1: Array | float | None = None,
-    v2: Array | float | None = None,
-    omega: Array | float | None = None,
-) -> Array:
-    """Apply ``L`` (same symbol and Nyquist convention as :func:`solve_general`) to u (B, n, n)."""
-    xp = namespace(u)
-    n = u.shape[-1]
-    re, im = symbol_parts(n, u, k11, k22, k12, v1, v2, omega)
-    u_hat = xp.rfft2(u)
-    out = u_hat * re if im is None else u_hat * (re + 1j * im)
-    return xp.irfft2(out, n)

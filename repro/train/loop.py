@@ -174,7 +174,6 @@ class EnsembleResult:
     failure: list[str | None]
     train_seconds: float
     samples_seen: int  # per member
-    history: list[EpochReport] = field(default_factory=list)
     evaluations: int = 0
     convergence: list[Convergence] = field(default_factory=list)
     #: Validation rel-L2 per member before the first step: the divergence reference (empty
@@ -310,5 +309,5 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
     verdicts = [convergence([(epoch, values[m]) for epoch, values in evaluated], schedule.epochs)
                 for m in range(members)]
     return EnsembleResult(best_val=best_val, best_epoch=best_epoch, failure=failure,
-                          train_seconds=train_seconds, samples_seen=len(history) * n_train, history=history,
+                          train_seconds=train_seconds, samples_seen=len(history) * n_train,
                           evaluations=len(evaluated), convergence=verdicts, initial_val=initial_val)
