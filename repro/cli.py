@@ -352,20 +352,54 @@ def _slurm_device(device: str | None, gpus_per_task: int | None, workers: int | 
     return device, gpus_per_task
 
 
-def _require_store(uri: str, *, must_exist: bool = True) -> None:
-    """Fail fast and clearly on a store that cannot answer: a tracking server that refuses or is
-    silent (probed with one bounded request), or — with ``must_exist`` — a SQLite file that does
-    not exist (MLflow would create an empty one and every count would read 0; the usual cause is
-    running from another folder or REPRO_HOME)."""
+def _require_store(uri: str, *, must_exist: bool = True) -> str:
+    """Fail fast and clearly on a store that cannot answer, and return the URI to read.
+
+    A tracking server that refuses or is silent is probed with one bounded request.  With
+    ``must_exist`` (the commands that only read) a SQLite file must exist — MLflow would create an
+    empty one and every count would read 0; the usual cause is running from another folder or
+    REPRO_HOME — and a store in a read-only folder is read from a temporary copy (SQLite cannot
+    open a WAL-mode database there).  Without it (run-grid, train, ui: they write) a read-only
+    store is refused with the reason.
+    """
     if uri.startswith(("http://", "https://")):
         _probe_server(uri)
-        return
-    if not uri.startswith("sqlite:///") or not must_exist:
-        return
+        return uri
+    if not uri.startswith("sqlite:///"):
+        return uri
     path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-    if not path.exists():
+    if must_exist and not path.exists():
         fail(f"no MLflow store at {path} (nothing has run with this store yet): pass --tracking-uri, set "
              f"REPRO_HOME or REPRO_TRACKING_URI, or run `repro run-grid` first")
+    if not _writable(path):
+        if not must_exist:
+            fail(f"the MLflow store {path} is read-only (its folder or file cannot be written): nothing can be "
+                 f"recorded there; `repro export` it elsewhere or pass a writable --tracking-uri")
+        return _read_only_copy(path)
+    return uri
+
+
+def _writable(db: Path) -> bool:
+    import os
+
+    folder = db.parent if db.parent.exists() else next((p for p in db.parents if p.exists()), Path("/"))
+    return os.access(folder, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))
+
+
+def _read_only_copy(db: Path) -> str:
+    """A temporary copy of a read-only SQLite store (with its WAL, replayed on open)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="repro-readonly-"))
+    atexit.register(shutil.rmtree, tmp, True)
+    for suffix in ("", "-wal"):
+        src = db.with_name(db.name + suffix)
+        if src.exists():
+            shutil.copy2(src, tmp / src.name)
+    typer.echo(f"note: {db} is read-only; reading a temporary copy of it", err=True)
+    return f"sqlite:///{tmp / db.name}"
 
 
 def _probe_server(uri: str) -> None:
@@ -541,7 +575,7 @@ def status(
 
     plan = _load_plan(grid)
     uri = tracking_uri or tracking.default_tracking_uri()
-    _require_store(uri)
+    uri = _require_store(uri)
     try:
         rep = launcher.grid_status(plan, uri)
     except store.StoreError as err:
@@ -635,7 +669,7 @@ def export(
 
     plan = _load_plan(grid)
     uri = tracking_uri or tracking.default_tracking_uri()
-    _require_store(uri)
+    uri = _require_store(uri)
     try:
         with Progress(transient=True) as bar:
             job = bar.add_task(f"exporting {plan.grid.label}", total=None)
@@ -668,7 +702,7 @@ def _analysis_command(which: str, grid: str | None, tracking_uri: str | None, ou
     from analysis.collect import StoreError, default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
-    _require_store(uri)
+    uri = _require_store(uri)
     try:
         getattr(commands, which)(uri, grid, out, n_boot=n_boot,
                                  keys=_grid_keys(grid))
