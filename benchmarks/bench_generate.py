@@ -14,6 +14,7 @@ print samples/s and their ratio.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import math
 import time
 
@@ -114,6 +115,41 @@ def batched(pde: str, count: int, n: int, batch: int, like=None, sync=lambda: No
     sync()
 
 
+# --- the authors' generators, from a fetched copy (never committed) --------------------------------
+
+#: The settings of the authors' run_gen_data.sh (144 sparse Gaussian sources; their ranges, here
+#: the same as RANGES) and the void fractions their scripts cycle through.
+_PEER_PARAMS = dict(Lx=1, Ly=1, diff_coef_scale=0.01, adv_coef_scale=1, diff_coef_freq=0, dc=0, ng=144,
+                    sparse=True, e1=1.0, e2=5.0, ad1=0.2, ad2=1.0, o1=1, o2=10)
+_PEER_VFS = (0.2, 0.4, 0.6, 0.8)
+
+
+def peer(path: str, pde: str, count: int, n: int) -> None:
+    """``count`` samples from the authors' own ``utils/gen_data_<pde>.py`` sample function, one at a
+    time as their scripts draw them (their advdiff reads utils/*.npy relative to the working
+    directory, hence the chdir)."""
+    import importlib
+    import os
+    import sys
+    from types import SimpleNamespace
+
+    root = str(Path(path).resolve())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    module = importlib.import_module(f"utils.gen_data_{pde}")
+    sample = getattr(module, pde)
+    params = SimpleNamespace(**_PEER_PARAMS)
+    x = np.arange(0, 1, 1 / n)
+    std = 1 / 32
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        for i in range(count):
+            sample(x, x, std, 2 * std, _PEER_VFS[i % len(_PEER_VFS)], params)
+    finally:
+        os.chdir(here)
+
+
 def _rate(fn, count: int) -> float:
     t0 = time.perf_counter()
     fn()
@@ -128,6 +164,10 @@ def main() -> None:
     p.add_argument("--n-ref", type=int, default=48, help="samples for the one-at-a-time reference")
     p.add_argument("--n-batched", type=int, default=3072, help="samples for the batched generator")
     p.add_argument("--batch", type=int, default=None, help="batch size [192 on cpu, 4096 on cuda]")
+    p.add_argument("--peer", default=None, metavar="PATH",
+                   help="a fetched copy of the authors' repository (ShashankSubramanian/neuraloperators-TL-scaling; "
+                        "never committed): time their utils/gen_data_<system>.py sample functions beside ours")
+    p.add_argument("--n-peer", type=int, default=16, help="samples for the authors' generator")
     args = p.parse_args()
     n = args.resolution
     like, sync = None, (lambda: None)
@@ -143,12 +183,18 @@ def main() -> None:
     batch = args.batch or (4096 if on_gpu else 192)
     n_batched = max(args.n_batched, 8 * batch) if on_gpu else args.n_batched
     print(f"resolution {n}x{n}, batched on {name} (batch {batch}), reference on CPU one sample at a time")
-    print(f"{'system':10s} {'reference':>14s} {'batched':>14s} {'ratio':>8s}")
+    head = f"{'system':10s} {'reference':>14s} {'batched':>14s} {'ratio':>8s}"
+    print(head + (f" {'authors':>14s} {'ours/authors':>13s}" if args.peer else ""))
     for pde in RANGES:
         batched(pde, min(batch, 64), n, batch, like, sync)  # warm-up (FFT plans, CUDA context)
         ref = _rate(lambda: reference(pde, args.n_ref, n), args.n_ref)
         fast = _rate(lambda: batched(pde, n_batched, n, batch, like, sync), n_batched)
-        print(f"{pde:10s} {ref:10.1f} /s {fast:10.0f} /s {fast / ref:7.0f}x", flush=True)
+        line = f"{pde:10s} {ref:10.1f} /s {fast:10.0f} /s {fast / ref:7.0f}x"
+        if args.peer:
+            peer(args.peer, pde, 1, n)  # warm-up: their module imports torch and matplotlib
+            theirs = _rate(lambda: peer(args.peer, pde, args.n_peer, n), args.n_peer)
+            line += f" {theirs:10.1f} /s {fast / theirs:12.0f}x"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
