@@ -30,16 +30,21 @@ C_PRETRAIN_LR = "pretrain_lr"  # LR of the pre-training run a transfer / zero-sh
 def downstream(df: pd.DataFrame) -> pd.DataFrame:
     """Runs that measure a downstream task.
 
-    Budget-audit runs are dropped.  Pre-training runs are dropped, except on tasks that are also downstream tasks (some
-    non-pretrain run has that task): there a pre-training run can share its RunSpec (and so its
-    run_key) with a scratch run, e.g. when N is the full upstream split; the grid keeps one run
-    for that key, tagged ``pretrain``, and it is the scratch point too.
+    Budget-audit runs are dropped.  Pre-training runs are dropped, except where they train on the
+    very dataset of a downstream task (same task and every ``data.*`` field, the stream included):
+    there a pre-training run can share its RunSpec (and so its run_key) with a scratch run, e.g.
+    when N is the full upstream split; the grid keeps one run for that key, tagged ``pretrain``,
+    and it is the scratch point too.  A downstream task drawn from its own stream (an ID task of
+    E4) is another dataset: the upstream runs are not points of its scratch curve.
     """
     role = df[schema.C_ROLE].fillna(schema.ROLE_DOWNSTREAM)
     df = df[role != schema.ROLE_AUDIT]  # budget-audit runs check the budget; they are never curve points
     pretrain = role[df.index] == schema.ROLE_PRETRAIN
-    downstream_tasks = set(df.loc[~pretrain, schema.C_TASK].dropna())
-    return df[~pretrain | df[schema.C_TASK].isin(downstream_tasks)]
+    data = [schema.C_TASK] + sorted(c for c in df.columns if c.startswith("data."))
+    dataset = pd.Series(list(zip(*(df[c].map(lambda v: "" if pd.isna(v) else str(v)) for c in data))),
+                        index=df.index)
+    downstream_datasets = set(dataset[~pretrain])
+    return df[~pretrain | dataset.isin(downstream_datasets)]
 
 
 def pretrain_lrs(df: pd.DataFrame) -> pd.Series:

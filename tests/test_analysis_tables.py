@@ -101,6 +101,17 @@ def test_pretrain_run_on_a_downstream_task_is_its_scratch_point() -> None:
     assert set(scratch[schema.C_SHIFT]) == {""}
 
 
+def test_pretrain_run_on_another_stream_of_the_task_is_not_its_scratch_point() -> None:
+    """An ID downstream task drawn from its own stream (E4) shares the upstream's label but not its
+    dataset: the pre-training run is not a point of that task's scratch curve."""
+    df = runs_to_frame([
+        _run(0, **{schema.P_N_TRAIN: "8", "data.stream": "downstream"}),
+        _run(1, **{schema.T_ROLE: "pretrain", schema.P_N_TRAIN: "1024", "data.stream": "default"}),
+    ])
+    kept, _ = apply_filters(df)
+    assert set(select_lr(kept)[schema.C_RUN_ID]) == {"r0"}
+
+
 def test_a_curve_point_pooling_two_protocols_is_flagged_not_dropped() -> None:
     """Two grids of one physics and resolution, other epochs: analysed together, their runs meet in
     one curve point; every run is kept and flagged, naming what differs."""

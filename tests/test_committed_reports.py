@@ -59,7 +59,9 @@ def test_committed_report_reproduces_from_its_store(grid: str, tmp_path: Path) -
     for text, c in zip(got["summary"].tolist(), committed["claims"], strict=True):
         assert_same_text(text, c["summary"])
     want = pd.read_csv(ROOT / grid / "transfer_summary.csv")
+    # 1e-6, not bit-equality: the fits are iterative optimisations, and another machine's BLAS
+    # moved one crossing level by 2e-9 (relative) between two regenerations of the same store.
     for col in ("eps", "multiplier", "multiplier_lo", "multiplier_hi"):
-        assert result.transfer_summary[col].to_numpy() == pytest.approx(want[col].to_numpy(), rel=1e-9), col
+        assert result.transfer_summary[col].to_numpy() == pytest.approx(want[col].to_numpy(), rel=1e-6), col
     conv = pd.read_csv(ROOT / grid / "convergence.csv")
     assert result.convergence["converged"].tolist() == conv["converged"].tolist()
