@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from repro import schema
-from repro.config import MODEL_LADDER, DatasetSpec, RunSpec, flatten, in_channels, run_name
+from repro.config import MODEL_LADDER, DatasetSpec, ModelSpec, RunSpec, flatten, in_channels, run_name
 from analysis.transfer import shift_magnitude
 
 #: Upstream ranges of the E3 ladder (docs/protocol.md §3.3), used by the benchmark store.
@@ -95,20 +95,11 @@ class SyntheticRun:
     status: str
 
 
-def n_params(width: int, n_modes: int, c_in: int, n_layers: int = 4) -> int:
-    """FNO parameter count of docs/protocol.md §2.3.
-
-    Lift, spectral + 1x1 layers, 2-layer projection.
-    """
-    spectral = 4 * width * width * n_modes * n_modes  # two complex m x m corner blocks
-    return (c_in + 1) * width + n_layers * (spectral + width * width + width) + (2 * width * width + 2 * width) + 2 * width + 1
-
-
 def synthetic_flops(spec: RunSpec) -> float:
     """Plausible training FLOPs of ``spec``: 3 x a rough forward count x samples, plus validation.
 
     Forward per sample ~ n^2 (2 L w^2 + 4 w^2) + L 16 w^2 m^2 (1x1 convs, projection, mode mixing;
-    repro.models.flops has the full count but imports torch, which analysis must not).
+    cheaper than repro.flops' full count, and enough for a synthetic store).
     """
     width, n_modes = MODEL_LADDER[spec.model]
     n, n_layers = spec.data.resolution, 4
@@ -220,7 +211,7 @@ def _make(grid: SyntheticGrid, spec: RunSpec, role: str, upstream: DatasetSpec |
     metrics = {schema.M_TEST_REL_L2: test, schema.M_BEST_VAL_REL_L2: val, schema.M_BEST_EPOCH: max(epochs - 1, 0),
                schema.M_WALL_SECONDS: 0.01 * (spec.n_train + 1) * max(epochs, 1),
                schema.M_SAMPLES_PER_SECOND: 1000.0, schema.M_GPU_SECONDS: 0.0,
-               schema.M_N_PARAMS: n_params(width, n_modes, c_in),
+               schema.M_N_PARAMS: ModelSpec(in_channels=c_in, width=width, n_modes=n_modes).n_params,
                schema.M_SAMPLE_STEPS: float(spec.n_train * epochs), schema.M_FLOPS: synthetic_flops(spec)}
     if trained:
         metrics.update({schema.M_LATE_IMPROVEMENT: late, schema.M_CONVERGED: 0.0 if unconverged else 1.0})

@@ -57,7 +57,7 @@ def main() -> None:
     from repro.grid.launcher import Options, run_grid
     from repro.grid.local import cpu_count
     from repro.grid.plan import expand
-    from repro.grid.spec import load_grid
+    from repro.grid.plan import load_grid
     from repro.grid.worker import prepare_dataset
 
     with tempfile.TemporaryDirectory(prefix="bench-grid-") as tmp:

@@ -44,7 +44,7 @@ import torch
 from repro.config import MODEL_LADDER, ModelSpec
 from repro.models import FNO, SPECTRAL_PATHS, count_parameters
 from repro.config import DatasetSpec, RunSpec
-from repro.train.engine import ensemble_cap
+from repro.ensembles import ensemble_cap
 from repro.train.loop import EnsembleData, Schedule, evaluate, train_ensemble
 
 #: Rungs timed by default on CPU (xl at 128² needs minutes per step on 2 cores).
@@ -172,7 +172,7 @@ def bench_ladder(device: torch.device, *, resolution: int, batch: int, sizes: Se
     ``peak`` (GFLOP/s, :func:`sgemm_peak`): print each path's share of it.  ``peer``
     (:func:`load_peer`): the authors' network at the same width and modes, timed in the same rounds.
     """
-    from repro.models.flops import forward_flops
+    from repro.flops import forward_flops
 
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(1, batch, in_channels, resolution, resolution, generator=generator).to(device)

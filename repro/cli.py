@@ -193,9 +193,9 @@ def _check_precision(precision: str, device: str, fast: bool | None) -> None:
 
 def autodetect_device() -> str:
     """``cuda`` when a GPU is visible, else ``cpu`` (only the CLI autodetects)."""
-    import torch
+    from repro.grid.local import gpu_count
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if gpu_count() else "cpu"
 
 
 @app.command()
@@ -313,7 +313,7 @@ def _cost_line(spec, device: str) -> str:
     """One line of what a run will cost before it starts (steps, analytic FLOPs, a CPU time)."""
     import math
 
-    from repro.models.flops import forward_flops
+    from repro.flops import forward_flops
 
     if spec.arm == "zero_shot":
         return "cost: evaluation only (zero-shot)"
@@ -429,11 +429,10 @@ def _next_steps(grid: str, uri: str, explicit_uri: bool) -> str:
 
 def _load_plan(grid: str):
     from repro.config import SpecError
-    from repro.grid.plan import expand
-    from repro.grid.spec import load_grid
+    from repro.grid.plan import load_plan
 
     try:
-        return expand(load_grid(grid))
+        return load_plan(grid)
     except SpecError as err:
         fail(str(err))
 
@@ -511,24 +510,12 @@ def run_grid_cmd(
         slots = workers or (local_cuda * runs_per_gpu if device.startswith("cuda") else cpu_count())
     try:
         if dry_run:
-            from repro.grid import estimate as est_mod
+            from repro.grid.dryrun import DryRunOptions, dry_run as print_dry_run
 
-            sv = launcher.survey(plan, uri, reap=False, stale_after=stale_after)
-            est = None
-            here = not (device.startswith("cuda") and not local_cuda)  # can the runs' device be timed here?
-            done = set(sv.finished)
-            if calibrate and (here or done):
-                est = est_mod.estimate_units(plan.units(sv.todo, max_members=max_members, device=device), device=device, fast=fast,
-                                             precision=precision, threads=max(1, cpu_count() // slots),
-                                             finished=est_mod.finished_walls(sv.states),
-                                             finished_units=plan.units(done, max_members=max_members, device=device) if done else None,
-                                             calibrate_here=here)
-                if remote and here and not done:
-                    est.source += ", timed on this machine: the compute nodes may differ"
-            elif calibrate:
-                typer.echo("no CUDA device here to calibrate the estimate on, and no finished run to measure: "
-                           "run --dry-run on a GPU node, or once some runs finished, for the cost", err=True)
-            typer.echo(launcher.plan_text(plan, sv, est, slots=slots, device=device, max_members=max_members))
+            print_dry_run(plan, uri, DryRunOptions(
+                device=device, fast=fast, precision=precision, slots=slots, threads=max(1, cpu_count() // slots),
+                max_members=max_members, calibrate=calibrate, device_here=not (device.startswith("cuda") and not local_cuda),
+                remote=remote, stale_after=stale_after), echo=typer.echo, warn=lambda line: typer.echo(line, err=True))
             return
         slurm = None
         if executor == "slurm":
@@ -716,10 +703,10 @@ def _grid_keys(grid: str | None) -> frozenset[str] | None:
     if grid is None:
         return None
     from repro.config import SpecError
-    from repro.grid import expand, load_grid
+    from repro.grid import load_plan
 
     try:
-        return frozenset(expand(load_grid(grid)).keys)
+        return frozenset(load_plan(grid).keys)
     except (SpecError, OSError):
         return None
 

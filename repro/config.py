@@ -237,6 +237,17 @@ class ModelSpec:
         for name in ("in_channels", "width", "n_modes", "n_layers"):
             _check_positive_int("model", name, getattr(self, name))
 
+    @property
+    def n_params(self) -> int:
+        """Real parameters of one member (a complex weight counts as two reals):
+        ``(C+1) w + L (4 w² m² + w² + w) + (2w² + 2w) + (2w + 1)`` -- lift, ``L`` Fourier layers
+        (two complex ``w x w x m x m`` corner blocks plus a 1x1 conv with bias), projection."""
+        c, w, m, n_layers = self.in_channels, self.width, self.n_modes, self.n_layers
+        lift = c * w + w
+        layer = 2 * 2 * w * w * m * m + w * w + w
+        projection = (w * 2 * w + 2 * w) + (2 * w + 1)
+        return lift + n_layers * layer + projection
+
     @classmethod
     def from_ladder(cls, name: str, in_channels: int) -> "ModelSpec":
         if name not in MODEL_LADDER:

@@ -72,17 +72,43 @@ def test_train_defaults_fit_a_cpu_and_the_cost_is_said_first() -> None:
     assert "days" in _cost_line(big, "cpu") or "years" in _cost_line(big, "cpu")
 
 
-def test_dry_run_warns_when_a_grid_is_too_big_for_the_machine(tmp_path: Path) -> None:
-    from conftest import write_grid
-
-    from repro.grid import launcher, store
+def test_dry_run_warns_when_a_grid_is_too_big_for_the_machine() -> None:
+    from repro.grid import launcher
     from repro.grid.estimate import Estimate
-    from repro.grid.plan import expand
-    from repro.grid.spec import load_grid
 
-    plan = expand(load_grid(write_grid(tmp_path / "g.toml", "big")))
-    sv = launcher.Survey(plan=plan, states={k: store.KeyState(k) for k in plan.keys})
-    small = launcher.plan_text(plan, sv, Estimate(unit_seconds={"u": 3600.0}), slots=2)
-    big = launcher.plan_text(plan, sv, Estimate(unit_seconds={"u": 39375 * 3600.0}), slots=2)
+    small = launcher.cost_text(Estimate(unit_seconds={"u": 3600.0}), slots=2)
+    big = launcher.cost_text(Estimate(unit_seconds={"u": 39375 * 3600.0}), slots=2)
     assert "warning" not in small and "wall time about 30:00" in small
     assert "warning: about 2.2 years of wall time here" in big, big
+
+
+def test_paper_grid_dry_run_prints_its_plan_without_torch_and_bounds_its_calibration(tmp_path: Path) -> None:
+    """The paper-e2 plan (2,920 runs at 128², sizes up to 67M parameters) prints without torch
+    being imported; its cost comes from a calibration bounded in time, the sizes it could not
+    afford to time extrapolated by FLOPs and labelled so."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom repro.cli import main\nsys.argv = ['repro', 'run-grid', '--grid', 'paper-e2', '--dry-run', "
+             "'--device', 'cpu', '--no-calibrate']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+             "print('torch imported:', 'torch' in sys.modules)\n")
+    env = {**os.environ, "REPRO_HOME": str(tmp_path)}
+    env.pop("REPRO_TRACKING_URI", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert "grid paper-e2: 2920 runs" in out.stdout, out.stdout + out.stderr
+    assert "torch imported: False" in out.stdout
+
+    from repro.grid import estimate
+    from repro.grid.plan import expand
+    from repro.grid.plan import load_grid
+
+    plan = expand(load_grid("paper-e2"))
+    units = plan.units(device="cpu")
+    est = estimate.estimate_units([u for u in units if u.specs[0].model in ("xs", "xl")][:50], budget_s=3.0)
+    assert "extrapolated by FLOPs" in est.source and "xl at 128²" in est.source, est.source
+    origins = {key[0]: tp.origin for key, tp in est.throughput.items()}
+    assert origins["xl"] == "extrapolated by FLOPs"
+    per_sample = {key[0]: tp.per_sample for key, tp in est.throughput.items()}
+    assert per_sample["xl"] > 10 * per_sample["xs"]  # 67M vs 0.3M parameters: far costlier per sample

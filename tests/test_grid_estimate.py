@@ -10,6 +10,7 @@ import pytest
 from repro.config import DatasetSpec, RunSpec
 from repro.grid import estimate
 from repro.grid.estimate import Throughput, unit_seconds
+from repro.grid.plan import PlannedRun, Unit
 
 DATA = DatasetSpec(pde="poisson", low=5, high=10, resolution=16, n_train=64, n_val=16, n_test=32)
 
@@ -18,6 +19,10 @@ def spec(**kw) -> RunSpec:
     args = dict(arm="scratch", data=DATA, model="xxs", n_train=64, lr=1e-3, epochs=10, batch_size=16)
     args.update(kw)
     return RunSpec(**args)
+
+
+def unit(s: RunSpec) -> Unit:
+    return Unit((PlannedRun(spec=s, role="downstream"),))
 
 
 def test_unit_cost_model():
@@ -43,7 +48,7 @@ def test_calibration_measures_positive_throughput():
 
 def test_estimate_rescaled_by_finished_runs():
     tp = Throughput(latency=0.01, per_sample=1e-3, eval_per_sample=2e-4)
-    units = [SimpleNamespace(specs=(spec(seed=s),), keys=(spec(seed=s).run_key,)) for s in range(3)]
+    units = [unit(spec(seed=s)) for s in range(3)]
     cache = {estimate._tp_key(units[0].specs[0]): tp}
     est = estimate.estimate_units(units[1:], cache=cache)
     base = unit_seconds(list(units[1].specs), tp)
@@ -66,11 +71,9 @@ def test_finished_walls_reads_mlflow_times():
 def test_estimate_from_finished_runs_alone_recovers_their_throughput():
     """A login node cannot time the GPU: the finished runs' walls give the throughput instead."""
     tp = Throughput(latency=0.0, per_sample=2e-3, eval_per_sample=estimate.EVAL_FRACTION * 2e-3)
-    done = [SimpleNamespace(specs=(spec(seed=s, n_train=n),), keys=(spec(seed=s, n_train=n).run_key,))
-            for s, n in ((0, 16), (1, 64))]
+    done = [unit(spec(seed=s, n_train=n)) for s, n in ((0, 16), (1, 64))]
     walls = {u.keys[0]: unit_seconds(list(u.specs), tp) for u in done}
-    todo = [SimpleNamespace(specs=(spec(seed=2, epochs=30),), keys=(spec(seed=2, epochs=30).run_key,)),
-            SimpleNamespace(specs=(spec(seed=0, model="xs"),), keys=(spec(seed=0, model="xs").run_key,))]
+    todo = [unit(spec(seed=2, epochs=30)), unit(spec(seed=0, model="xs"))]
     est = estimate.estimate_units(todo, device="cuda", finished=walls, finished_units=done, calibrate_here=False)
     (measured,) = est.throughput.values()
     assert measured.per_sample == pytest.approx(2e-3)

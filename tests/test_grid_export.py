@@ -13,7 +13,7 @@ from repro import schema
 from repro.cli import app
 from repro.grid.launcher import Options, run_grid
 from repro.grid.plan import expand
-from repro.grid.spec import load_grid
+from repro.grid.plan import load_grid
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

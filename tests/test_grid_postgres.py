@@ -111,7 +111,7 @@ def mlflow_server(postgres, tmp_path):
 def test_grid_with_four_workers_against_mlflow_server_on_postgres(mlflow_server, tmp_path):
     from repro.grid import store
     from repro.grid.plan import expand
-    from repro.grid.spec import load_grid
+    from repro.grid.plan import load_grid
 
     grid = write_grid(tmp_path / "g.toml", "postgres", lrs="[1e-3, 3e-3]", up="32", pre_epochs=2, ft_epochs=2)
     plan = expand(load_grid(grid))

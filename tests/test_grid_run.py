@@ -20,7 +20,7 @@ from conftest import write_grid
 
 from repro import schema
 from repro.grid.plan import expand
-from repro.grid.spec import load_grid
+from repro.grid.plan import load_grid
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from conftest import write_grid
@@ -11,7 +10,7 @@ from conftest import write_grid
 from repro import schema
 from repro.grid.plan import expand
 from repro.grid.slurm import SlurmOptions, sbatch_script
-from repro.grid.spec import load_grid
+from repro.grid.plan import load_grid
 
 
 def test_sbatch_script_has_the_options(tmp_path):

@@ -14,7 +14,8 @@ import pytest
 
 from repro.config import SpecError
 from repro.grid.plan import ROLE_DOWNSTREAM, ROLE_PRETRAIN, expand
-from repro.grid.spec import Finetune, load_grid, parse_grid, parse_label, shipped_grids
+from repro.grid.plan import load_grid, parse_grid
+from repro.grid.spec import Finetune, parse_label, shipped_grids
 
 #: Runs per shipped grid (pre-training + downstream, after deduplication).  A change here is a
 #: change of the science plan: update deliberately.
@@ -109,7 +110,7 @@ def test_expansion_is_deterministic_across_processes(tmp_path):
     path = _tiny(tmp_path)
     keys = expand(load_grid(path)).keys
     assert keys == expand(load_grid(path)).keys
-    code = f"from repro.grid.spec import load_grid; from repro.grid.plan import expand; print(','.join(expand(load_grid({str(path)!r})).keys))"
+    code = f"from repro.grid.plan import expand, load_grid; print(','.join(expand(load_grid({str(path)!r})).keys))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert other.split(",") == list(keys)
     quick = subprocess.run([sys.executable, "-c", code.replace(repr(str(path)), "'quick'")], capture_output=True,
@@ -159,7 +160,7 @@ def test_units_group_by_batch_key(tmp_path):
 
 def test_units_on_a_device_are_the_engines_ensembles() -> None:
     """On a CPU the engine caps ensembles by activation size; the plan's units follow it."""
-    from repro.train.engine import ensemble_cap, group_specs
+    from repro.ensembles import ensemble_cap, group_specs
 
     plan = expand(load_grid("gpu-demo"))
     cpu = plan.units(device="cpu")

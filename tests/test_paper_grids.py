@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import tomllib
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from repro import schema
 from repro.grid.launcher import Options, run_grid
 from repro.grid.plan import expand
-from repro.grid.spec import grid_path, parse_grid
+from repro.grid.plan import parse_grid
+from repro.grid.spec import grid_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -75,3 +75,45 @@ def test_gpu_checks_script_parses_and_refuses_unknown_sections(tmp_path: Path) -
                          timeout=120)
     assert res.returncode == 2 and "unknown section 'benchmark': allowed: bench, bf16, grid" in res.stderr
     assert not (tmp_path / "summary.txt").exists()  # refused before the grid section ran
+
+
+def _import_cycles(package: str) -> list[list[str]]:
+    """Strongly connected groups (> 1 module) of ``package``'s own import graph, function-level
+    imports included (a lazy import is still a dependency a reader has to follow)."""
+    grimp = pytest.importorskip("grimp")
+    graph = grimp.build_graph(package)
+    modules = sorted(m for m in graph.modules if m != package)  # a package's __init__ re-exports; skip it
+    edges = {m: {d for d in graph.find_modules_directly_imported_by(m) if d in modules and d != m} for m in modules}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                out.append(sorted(group))
+
+    for m in modules:
+        if m not in index:
+            visit(m)
+    return out
+
+
+@pytest.mark.parametrize("package", ["repro", "analysis"])
+def test_no_import_cycles(package: str) -> None:
+    assert _import_cycles(package) == []

@@ -20,7 +20,8 @@ from repro.data.subsets import nested_subset
 from repro.models import FNO, load_members
 from repro.models.checkpoint import load_checkpoint
 from repro.train import tracking
-from repro.train.engine import batch_key, ensemble_cap, execute, group_specs
+from repro.ensembles import batch_key, ensemble_cap, group_specs
+from repro.train.engine import execute
 from repro.train.loop import EnsembleData, Schedule, evaluate, train_ensemble
 from repro.train.optim import EnsembleAdam, cosine_factor
 
@@ -360,9 +361,9 @@ OOM_SCRIPT = """
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (2500 * 2**20, resource.RLIM_INFINITY))
 from repro.config import DatasetSpec, RunSpec
-from repro.train import engine
+from repro import ensembles
 from repro.train.engine import execute
-engine.CPU_ENSEMBLE_FLOATS = 2**24  # let the two xl runs form one ensemble on this CPU
+ensembles.CPU_ENSEMBLE_FLOATS = 2**24  # let the two xl runs form one ensemble on this CPU
 big = DatasetSpec(pde="poisson", low=1, high=5, resolution=64, n_train=8, n_val=4, n_test=4, seed=1)
 small = DatasetSpec(pde="poisson", low=1, high=5, resolution=16, n_train=8, n_val=4, n_test=4, seed=1)
 specs = [RunSpec(arm="scratch", data=big, model="xl", n_train=2, lr=lr, epochs=1) for lr in (1e-3, 2e-3)]
@@ -454,7 +455,7 @@ class _MatmulFlops(torch.overrides.TorchFunctionMode):
 
 def test_forward_flops_match_a_hand_count_and_the_executed_matmuls() -> None:
     from repro.config import ModelSpec
-    from repro.models.flops import forward_flops
+    from repro.flops import forward_flops
 
     spec = ModelSpec(in_channels=2, width=3, n_modes=2, n_layers=2)  # C=2, w=3, m=2, L=2 on an 8x8 grid
     pointwise = (2 * 2 * 3 * 64  # lift 2 -> 3 at 64 pixels, 2 FLOPs per multiply-add: 768
@@ -479,7 +480,7 @@ def test_forward_flops_match_a_hand_count_and_the_executed_matmuls() -> None:
 
 def test_runs_record_convergence_and_compute_and_collect_reads_them(store) -> None:
     from analysis.collect import collect_runs
-    from repro.models.flops import forward_flops
+    from repro.flops import forward_flops
     from repro.train.engine import compute_metrics
     from repro.train.loop import CONVERGENCE_THRESHOLD, EnsembleResult
 

@@ -41,6 +41,7 @@ import repro
 from repro.config import COEFFICIENTS, SPLITS, DatasetSpec, canonical_json, repro_home, spec_hash
 from repro.data.generation import CHUNK, GENERATOR_VERSION, generate_chunk, n_chunks
 from repro.data.normalise import Normaliser, fit_normaliser_from_norms, source_norms
+from repro.progress import Bar
 
 log = logging.getLogger("repro.data")
 
@@ -191,7 +192,7 @@ def _write(spec: DatasetSpec, split: str, path: Path, progress: bool) -> None:
     norms = np.empty(size)
     tensors = np.empty(shapes["tensor"][0], dtype=np.float32)
     try:
-        with h5py.File(tmp, "w") as h5, _progress(progress, f"{spec.label} {split}", size) as advance:
+        with h5py.File(tmp, "w") as h5, Bar(f"{spec.label} {split}", size, enabled=progress) as bar:
             dsets = {name: h5.create_dataset(name, shape=shape, dtype=dtype) for name, (shape, dtype) in shapes.items()}
             for c in range(n_chunks(size)):
                 chunk = generate_chunk(spec, split, c)
@@ -202,7 +203,7 @@ def _write(spec: DatasetSpec, split: str, path: Path, progress: bool) -> None:
                     hasher.update(name, np.asarray(arrays[name], dtype=np.dtype(shapes[name][1])))
                 norms[rows] = source_norms(chunk.fields[:, 0])
                 tensors[rows] = chunk.tensor
-                advance(chunk.fields.shape[0])
+                bar.advance(chunk.fields.shape[0])
             h5.attrs["spec"] = canonical_json(spec)
             h5.attrs["split"] = split
             h5.attrs["seed"] = spec.seed
@@ -216,28 +217,6 @@ def _write(spec: DatasetSpec, split: str, path: Path, progress: bool) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-class _progress:
-    """Context manager yielding ``advance(k)``; a rich progress bar when enabled."""
-
-    def __init__(self, enabled: bool, label: str, total: int) -> None:
-        self.enabled, self.label, self.total = enabled, label, total
-        self.bar: Any = None
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return lambda k: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        self.bar.start()
-        task = self.bar.add_task(self.label, total=self.total)
-        return lambda k: self.bar.advance(task, k)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 # --- reading and verifying ---------------------------------------------------------------------

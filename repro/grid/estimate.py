@@ -41,6 +41,7 @@ class Throughput:
     latency: float  # seconds per optimiser step, independent of batch size
     per_sample: float  # seconds per (sample x member) in a training step
     eval_per_sample: float = 0.0  # seconds per (sample x member) in an evaluation pass
+    origin: str = "timed"  # "timed" here | "extrapolated by FLOPs" | "from finished runs"
 
     def step(self, batch: int, members: int = 1) -> float:
         return self.latency + members * batch * self.per_sample
@@ -181,61 +182,154 @@ def throughput_from_finished(finished: Mapping[str, float], finished_units: Iter
         work[key] = work.get(key, 0.0) + unit_seconds(specs, unit_work) - overhead
         spent[key] = spent.get(key, 0.0) + max(wall - overhead, 0.0)
     return {key: Throughput(latency=0.0, per_sample=max(spent[key], 1e-9) / w,
-                            eval_per_sample=EVAL_FRACTION * max(spent[key], 1e-9) / w)
+                            eval_per_sample=EVAL_FRACTION * max(spent[key], 1e-9) / w, origin="from finished runs")
             for key, w in work.items() if w > 0}
+
+
+#: A dry run spends at most this long timing steps; sizes beyond it are extrapolated by FLOPs.
+CALIBRATION_BUDGET_S = 30.0
+#: Forward FLOPs per second assumed before anything is timed, to decide whether the first size
+#: fits the budget: below what the 2-core CI machine reaches on the smallest sizes (~3-15 GFLOP/s).
+PRIOR_FLOPS_PER_S = {"cpu": 2e9, "cuda": 2e11}
+#: Forward passes per sample of one :func:`calibrate` call (warm-up + 3 steps at batch 1 and 32,
+#: 3 FLOPs-equivalent each; 4 forward passes at batch 128), to predict what timing it costs.
+_CALIBRATION_FORWARDS = 4 * 3 * (1 + 32) + 4 * 128
+
+
+def _forward_flops(spec: RunSpec, fast: bool | None, device: str) -> float:
+    from repro.flops import forward_flops
+
+    spectral = ("fast" if fast or fast is None else "reference")
+    return forward_flops(spec.model_spec, spec.data.resolution, spectral)
+
+
+def _extrapolate(tp: Throughput, flops_from: float, flops_to: float) -> Throughput:
+    """A timed size's throughput scaled to another size by forward FLOPs per sample (the step
+    latency kept: it is the per-step overhead, not the arithmetic)."""
+    r = flops_to / flops_from
+    return Throughput(latency=tp.latency, per_sample=tp.per_sample * r, eval_per_sample=tp.eval_per_sample * r,
+                      origin="extrapolated by FLOPs")
+
+
+def calibrate_sizes(specs: Iterable[RunSpec], *, device: str = "cpu", fast: bool | None = None,
+                    precision: str = "fp32", threads: int | None = None, budget_s: float = CALIBRATION_BUDGET_S,
+                    cache: dict[tuple, Throughput] | None = None, progress: bool = False) -> tuple[dict, str]:
+    """Throughput per (model, resolution, channels) of ``specs``, timed within ``budget_s``.
+
+    Sizes are timed cheapest first while the prediction of what timing the next one costs
+    (its FLOPs at the rate measured so far) fits the budget left; larger ones are extrapolated
+    by FLOPs from the largest timed size.  If not even the cheapest fits, the cheapest model is
+    timed at a lower resolution and everything is extrapolated from it.  Returns the table and
+    a sentence saying which sizes were timed and which extrapolated.
+    """
+    from repro.progress import Bar
+
+    cache = {} if cache is None else cache
+    by_key: dict[tuple, RunSpec] = {}
+    for spec in specs:
+        by_key.setdefault(_tp_key(spec), spec)
+    todo = sorted((k for k in by_key if k not in cache), key=lambda k: _forward_flops(by_key[k], fast, device))
+    if not todo:
+        return cache, "calibration"
+    rate = PRIOR_FLOPS_PER_S["cpu" if device == "cpu" else "cuda"]
+    spent = 0.0
+    timed: list[tuple[float, Throughput]] = []  # (forward FLOPs, throughput) of the sizes timed here
+    extrapolated: list[tuple] = []
+    with Bar(f"calibrating the estimate on {device} (<= {budget_s:.0f} s)", len(todo), enabled=progress,
+             transient=True) as bar:
+        for key in todo:
+            spec = by_key[key]
+            flops = _forward_flops(spec, fast, device)
+            if spent + _CALIBRATION_FORWARDS * flops / rate > budget_s:
+                extrapolated.append(key)
+                bar.advance()
+                continue
+            bar.update(status=f"{key[0]} {key[1]}²")
+            t0 = time.perf_counter()
+            cache[key] = calibrate(spec, device=device, fast=fast, threads=threads, precision=precision)
+            took = time.perf_counter() - t0
+            spent += took
+            rate = _CALIBRATION_FORWARDS * flops / max(took, 1e-6)
+            timed.append((flops, cache[key]))
+            bar.advance()
+        if not timed and extrapolated:  # not even the cheapest fits: time it at a lower resolution
+            proxy = _proxy(by_key[extrapolated[0]], fast, device, rate, budget_s)
+            bar.update(status=f"{proxy.model} {proxy.data.resolution}² (proxy)")
+            timed.append((_forward_flops(proxy, fast, device),
+                          calibrate(proxy, device=device, fast=fast, threads=threads, precision=precision)))
+    for key in extrapolated:
+        flops = _forward_flops(by_key[key], fast, device)
+        ref_flops, ref = max(timed, key=lambda ft: (ft[0] <= flops, ft[0]))
+        cache[key] = _extrapolate(ref, ref_flops, flops)
+    n_timed = len(todo) - len(extrapolated)
+    source = f"calibration: {n_timed} size(s) timed in {spent:.0f} s" if n_timed else \
+        f"calibration: {proxy.model} timed at {proxy.data.resolution}² as a proxy"
+    if extrapolated:
+        names = ", ".join(dict.fromkeys(f"{k[0]} at {k[1]}²" for k in extrapolated))
+        source += (f", {len(extrapolated)} size(s) extrapolated by FLOPs ({names}: timing them would take more "
+                   f"than the {budget_s:.0f} s budget here)")
+    return cache, source
+
+
+def _proxy(spec: RunSpec, fast: bool | None, device: str, rate: float, budget_s: float) -> RunSpec:
+    """``spec`` at the highest power-of-two resolution (>= 16) whose timing fits the budget."""
+    import dataclasses
+
+    res = spec.data.resolution
+    while res > 16:
+        res //= 2
+        proxy = dataclasses.replace(spec, data=dataclasses.replace(spec.data, resolution=res))
+        if _CALIBRATION_FORWARDS * _forward_flops(proxy, fast, device) / rate <= budget_s / 2:
+            return proxy
+    return dataclasses.replace(spec, data=dataclasses.replace(spec.data, resolution=16))
 
 
 def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = None, precision: str = "fp32",
                    threads: int | None = None,
                    cache: dict[tuple, Throughput] | None = None,
                    finished: Mapping[str, float] | None = None,
-                   finished_units: Iterable | None = None, calibrate_here: bool = True) -> Estimate:
+                   finished_units: Iterable | None = None, calibrate_here: bool = True,
+                   budget_s: float = CALIBRATION_BUDGET_S, progress: bool = False) -> Estimate:
     """Estimate ``units`` (objects with ``.specs`` and ``.keys``, e.g. :class:`repro.grid.plan.Unit`).
 
     ``finished`` maps run_key -> measured seconds (:func:`finished_walls`; an ensemble's
     members run concurrently, so a unit's time is its slowest member's) for runs already in the
     store; ``finished_units`` are the plan's units over those keys, used to rescale the
     prediction, or, with ``calibrate_here=False`` (the runs' device is not on this machine), as
-    the only source of throughput.
+    the only source of throughput.  Calibration spends at most ``budget_s`` timing steps
+    (:func:`calibrate_sizes`); ``progress`` shows it.
     """
-    cache = {} if cache is None else cache
     units = list(units)
+    finished_units = list(finished_units or [])
     if not calibrate_here:
-        return _estimate_from_finished(units, finished or {}, list(finished_units or []))
+        return _estimate_from_finished(units, finished or {}, finished_units)
 
-    def tp_for(spec: RunSpec) -> Throughput:
-        key = _tp_key(spec)
-        if key not in cache:
-            cache[key] = calibrate(spec, device=device, fast=fast, threads=threads, precision=precision)
-        return cache[key]
-
-    est = Estimate(throughput=cache)
+    specs = [u.specs[0] for u in units] + [u.specs[0] for u in finished_units]
+    table, source = calibrate_sizes(specs, device=device, fast=fast, precision=precision, threads=threads,
+                                    budget_s=budget_s, cache=cache, progress=progress)
+    est = Estimate(throughput=table, source=source)
     if finished and finished_units:
         predicted = measured = 0.0
-        for specs, wall in _measured_units(finished, finished_units):
-            predicted += unit_seconds(specs, tp_for(specs[0]))
+        for specs_, wall in _measured_units(finished, finished_units):
+            predicted += unit_seconds(specs_, table[_tp_key(specs_[0])])
             measured += wall
         if predicted > 0 and measured > 0:
             est.scale = min(5.0, max(0.2, measured / predicted))
-            est.source = f"calibration rescaled by {len(finished)} finished runs (x{est.scale:.2f})"
-    from repro.grid.launcher import unit_task_id
-
+            est.source += f", rescaled by {len(finished)} finished runs (x{est.scale:.2f})"
     for unit in units:
-        est.unit_seconds[unit_task_id(unit)] = est.scale * unit_seconds(list(unit.specs), tp_for(unit.specs[0]))
+        est.unit_seconds[unit.task_id] = est.scale * unit_seconds(list(unit.specs), table[_tp_key(unit.specs[0])])
     return est
 
 
 def _estimate_from_finished(units: list, finished: Mapping[str, float], finished_units: list) -> Estimate:
-    from repro.grid.launcher import unit_task_id
-
     measured = throughput_from_finished(finished, finished_units)
     est = Estimate(throughput=measured, source=f"measured on {len(finished)} finished runs, no calibration here")
     for unit in units:
         tp = measured.get(_tp_key(unit.specs[0]))
         if tp is None:
-            est.not_estimated.append(unit_task_id(unit))
+            est.not_estimated.append(unit.task_id)
         else:
-            est.unit_seconds[unit_task_id(unit)] = unit_seconds(list(unit.specs), tp)
+            est.unit_seconds[unit.task_id] = unit_seconds(list(unit.specs), tp)
     return est
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from repro import schema
-from repro.config import DatasetSpec
 from repro.grid import store
-from repro.grid.plan import Plan, PlannedRun, Unit
+from repro.grid.ledger import GridOutcome, Ledger, build_tasks, describe_run, pretrain_reason
+from repro.grid.plan import Plan, Unit
 from repro.grid.worker import DataTask, Settings, UnitTask
+from repro.outcome import RunOutcome
 
 
 @dataclass(frozen=True)
@@ -90,63 +91,6 @@ def survey(plan: Plan, uri: str, *, reap: bool = True, stale_after: float = stor
         if reaped:
             states = store.key_states(uri, plan.keys)
     return Survey(plan=plan, states=states, reaped=reaped)
-
-
-@dataclass
-class GridOutcome:
-    """What one invocation did."""
-
-    grid: str
-    parent_run_id: str | None
-    total: int
-    finished_before: int
-    running_elsewhere: list[str]
-    finished: list[str] = field(default_factory=list)
-    finished_elsewhere: list[str] = field(default_factory=list)  # waited for: another invocation trained them
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (run_key, reason)
-    reaped: dict[str, str] = field(default_factory=dict)
-    wall_seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """No run failed (runs another live invocation trains are its business, not a failure)."""
-        return not self.failed
-
-    @property
-    def complete(self) -> int:
-        return self.finished_before + len(self.finished) + len(self.finished_elsewhere)
-
-
-def unit_task_id(unit: Unit) -> str:
-    return f"unit:{unit.keys[0]}"
-
-
-def build_tasks(plan: Plan, todo: list[str], *, finished: set[str], max_members: int, device: str | None = None,
-                with_data: bool = True) -> tuple[list[DataTask], list[tuple[Unit, UnitTask]], dict[str, list[str]]]:
-    """Data tasks, unit tasks and each task's dependencies (task ids or pre-training run_keys)."""
-    units = plan.units(todo, max_members=max_members, device=device)
-    datasets: dict[DatasetSpec, DataTask] = {}
-    deps: dict[str, list[str]] = {}
-    pairs = []
-    for unit in units:
-        ds = unit.specs[0].data
-        if with_data and ds not in datasets:
-            datasets[ds] = DataTask(ds)
-        task = UnitTask(task_id=unit_task_id(unit), specs=unit.specs, roles={k: plan[k].role for k in unit.keys})
-        pairs.append((unit, task))
-        deps[task.task_id] = ([datasets[ds].task_id] if with_data else []) + \
-            sorted(k for k in unit.depends_on if k not in finished)
-    return list(datasets.values()), pairs, deps
-
-
-def describe_run(run: PlannedRun) -> str:
-    s = run.spec
-    bits = [s.arm, s.data.label, s.model]
-    if s.arm != "zero_shot":
-        bits += [f"N={s.n_train}", f"lr={s.lr:g}", f"seed={s.seed}"]
-    if run.role == schema.ROLE_PRETRAIN:
-        bits.insert(0, schema.ROLE_PRETRAIN)
-    return " ".join(bits)
 
 
 #: The phases of a grid invocation, in the order they start.
@@ -323,9 +267,7 @@ def run_grid(plan: Plan, opts: Options, *, console: Any = None, live: bool | Non
 
         if status == schema.KILLED:
             try:
-                from repro.grid.local import kill_orphans
-
-                kill_orphans(uri, parent, todo, "interrupted: the launcher was stopped")
+                store.kill_orphans(uri, parent, todo, "interrupted: the launcher was stopped")
             except Exception:  # noqa: BLE001 - the next invocation reaps them anyway
                 pass
         store.retrying(lambda: end_run(uri, parent, status))
@@ -336,15 +278,15 @@ def run_grid(plan: Plan, opts: Options, *, console: Any = None, live: bool | Non
 def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settings, opts: Options,
                outcome: GridOutcome, *, console: Any, live: bool | None,
                costs: Callable[[list[Unit]], dict[str, float]] | None) -> None:
-    from repro.grid.local import Scheduler, kill_orphans, make_slots, run_local
-    from repro.train.tracking import _client
+    from repro.grid.local import Scheduler, make_slots, run_local
 
     uri = settings.tracking_uri
     data_tasks, pairs, deps = build_tasks(plan, todo, finished=finished, max_members=opts.max_members,
                                           device=settings.device)
     units = {task.task_id: unit for unit, task in pairs}
-    sched = Scheduler(tasks=[*data_tasks, *[t for _, t in pairs]], deps=deps, done_keys=set(finished),
-                      describe=_pretrain_reason(plan), waiting=set(outcome.running_elsewhere))
+    ledger = Ledger(plan, outcome, uri=uri, parent_run_id=settings.parent_run_id, finished=finished)
+    sched = Scheduler(tasks=[*data_tasks, *[t for _, t in pairs]], deps=deps, done_keys=ledger.done,
+                      failed_keys=ledger.failed, describe=pretrain_reason(plan), waiting=ledger.waiting)
     slots = make_slots(device=opts.device, workers=opts.workers, runs_per_gpu=opts.runs_per_gpu)
     unit_costs: dict[str, float] = {}
     if costs:
@@ -358,50 +300,29 @@ def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settin
     last_poll = [time.monotonic()]
 
     def poll_waiting() -> None:
-        """Keys another invocation trains: finished there (done), failed there (a failure, as if
-        ours: it would fail the same way here), still live there, or given up (ours again)."""
+        """Keys another invocation trains: settled there (finished or failed), still live there,
+        or given up (ours again: queued as a unit of its own)."""
         for key in sorted(sched.waiting):
-            try:
-                runs = store.runs_of_key(uri, key)
-                live = store.live_rivals(uri, runs, stale_after=opts.stale_after)
-            except Exception:  # noqa: BLE001 - a store hiccup: ask again next tick
-                return
-            newest = max(runs, key=lambda r: r.info.start_time or 0, default=None)
-            failed = [newest] if newest is not None and newest.info.status == schema.FAILED else []
-            if any(r.info.status == schema.FINISHED for r in runs):
-                sched.waiting.discard(key)
-                sched.done_keys.add(key)
-                outcome.finished_elsewhere.append(key)
+            st = ledger.settle(key, stale_after=opts.stale_after)
+            if st is None:
+                return  # the store did not answer: ask again next tick
+            if st.kind == "finished":
                 progress.finish_elsewhere(1)
-            elif live:
-                continue
-            elif failed:
-                sched.waiting.discard(key)
-                why = failed[-1].data.tags.get(schema.T_FAILURE_REASON, "(no reason recorded)")
-                record(key, schema.FAILED, f"failed in another invocation (run {failed[-1].info.run_id}): {why}")
+            elif st.kind == "failed":
                 progress.finish_elsewhere(0, 1)
-            else:
+            elif st.kind == "gone":
                 sched.waiting.discard(key)
                 unit = plan.units([key], max_members=1, device=settings.device)[0]
-                task = UnitTask(task_id=f"{unit_task_id(unit)}:again{len(units)}", specs=unit.specs,
+                task = UnitTask(task_id=f"{unit.task_id}:again{len(units)}", specs=unit.specs,
                                 roles={key: plan[key].role})
                 units[task.task_id] = unit
                 sched.pending.append(task)
         progress.waiting = len(sched.waiting)
 
-    def record(key: str, status: str, reason: str | None) -> None:
-        if status == schema.FINISHED:
-            sched.done_keys.add(key)
-            outcome.finished.append(key)
-        else:
-            why = reason or "(no reason recorded)"
-            sched.failed_keys[key] = why
-            outcome.failed.append((key, why))
-
     def on_start(task: DataTask | UnitTask) -> None:
         progress.start(task.task_id, len(task.specs) if isinstance(task, UnitTask) else 0, task_phase(task))
 
-    def on_result(task: DataTask | UnitTask, results: list[dict] | None, error: str | None) -> None:
+    def on_result(task: DataTask | UnitTask, results: list[RunOutcome] | None, error: str | None) -> None:
         if isinstance(task, DataTask):
             if error:
                 sched.failed_tasks[task.task_id] = f"dataset {task.dataset.label} could not be prepared: {error}"
@@ -409,25 +330,7 @@ def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settin
                 sched.done_tasks.add(task.task_id)
             progress.finish(task.task_id, 0, 0)
             return
-        got = {r["run_key"]: r for r in (results or [])}
-        if error:  # the worker raised or died: its RUNNING runs are orphans
-            kill_orphans(uri, settings.parent_run_id, [s.run_key for s in task.specs], error)
-        ok = bad = 0
-        for spec in task.specs:
-            r = got.get(spec.run_key)
-            if r is None:
-                record(spec.run_key, schema.FAILED, error or "no outcome reported")
-                bad += 1
-            elif r["status"] == schema.ELSEWHERE:  # another launcher holds it: wait for its outcome
-                sched.waiting.add(spec.run_key)
-            elif r["skipped"]:  # another launcher finished it between our survey and the pull
-                sched.done_keys.add(spec.run_key)
-                outcome.finished_elsewhere.append(spec.run_key)
-                ok += 1
-            else:
-                record(spec.run_key, r["status"], r["failure_reason"])
-                ok += r["status"] == schema.FINISHED
-                bad += r["status"] != schema.FINISHED
+        ok, bad = ledger.apply(task, results, error)
         sched.done_tasks.add(task.task_id)
         progress.waiting = len(sched.waiting)
         progress.finish(task.task_id, ok, bad, units[task.task_id].describe())
@@ -435,10 +338,7 @@ def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settin
     def on_blocked(task: DataTask | UnitTask, reason: str) -> None:
         if isinstance(task, DataTask):
             return
-        for spec in task.specs:
-            store.record_failed(uri, spec, reason, grid=plan.grid.label, role=plan[spec.run_key].role,
-                                parent_run_id=settings.parent_run_id)
-            record(spec.run_key, schema.FAILED, reason)
+        ledger.block(task, reason)
         progress.finish(task.task_id, 0, len(task.specs), units[task.task_id].describe())
 
     def on_tick() -> None:
@@ -449,22 +349,14 @@ def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settin
         if time.monotonic() - last_beat[0] > settings.heartbeat_s:
             last_beat[0] = time.monotonic()
             try:
-                store.retrying(lambda: _client(uri).set_tag(settings.parent_run_id, store.T_HEARTBEAT,
-                                                            f"{time.time():.0f}"))
+                store.retrying(lambda: store.client(uri).set_tag(settings.parent_run_id, store.T_HEARTBEAT,
+                                                                 f"{time.time():.0f}"))
             except Exception:  # noqa: BLE001 - a missed beat is harmless
                 pass
 
     with progress:
         run_local(sched, settings, slots, on_start=on_start, on_result=on_result, on_blocked=on_blocked,
                   on_tick=on_tick)
-
-
-def _pretrain_reason(plan: Plan) -> Callable[[str, str], str]:
-    def describe(dep: str, reason: str) -> str:
-        if dep in plan:
-            return f"pre-training run {dep} ({describe_run(plan[dep])}) failed: {reason}"
-        return reason
-    return describe
 
 
 # --- status -----------------------------------------------------------------------------------
@@ -538,9 +430,8 @@ def _fmt_value(v: Any) -> str:
 LONG_GRID_S = 2 * 86400.0
 
 
-def plan_text(plan: Plan, sv: Survey, est: Any = None, *, slots: int = 1, device: str = "cpu",
-              max_members: int = 16) -> str:
-    """The ``--dry-run`` summary: counts per axis, finished / running / to do, estimated cost."""
+def plan_text(plan: Plan, sv: Survey, *, device: str = "cpu", max_members: int = 16) -> str:
+    """The ``--dry-run`` summary: counts per axis, finished / running / to do."""
     grid = plan.grid
     todo = sv.todo
     audit = f", {len(plan.audit)} budget audit" if plan.audit else ""
@@ -557,22 +448,29 @@ def plan_text(plan: Plan, sv: Survey, est: Any = None, *, slots: int = 1, device
                  + (f" (of which {sum(1 for k in todo if sv.states[k].status != 'MISSING')} failed/killed before)"))
     if sv.reaped:
         lines.append(f"stale RUNNING runs marked KILLED: {len(sv.reaped)}")
-    if est is not None:
-        hours = est.device_hours
-        wall = est.wall_seconds(slots)
-        lines.append(f"estimated cost: {hours:.3f} {device}-hours ({est.source}); "
-                     f"wall time about {_hms(wall)} with {slots} {'GPU slot' if device.startswith('cuda') else 'worker'}"
-                     f"{'s' if slots != 1 else ''}")
-        if wall > LONG_GRID_S:
-            lines.append(f"  warning: about {_hms(wall)} of wall time here (more than {_hms(LONG_GRID_S)}): a GPU "
-                         f"(--device cuda), a cluster (--executor slurm) or fewer axes would fit it better")
-        if est.not_estimated:
-            lines.append(f"  not estimated: {len(est.not_estimated)} units of model sizes / resolutions with no "
-                         f"finished run yet (the estimate above leaves them out)")
-        for key, tp in sorted(est.throughput.items()):
-            model, res, ch = key
-            lines.append(f"  throughput {model} at {res}x{res} ({ch} channels): "
-                         f"{1 / tp.per_sample:,.0f} samples/s, {tp.latency * 1e3:.1f} ms per step")
+    return "\n".join(lines)
+
+
+def cost_text(est: Any, *, slots: int = 1, device: str = "cpu") -> str:
+    """The ``--dry-run`` cost lines: device-hours, wall time with ``slots`` workers, where the
+    throughput came from, and each size's throughput."""
+    lines: list[str] = []
+    hours = est.device_hours
+    wall = est.wall_seconds(slots)
+    lines.append(f"estimated cost: {hours:.3f} {device}-hours ({est.source}); "
+                 f"wall time about {_hms(wall)} with {slots} {'GPU slot' if device.startswith('cuda') else 'worker'}"
+                 f"{'s' if slots != 1 else ''}")
+    if wall > LONG_GRID_S:
+        lines.append(f"  warning: about {_hms(wall)} of wall time here (more than {_hms(LONG_GRID_S)}): a GPU "
+                     f"(--device cuda), a cluster (--executor slurm) or fewer axes would fit it better")
+    if est.not_estimated:
+        lines.append(f"  not estimated: {len(est.not_estimated)} units of model sizes / resolutions with no "
+                     f"finished run yet (the estimate above leaves them out)")
+    for key, tp in sorted(est.throughput.items()):
+        model, res, ch = key
+        lines.append(f"  throughput {model} at {res}x{res} ({ch} channels): "
+                     f"{1 / tp.per_sample:,.0f} samples/s, {tp.latency * 1e3:.1f} ms per step"
+                     + ("" if tp.origin == "timed" else f" ({tp.origin})"))
     return "\n".join(lines)
 
 

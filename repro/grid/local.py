@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any, Callable, Mapping, Sequence
 
-from repro import schema
-from repro.grid import store
 from repro.grid.worker import DataTask, Settings, UnitTask, pool_worker
 
 
@@ -60,7 +58,16 @@ def make_slots(*, device: str, workers: int | None, runs_per_gpu: int = 1, n_gpu
 
 
 def gpu_count() -> int:
-    """CUDA devices visible to this process (0 without CUDA)."""
+    """CUDA devices visible to this process (0 without CUDA).
+
+    Without an NVIDIA driver on the machine (no /proc/driver/nvidia, /dev/nvidia*, or WSL's
+    /dev/dxg) the answer is 0 without importing torch: a CPU machine's dry run and status stay
+    torch-free and start in a second.
+    """
+    import glob
+
+    if not (os.path.exists("/proc/driver/nvidia") or glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/dxg")):
+        return 0
     import torch
 
     return torch.cuda.device_count()
@@ -206,13 +213,3 @@ def run_local(scheduler: Scheduler, settings: Settings, slots: list[Slot], *,
         stop_all()
 
 
-def kill_orphans(uri: str, parent_run_id: str, keys: Sequence[str], reason: str) -> list[str]:
-    """Mark the RUNNING runs of ``keys`` under ``parent_run_id`` KILLED (their worker died)."""
-    wanted = set(keys)
-    flt = f"attributes.status = 'RUNNING' and tags.`{schema.T_PARENT_RUN_ID}` = '{parent_run_id}'"
-    out = []
-    for run in store.search_runs(uri, flt):
-        if run.data.tags.get(schema.T_RUN_KEY) in wanted:
-            store.mark_killed(uri, run.info.run_id, reason)
-            out.append(run.info.run_id)
-    return out

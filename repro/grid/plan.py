@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from repro import schema
 from repro.config import RunSpec, SpecError
-from repro.grid.spec import GridSpec
+from repro.ensembles import group_specs  # what the engine trains together
+from repro.grid.spec import GridSpec, grid_from_mapping, read_grid
 
 ROLE_PRETRAIN = schema.ROLE_PRETRAIN
 ROLE_DOWNSTREAM = schema.ROLE_DOWNSTREAM
@@ -85,6 +87,11 @@ class Unit:
     @property
     def specs(self) -> tuple[RunSpec, ...]:
         return tuple(r.spec for r in self.runs)
+
+    @property
+    def task_id(self) -> str:
+        """The unit's id in the schedule and the estimate (its first run's key)."""
+        return f"unit:{self.keys[0]}"
 
     @property
     def depends_on(self) -> frozenset[str]:
@@ -175,8 +182,6 @@ class Plan:
         caps them by activation size), so the schedule and the estimate see the real jobs.
         Units come in plan order (pre-training first); members keep plan order.
         """
-        from repro.train.engine import group_specs  # the engine decides what trains together
-
         wanted = set(self.keys if keys is None else keys)
         specs = [run.spec for run in self.runs if run.run_key in wanted]
         groups = group_specs(specs, max(1, int(max_members)), device)
@@ -267,3 +272,31 @@ def _expand_block(grid: GridSpec, add: Callable[..., None], pre: dict[tuple[str,
                                 if grid.budget_audit:
                                     audited.append(dataclasses.replace(spec, epochs=base_epochs))
     return audited
+
+
+# --- loading: a grid file is valid when every run it expands to is -------------------------------
+
+def _expand_checked(grid: GridSpec, where: str) -> Plan:
+    try:
+        return expand(grid)
+    except SpecError as err:
+        raise SpecError(f"{where}: {err}") from None
+
+
+def parse_grid(data: dict, *, where: str = "<grid>") -> GridSpec:
+    """Build and validate a :class:`GridSpec` from a parsed TOML mapping; expanding it checks every
+    RunSpec (e.g. N against the split sizes), and problems are reported against ``where``."""
+    grid = grid_from_mapping(data, where=where)
+    _expand_checked(grid, where)
+    return grid
+
+
+def load_plan(name_or_path: str | Path) -> Plan:
+    """Read, validate and expand a grid (a shipped name or a TOML path) in one pass."""
+    path, data = read_grid(name_or_path)
+    return _expand_checked(grid_from_mapping(data, where=str(path)), str(path))
+
+
+def load_grid(name_or_path: str | Path) -> GridSpec:
+    """Read and validate a grid.  Errors are :class:`SpecError` naming the file and the key."""
+    return load_plan(name_or_path).grid

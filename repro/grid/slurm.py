@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from repro import schema
-from repro.grid import store
+from repro.grid.ledger import GridOutcome, Ledger, build_tasks, pretrain_reason
 from repro.grid.worker import DataTask, Settings, UnitTask, run_task
+from repro.outcome import RunOutcome
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def sbatch_script(opts: SlurmOptions, n_tasks: int, *, name: str = "repro-grid")
     return _make_sbatch_string(command=command, folder=folder, **{k: v for k, v in params.items() if v is not None})
 
 
-TaskResult = tuple[str, list[dict] | None, str | None]  # task id, run outcomes, error
+TaskResult = tuple[str, list[RunOutcome] | None, str | None]  # task id, run outcomes, error
 
 
 def array_task(tasks: list[DataTask | UnitTask], settings: Settings) -> list[TaskResult]:
@@ -101,9 +102,9 @@ def run_share(tasks: list[DataTask | UnitTask], settings: Settings, slots: list)
         return [_run_here(task, settings) for task in tasks]
     from repro.grid.local import Scheduler, run_local
 
-    results: dict[str, tuple[list[dict] | None, str | None]] = {}
+    results: dict[str, tuple[list[RunOutcome] | None, str | None]] = {}
 
-    def record(task: DataTask | UnitTask, outcomes: list[dict] | None, error: str | None) -> None:
+    def record(task: DataTask | UnitTask, outcomes: list[RunOutcome] | None, error: str | None) -> None:
         results[task.task_id] = (outcomes, error)
 
     run_local(Scheduler(tasks=list(tasks), deps={}), settings, slots, on_start=lambda task: None,
@@ -121,7 +122,7 @@ def _run_here(task: DataTask | UnitTask, settings: Settings) -> TaskResult:
 
 
 def _run_phase(tasks: list[DataTask | UnitTask], settings: Settings, opts: SlurmOptions, name: str,
-               console: Any) -> dict[str, tuple[list[dict] | None, str | None]]:
+               console: Any) -> dict[str, tuple[list[RunOutcome] | None, str | None]]:
     if not tasks:
         return {}
     n = min(len(tasks), opts.tasks or opts.max_tasks)
@@ -130,7 +131,7 @@ def _run_phase(tasks: list[DataTask | UnitTask], settings: Settings, opts: Slurm
     jobs = ex.map_array(array_task, shares, [settings] * n)
     if console is not None:
         console.print(f"submitted {name}: {n} array tasks ({jobs[0].job_id.split('_')[0]})", highlight=False)
-    results: dict[str, tuple[list[dict] | None, str | None]] = {}
+    results: dict[str, tuple[list[RunOutcome] | None, str | None]] = {}
     for job, share in zip(jobs, shares):
         try:
             for task_id, outcomes, error in job.result():
@@ -143,19 +144,14 @@ def _run_phase(tasks: list[DataTask | UnitTask], settings: Settings, opts: Slurm
 
 
 def run_slurm(plan, todo: list[str], finished: set[str], settings: Settings, opts: SlurmOptions | None,
-              outcome, *, console: Any = None) -> None:
+              outcome: GridOutcome, *, console: Any = None) -> None:
     """Run ``todo`` keys of ``plan`` as three dependent SLURM array phases; fills ``outcome``."""
-    from repro.grid.launcher import _pretrain_reason, build_tasks
-    from repro.grid.local import kill_orphans
-
     opts = opts or SlurmOptions()
     uri = settings.tracking_uri
     data_tasks, pairs, deps = build_tasks(plan, todo, finished=finished, max_members=settings.max_members,
                                           device=settings.device)
-    describe = _pretrain_reason(plan)
-    done = set(finished)
-    failed: dict[str, str] = {}
-    elsewhere = set(outcome.running_elsewhere)  # keys another invocation trains
+    describe = pretrain_reason(plan)
+    ledger = Ledger(plan, outcome, uri=uri, parent_run_id=settings.parent_run_id, finished=finished)
     bad_data: dict[str, str] = {}
     data_results = _run_phase(list(data_tasks), settings, opts, f"{plan.grid.label}-data", console)
     for t in data_tasks:
@@ -169,58 +165,33 @@ def run_slurm(plan, todo: list[str], finished: set[str], settings: Settings, opt
             # audit runs start from pre-trained models like downstream runs: same phase
             if (schema.ROLE_PRETRAIN if unit.role == schema.ROLE_PRETRAIN else schema.ROLE_DOWNSTREAM) != phase:
                 continue
-            reason = None
-            if any(dep in elsewhere for dep in deps[task.task_id]):  # its owner also runs the dependants
-                outcome.running_elsewhere.extend(spec.run_key for spec in task.specs)
-                continue
-            for dep in deps[task.task_id]:
-                if dep in bad_data:
-                    reason = bad_data[dep]
-                elif dep in failed:
-                    reason = describe(dep, failed[dep])
-                elif not dep.startswith("data:") and dep not in done:
-                    reason = describe(dep, "it did not finish")
-                if reason:
-                    break
-            if reason:
+            if any(dep in ledger.waiting for dep in deps[task.task_id]):  # its owner also runs the dependants
                 for spec in task.specs:
-                    store.record_failed(uri, spec, reason, grid=plan.grid.label, role=unit.role,
-                                        parent_run_id=settings.parent_run_id)
-                    failed[spec.run_key] = reason
-                    outcome.failed.append((spec.run_key, reason))
+                    ledger.wait(spec.run_key)
+                continue
+            reason = _broken_dependency(deps[task.task_id], bad_data, ledger, describe)
+            if reason:
+                ledger.block(task, reason)
             else:
                 runnable.append(task)
         results = _run_phase(runnable, settings, opts, f"{plan.grid.label}-{phase}", console)
         for task in runnable:
             outcomes, error = results.get(task.task_id, (None, "no result"))
-            got = {r["run_key"]: r for r in outcomes or []}
-            if error:
-                kill_orphans(uri, settings.parent_run_id, [s.run_key for s in task.specs], error)
-            for spec in task.specs:
-                r = got.get(spec.run_key)
-                if r is not None and r["status"] == schema.FINISHED:
-                    done.add(spec.run_key)
-                    outcome.finished.append(spec.run_key)
-                elif r is not None and r["status"] == schema.ELSEWHERE:
-                    elsewhere.add(spec.run_key)
-                    outcome.running_elsewhere.append(spec.run_key)
-                else:
-                    why = (r or {}).get("failure_reason") or error or "no outcome reported"
-                    failed[spec.run_key] = why
-                    outcome.failed.append((spec.run_key, why))
-    _settle_elsewhere(uri, outcome, settings.stale_after)
+            ledger.apply(task, outcomes, error)
+    for key in list(dict.fromkeys(outcome.running_elsewhere)):
+        st = ledger.settle(key, stale_after=settings.stale_after)
+        if st is not None and st.kind == "gone":  # given up there: a failure here, so the exit says run again
+            ledger.fail(key, "left to another invocation that did not finish it: run the grid again")
 
 
-def _settle_elsewhere(uri: str, outcome, stale_after: float) -> None:
-    """After the phases: keys left to another invocation either finished there, are still live
-    there (the outcome text says so), or were given up — a failure here, so the exit says run again."""
-    for key in dict.fromkeys(outcome.running_elsewhere):
-        try:
-            runs = store.runs_of_key(uri, key)
-            live = store.live_rivals(uri, runs, stale_after=stale_after)
-        except Exception:  # noqa: BLE001 - unknown: left as running elsewhere
-            continue
-        if any(r.info.status == schema.FINISHED for r in runs):
-            outcome.finished_elsewhere.append(key)
-        elif not live:
-            outcome.failed.append((key, "left to another invocation that did not finish it: run the grid again"))
+def _broken_dependency(deps: list[str], bad_data: dict[str, str], ledger: Ledger,
+                       describe: Callable[[str, str], str]) -> str | None:
+    """Why a unit cannot run (a dataset failed, a pre-training run failed or did not finish), or None."""
+    for dep in deps:
+        if dep in bad_data:
+            return bad_data[dep]
+        if dep in ledger.failed:
+            return describe(dep, ledger.failed[dep])
+        if not dep.startswith("data:") and dep not in ledger.done:
+            return describe(dep, "it did not finish")
+    return None

@@ -402,30 +402,22 @@ def shipped_grids() -> list[str]:
     return sorted(p.stem for p in RUNS_DIR.glob("*.toml"))
 
 
-def load_grid(name_or_path: str | Path) -> GridSpec:
-    """Read and validate a grid.  Errors are :class:`SpecError` naming the file and the key."""
+def read_grid(name_or_path: str | Path) -> tuple[Path, dict]:
+    """The grid file's path and its parsed TOML.  Errors are :class:`SpecError` naming the file."""
     path = grid_path(name_or_path)
     if not path.is_file():
         raise SpecError(f"grid {str(name_or_path)!r}: no such file {path}; shipped grids: {', '.join(shipped_grids())}")
     try:
-        data = tomllib.loads(path.read_text())
+        return path, tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise SpecError(f"{path}: not valid TOML: {err}") from None
-    return parse_grid(data, where=str(path))
 
 
-def parse_grid(data: dict, *, where: str = "<grid>") -> GridSpec:
-    """Build a :class:`GridSpec` from a parsed TOML mapping; ``where`` names the source in errors."""
+def grid_from_mapping(data: dict, *, where: str = "<grid>") -> GridSpec:
+    """Build a :class:`GridSpec` from a parsed TOML mapping, checking every key and value; the
+    runs it expands to are checked by :func:`repro.grid.plan.parse_grid`."""
     for key in ("parent", "budget_audit"):
         if key in data:
             raise SpecError(f"{where}: unknown key(s) {key} (set by the planner on [[experiments]] blocks, "
                             "not a grid setting)")
-    grid = from_mapping(GridSpec, data, where=where)
-    # Expanding validates every RunSpec (e.g. N vs split sizes); report problems against the file.
-    from repro.grid.plan import expand
-
-    try:
-        expand(grid)
-    except SpecError as err:
-        raise SpecError(f"{where}: {err}") from None
-    return grid
+    return from_mapping(GridSpec, data, where=where)

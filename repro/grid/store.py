@@ -323,6 +323,51 @@ def live_rivals(uri: str, runs: Iterable[Any], *, exclude: str | None = None,
                             stale_after=stale_after) is None]
 
 
+@dataclass(frozen=True)
+class Standing:
+    """Where one run_key stands for a launcher deciding what to do with it.
+
+    ``finished`` (a FINISHED run exists), ``live`` (a RUNNING run whose owner is alive: another
+    invocation trains it), ``failed`` (its newest run FAILED and nothing is live) or ``gone``
+    (no live run and no failure to report: killed, stale, withdrawn or never started).
+    """
+
+    kind: str
+    run: Any | None = None  # the finished run, the live rival, or the newest (failed) run
+
+    @property
+    def reason(self) -> str:
+        return (self.run.data.tags.get(schema.T_FAILURE_REASON, "(no reason recorded)") if self.run is not None
+                else "(no reason recorded)")
+
+
+def standing(uri: str, runs: Iterable[Any], *, stale_after: float = STALE_AFTER_S) -> Standing:
+    """Classify a key's ``runs`` (:class:`Standing`); reads the owners' liveness from ``uri``."""
+    runs = list(runs)
+    done = [r for r in runs if r.info.status == schema.FINISHED]
+    if done:
+        return Standing("finished", max(done, key=lambda r: r.info.start_time or 0))
+    live = live_rivals(uri, runs, stale_after=stale_after)
+    if live:
+        return Standing("live", live[0])
+    newest = max(runs, key=lambda r: r.info.start_time or 0, default=None)
+    if newest is not None and newest.info.status == schema.FAILED:
+        return Standing("failed", newest)
+    return Standing("gone", newest)
+
+
+def kill_orphans(uri: str, parent_run_id: str, keys: Iterable[str], reason: str) -> list[str]:
+    """Mark the RUNNING runs of ``keys`` under ``parent_run_id`` KILLED (their worker died)."""
+    wanted = set(keys)
+    flt = f"attributes.status = 'RUNNING' and tags.`{schema.T_PARENT_RUN_ID}` = '{parent_run_id}'"
+    out = []
+    for run in search_runs(uri, flt):
+        if run.data.tags.get(schema.T_RUN_KEY) in wanted:
+            mark_killed(uri, run.info.run_id, reason)
+            out.append(run.info.run_id)
+    return out
+
+
 def _claim_order(run: Any) -> tuple[int, str]:
     return (run.info.start_time or 0, run.info.run_id)
 

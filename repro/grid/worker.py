@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 from repro import schema
 from repro.config import DatasetSpec, RunSpec
 from repro.grid import store
+from repro.outcome import RunOutcome
 
 
 @dataclass(frozen=True)
@@ -90,23 +91,22 @@ class _Heartbeat(threading.Thread):
             wait = self.settings.heartbeat_s
 
 
-def run_unit(task: UnitTask, settings: Settings) -> list[dict[str, Any]]:
-    """Run the unfinished specs of ``task``; returns one outcome dict per spec of the task."""
+def run_unit(task: UnitTask, settings: Settings) -> list[RunOutcome]:
+    """Run the unfinished specs of ``task``; returns one outcome per spec of the task."""
     from repro.train.engine import execute
 
     uri = settings.tracking_uri
     states = store.key_states(uri, [s.run_key for s in task.specs])
-    out: list[dict[str, Any]] = []
+    out: list[RunOutcome] = []
     todo = []
     for spec in task.specs:
-        st = states[spec.run_key]
-        live = store.live_rivals(uri, st.running, stale_after=settings.stale_after) if st.finished is None else []
-        if st.finished is not None:
-            out.append(_skipped(spec.run_key, schema.FINISHED, st.finished.info.run_id, None))
-        elif live:
-            out.append(_skipped(spec.run_key, schema.ELSEWHERE, live[0].info.run_id,
-                                f"run {live[0].info.run_id} of another invocation is training it"))
-        else:
+        st = store.standing(uri, states[spec.run_key].runs, stale_after=settings.stale_after)
+        if st.kind == "finished":
+            out.append(RunOutcome(spec.run_key, schema.FINISHED, st.run.info.run_id, skipped=True))
+        elif st.kind == "live":
+            out.append(RunOutcome(spec.run_key, schema.ELSEWHERE, st.run.info.run_id, skipped=True,
+                                  failure_reason=f"run {st.run.info.run_id} of another invocation is training it"))
+        else:  # failed before, or gone: ours to train
             todo.append(spec)
     if not todo:
         return out
@@ -122,19 +122,11 @@ def run_unit(task: UnitTask, settings: Settings) -> list[dict[str, Any]]:
                            claim=lambda mine: store.claim(uri, mine, stale_after=settings.stale_after))
     finally:
         beat.stop.set()
-    out.extend({"run_key": o.run_key, "status": o.status, "run_id": o.run_id, "failure_reason": o.failure_reason,
-                "skipped": o.status == schema.ELSEWHERE, "test_rel_l2": o.test_rel_l2,
-                "wall_seconds": o.wall_seconds} for o in outcomes)
+    out.extend(outcomes)
     return out
 
 
-def _skipped(run_key: str, status: str, run_id: str | None, reason: str | None) -> dict[str, Any]:
-    """The outcome of a key this worker did not train (finished before, or trained elsewhere)."""
-    return {"run_key": run_key, "status": status, "run_id": run_id, "failure_reason": reason, "skipped": True,
-            "test_rel_l2": None, "wall_seconds": 0.0}
-
-
-def run_task(task: DataTask | UnitTask, settings: Settings) -> list[dict[str, Any]]:
+def run_task(task: DataTask | UnitTask, settings: Settings) -> list[RunOutcome]:
     if isinstance(task, DataTask):
         prepare_dataset(task.dataset, settings.data_dir)
         return []

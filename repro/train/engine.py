@@ -28,67 +28,19 @@ import torch
 
 from repro import schema
 from repro.config import DatasetSpec, RunSpec, to_dict
+from repro.ensembles import group_specs
+from repro.flops import forward_flops
+from repro.outcome import RunOutcome
+from repro.progress import Bar
 from repro.data import SplitData, default_data_dir, load_split, to_layout
 from repro.data.normalise import Normaliser, build_inputs, fit_normaliser
 from repro.data.subsets import nested_subset
 from repro.models import FNO, load_members, member_state, resolve_spectral
 from repro.models.fno import check_precision
 from repro.models.checkpoint import Checkpoint, CheckpointError, save_checkpoint
-from repro.models.flops import forward_flops
 from repro.train import tracking
 from repro.train.loop import (EnsembleData, EnsembleResult, EpochReport, Schedule, divergence_reason, evaluate,
                               train_ensemble)
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """What became of one RunSpec."""
-
-    run_key: str
-    status: str  # schema.FINISHED | schema.FAILED | schema.ELSEWHERE (the claim was lost)
-    run_id: str | None
-    test_rel_l2: float | None
-    failure_reason: str | None
-    wall_seconds: float
-
-
-def batch_key(spec: RunSpec) -> tuple:
-    """Runs with equal batch keys share data, model and schedule length and can train together
-    as one ensemble; they may differ in learning rate and seed."""
-    return (spec.arm, spec.data, spec.layout, spec.model, spec.n_train, spec.epochs,
-            spec.batch_size, spec.init_from, spec.eval_every)
-
-
-#: On a CPU an ensemble step is only cheaper than its members one by one while one activation
-#: tensor (members x batch x width x n x n floats) stays cache-sized.  Measured on the 2-core
-#: CI machine: around 2^20-2^21 floats (4-8 MB) an ensemble step costs about as much per member
-#: as a single run, beyond that 5-20x more; the one-ensemble-of-16 case of
-#: benchmarks/bench_train.py (xxs, 32^2, batch 64) ran at 0.44-0.67x of one by one.  GPUs,
-#: launch-bound at these sizes, are where ensembles pay; on a CPU they are kept small.
-CPU_ENSEMBLE_FLOATS = 2**19
-
-
-def ensemble_cap(spec: RunSpec, device: str | torch.device, max_members: int = 16) -> int:
-    """How many runs like ``spec`` to train as one ensemble on ``device``."""
-    if torch.device(device).type != "cpu":
-        return max_members
-    per_member = spec.effective_batch_size * spec.model_spec.width * spec.data.resolution ** 2
-    return max(1, min(max_members, CPU_ENSEMBLE_FLOATS // per_member))
-
-
-def group_specs(specs: Sequence[RunSpec], max_members: int = 16,
-                device: str | torch.device | None = None) -> list[list[RunSpec]]:
-    """Split specs into ensembles with one batch_key each, of at most ``max_members`` runs (fewer
-    on a CPU, see :func:`ensemble_cap`), keeping the first-seen order of the keys (so
-    pre-training runs listed first go first)."""
-    groups: dict[tuple, list[RunSpec]] = {}
-    for spec in specs:
-        groups.setdefault(batch_key(spec), []).append(spec)
-    out: list[list[RunSpec]] = []
-    for members in groups.values():
-        cap = ensemble_cap(members[0], device, max_members) if device is not None else max_members
-        out.extend(members[i:i + cap] for i in range(0, len(members), cap))
-    return out
 
 
 @dataclass(frozen=True)
@@ -118,7 +70,7 @@ def execute(specs: Sequence[RunSpec], *, tracking_uri: str, data_dir: Path | Non
     Parameters
     ----------
     specs:
-        Resolved run specifications; those sharing a :func:`batch_key` train together as one
+        Resolved run specifications; those sharing a :func:`repro.ensembles.batch_key` train together as one
         ensemble of up to ``max_members`` members (``max_members=1``: one by one).
     tracking_uri:
         MLflow store; initialised here if new.
@@ -218,7 +170,7 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
     elsewhere: list[RunOutcome] = []
     if claim is not None:  # the runs just created are this process's claims on their keys
         lost = claim({spec.run_key: rec.run_id for spec, rec in zip(group, recorders)})
-        elsewhere = [RunOutcome(spec.run_key, schema.ELSEWHERE, None, None, lost[spec.run_key], 0.0)
+        elsewhere = [RunOutcome(spec.run_key, schema.ELSEWHERE, None, None, lost[spec.run_key], 0.0, skipped=True)
                      for spec in group if spec.run_key in lost]
         kept = [(spec, rec) for spec, rec in zip(group, recorders) if spec.run_key not in lost]
         if not kept:
@@ -393,56 +345,31 @@ def _train(group: list[RunSpec], model: FNO, splits: Mapping[str, _Split], subse
     data = EnsembleData(inputs=splits["train"].inputs, targets=splits["train"].targets, subsets=subsets)
     schedule = Schedule(epochs=head.epochs, batch_size=head.batch_size, lrs=tuple(s.lr for s in group),
                         eval_every=head.eval_every)
-    with _progress_bar(head, len(group), enabled=progress) as advance:
+    label = f"{head.arm} {head.data.label} {head.model} N={head.n_train}" + (f" ×{len(group)}" if len(group) > 1 else "")
+    with Bar(label, head.epochs, enabled=progress) as bar:
         def on_epoch(report: EpochReport) -> None:
             for m, rec in enumerate(recorders):
                 metrics = {schema.M_TRAIN_LOSS: report.train_loss[m], schema.M_LR: report.lr[m]}
                 if report.val_rel_l2 is not None:
                     metrics[schema.M_VAL_REL_L2] = report.val_rel_l2[m]
                 rec.log_epoch(report.epoch, {k: v for k, v in metrics.items() if math.isfinite(v)})
-            advance(report)
+            bar.update(completed=report.epoch, status=_epoch_status(report))
 
         return train_ensemble(model, data, splits["val"].inputs, splits["val"].targets, schedule,
                               seeds=[s.seed for s in group], on_epoch=on_epoch)
 
 
-class _progress_bar:
-    """A rich progress bar over epochs showing loss and validation error (or nothing)."""
-
-    def __init__(self, spec: RunSpec, members: int, *, enabled: bool) -> None:
-        self.enabled = enabled
-        self.spec = spec
-        self.members = members
-
-    def __enter__(self) -> Callable[[EpochReport], None]:
-        if not self.enabled:
-            return lambda report: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn(), transient=False)
-        self.progress.__enter__()
-        label = f"{self.spec.arm} {self.spec.data.label} {self.spec.model} N={self.spec.n_train}"
-        if self.members > 1:
-            label += f" ×{self.members}"
-        task = self.progress.add_task(label, total=self.spec.epochs, status="")
-
-        def advance(report: EpochReport) -> None:
-            status = f"loss {min(report.train_loss):.3g}"
-            if report.val_rel_l2 is not None:
-                status += f"  val rel L2 {min(report.val_rel_l2):.3g}"
-            self.progress.update(task, completed=report.epoch, status=status)
-
-        return advance
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.progress.__exit__(*exc)
+def _epoch_status(report: EpochReport) -> str:
+    """Loss and validation error of an epoch, for the progress bar (best member)."""
+    status = f"loss {min(report.train_loss):.3g}"
+    if report.val_rel_l2 is not None:
+        status += f"  val rel L2 {min(report.val_rel_l2):.3g}"
+    return status
 
 
 def compute_metrics(spec: RunSpec, results: EnsembleResult, spectral: str,
                     source: Checkpoint | None = None) -> dict[str, float]:
-    """Compute spent by one member: samples processed and analytic FLOPs (repro.models.flops).
+    """Compute spent by one member: samples processed and analytic FLOPs (repro.flops).
 
     Training: 3 forward FLOPs (forward + backward) per sample processed, plus one forward pass
     per validation sample and evaluation; the final test evaluation is measurement, not

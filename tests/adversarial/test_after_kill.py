@@ -10,7 +10,7 @@ from conftest import write_grid
 from repro import schema
 from repro.grid import launcher, store
 from repro.grid.plan import expand
-from repro.grid.spec import load_grid
+from repro.grid.plan import load_grid
 from repro.train.tracking import experiment_id, init_store
 
 

@@ -22,7 +22,7 @@ from test_grid_postgres import PG_BIN, mlflow_server, postgres  # noqa: F401 - f
 from repro import schema
 from repro.grid import store
 from repro.grid.plan import expand
-from repro.grid.spec import load_grid
+from repro.grid.plan import load_grid
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 

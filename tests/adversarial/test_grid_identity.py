@@ -8,7 +8,7 @@ from conftest import write_grid
 from analysis.collect import StoreError, _one_plan_per_label, collect_runs
 from repro import schema
 from repro.grid.plan import expand
-from repro.grid.spec import load_grid
+from repro.grid.plan import load_grid
 from repro.train.tracking import _client, experiment_id, init_store
 
 

@@ -1,0 +1,54 @@
+"""``repro run-grid --dry-run``: the plan at once (no torch), then its cost from a bounded estimate.
+
+The plan and what the store holds of it are printed before anything is timed, so a paper-scale
+grid shows its shape in seconds.  The cost then comes, and says which, from a calibration on
+this machine bounded by :data:`repro.grid.estimate.CALIBRATION_BUDGET_S` (larger sizes
+extrapolated by FLOPs), rescaled by finished runs where there are some, or -- where the runs'
+device is not here (a SLURM login node for a GPU grid) -- from the finished runs alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from repro.grid import estimate, launcher
+from repro.grid.plan import Plan
+
+
+@dataclass(frozen=True)
+class DryRunOptions:
+    """Where the grid would run: device, parallel slots, grouping, and whether to time it."""
+
+    device: str = "cpu"
+    fast: bool | None = None
+    precision: str = "fp32"
+    slots: int = 1
+    threads: int = 1  # CPU threads each worker would use (calibration times at that)
+    max_members: int = 16
+    calibrate: bool = True
+    device_here: bool = True  # can the runs' device be timed on this machine?
+    remote: bool = False  # SLURM: the compute nodes may differ from this machine
+    stale_after: float = 600.0
+
+
+def dry_run(plan: Plan, uri: str, opts: DryRunOptions, *, echo: Callable[[str], None],
+            warn: Callable[[str], None], progress: bool = True) -> None:
+    """Print ``plan``'s summary against ``uri``, then its estimated cost (or why there is none)."""
+    sv = launcher.survey(plan, uri, reap=False, stale_after=opts.stale_after)
+    echo(launcher.plan_text(plan, sv, device=opts.device, max_members=opts.max_members))
+    if not opts.calibrate:
+        return
+    done = set(sv.finished)
+    if not (opts.device_here or done):
+        warn("no CUDA device here to calibrate the estimate on, and no finished run to measure: "
+             "run --dry-run on a GPU node, or once some runs finished, for the cost")
+        return
+    est = estimate.estimate_units(
+        plan.units(sv.todo, max_members=opts.max_members, device=opts.device), device=opts.device, fast=opts.fast,
+        precision=opts.precision, threads=opts.threads, finished=estimate.finished_walls(sv.states),
+        finished_units=plan.units(done, max_members=opts.max_members, device=opts.device) if done else None,
+        calibrate_here=opts.device_here, progress=progress)
+    if opts.remote and opts.device_here and not done:
+        est.source += ", timed on this machine: the compute nodes may differ"
+    echo(launcher.cost_text(est, slots=opts.slots, device=opts.device))
