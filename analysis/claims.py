@@ -41,7 +41,8 @@ from scipy.stats import spearmanr
 
 from analysis.collect import system_of
 from analysis.fits import PowerLawFit
-from analysis.transfer import (EITHER, EXACT, LEVEL_INSIDE, LEVEL_PAPER, LEVEL_STAR, LOWER_BOUND, UPPER_BOUND,
+from analysis.numbers import format_bound, format_interval, format_number
+from analysis.transfer import (EITHER, EXACT, LEVEL_INSIDE, LEVEL_PAPER, LEVEL_STAR, UPPER_BOUND,
                                TransferMetrics)
 
 PASS = "PASS"
@@ -123,42 +124,6 @@ def _claim(i: int, rule: str, verdict: str, summary: str, *, stability: float = 
         summary += f"; up to {unconverged} selected run(s) behind it did not converge"
     return Claim(id=i, finding=FINDINGS[i], rule=rule, verdict=verdict, summary=summary, stability=stability,
                  regime=regime, numbers={**numbers, "unconverged_runs": unconverged})
-
-
-def format_number(x: object) -> str:
-    """Three significant digits for console and claim text; ``n/a`` for missing, ``inf`` spelled out."""
-    if x is None:
-        return "n/a"
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return str(x)
-    if math.isnan(v):
-        return "n/a"
-    if math.isinf(v):
-        return "inf"
-    return f"{v:.3g}"
-
-
-def format_percent(x: object) -> str:
-    """A share as a whole percent; ``n/a`` for missing."""
-    v = float(x)  # type: ignore[arg-type]
-    return "n/a" if math.isnan(v) else f"{v:.0%}"
-
-
-#: How a value clipped to the extrapolation horizon is shown (analysis.transfer's directions).
-_BOUND_PREFIX = {LOWER_BOUND: "≥", UPPER_BOUND: "≤", EITHER: "~"}
-
-
-def format_bound(x: object, direction: int) -> str:
-    """:func:`format_number`, prefixed ``≥`` for a lower bound, ``≤`` for an upper bound and ``~``
-    for an interval end that clipped replicates could move either way."""
-    return _BOUND_PREFIX.get(int(direction), "") + format_number(x)
-
-
-def format_interval(lo: object, hi: object, lo_direction: int = EXACT, hi_direction: int = EXACT) -> str:
-    """``[lo, hi]`` with each end as :func:`format_bound` shows it."""
-    return f"[{format_bound(lo, lo_direction)}, {format_bound(hi, hi_direction)}]"
 
 
 # --- shared helpers ----------------------------------------------------------------------------

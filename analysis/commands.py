@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from analysis.analyze import AnalysisResult, analyze, write_outputs
-from analysis.claims import FAIL, NOT_ENOUGH, PASS, format_bound, format_interval, format_number, format_percent
+from analysis.claims import FAIL, NOT_ENOUGH, PASS
+from analysis.numbers import format_bound, format_interval, format_number, format_percent
 from analysis.collect import OUTSIDE_PLAN, collect_runs
 from analysis.fits import N_BOOT
 from analysis.report import render_report

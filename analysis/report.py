@@ -26,7 +26,8 @@ import pandas as pd
 
 from repro import schema
 from analysis import figures
-from analysis.claims import FAIL, NOT_ENOUGH, PASS, format_bound, format_interval, format_percent
+from analysis.claims import FAIL, NOT_ENOUGH, PASS
+from analysis.numbers import format_bound, format_interval, format_percent, table_number
 from analysis.claims import PAPER_REGIME
 from analysis.transfer import EXTRAPOLATION_ABOVE
 
@@ -41,29 +42,8 @@ ENV_UI_URL = "REPRO_UI_URL"
 FIG_WIDTH = 11.0
 
 
-def _num(x: Any, digits: int = 3) -> str:
-    """Compact number for tables: 3 significant digits, inf / n/a spelled out."""
-    if x is None or x is pd.NA:
-        return ""
-    if isinstance(x, (bool, np.bool_)):
-        return "yes" if x else "no"
-    if isinstance(x, (int, np.integer)):
-        return f"{int(x):,}"
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return str(x)
-    if math.isnan(v):
-        return "n/a"
-    if math.isinf(v):
-        return "∞" if v > 0 else "-∞"
-    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
-        return f"{v:.{digits - 1}e}"
-    return f"{v:.{digits}g}"
-
-
 def _interval(lo: Any, hi: Any) -> str:
-    return f"[{_num(lo)}, {_num(hi)}]"
+    return f"[{table_number(lo)}, {table_number(hi)}]"
 
 
 #: The result being rendered, visible to forked figure workers (set only inside _figures).
@@ -153,7 +133,7 @@ def _table(df: pd.DataFrame, columns: dict[str, str], limit: int | None = None, 
     """A DataFrame as header + formatted rows for the template (run ids linked by ``run_link``)."""
     shown = df if limit is None else df.head(limit)
     link_at = list(columns).index(schema.C_RUN_ID) if run_link is not None and schema.C_RUN_ID in columns else -1
-    rows = [[run_link(v) if i == link_at and isinstance(v, str) and v else _num(v) if not isinstance(v, str) else v
+    rows = [[run_link(v) if i == link_at and isinstance(v, str) and v else table_number(v) if not isinstance(v, str) else v
              for i, v in enumerate(rec)]
             for rec in shown[[c for c in columns]].itertuples(index=False, name=None)]
     return {"header": list(columns.values()), "rows": rows, "more": max(0, len(df) - len(shown))}

@@ -1,0 +1,78 @@
+"""How analysis numbers are written: claim and console text (3 significant digits, bounds and
+intervals) and report tables (thousands separators, exponents for very large or small values).
+One module, so the report, the console and the claims never disagree on a number."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.transfer import EITHER, EXACT, LOWER_BOUND, UPPER_BOUND
+
+__all__ = ["format_bound", "format_interval", "format_number", "format_percent", "table_number"]
+
+
+def _as_float(x: object) -> float | None:
+    """``x`` as a float, or None when it is not a number (the caller shows it as text)."""
+    try:
+        return float(x)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def format_number(x: object) -> str:
+    """Three significant digits for console and claim text; ``n/a`` for missing, ``inf`` spelled out."""
+    if x is None:
+        return "n/a"
+    v = _as_float(x)
+    if v is None:
+        return str(x)
+    if math.isnan(v):
+        return "n/a"
+    if math.isinf(v):
+        return "inf"
+    return f"{v:.3g}"
+
+
+def format_percent(x: object) -> str:
+    """A share as a whole percent; ``n/a`` for missing."""
+    v = float(x)  # type: ignore[arg-type]
+    return "n/a" if math.isnan(v) else f"{v:.0%}"
+
+
+#: How a value clipped to the extrapolation horizon is shown (analysis.transfer's directions).
+_BOUND_PREFIX = {LOWER_BOUND: "≥", UPPER_BOUND: "≤", EITHER: "~"}
+
+
+def format_bound(x: object, direction: int) -> str:
+    """:func:`format_number`, prefixed ``≥`` for a lower bound, ``≤`` for an upper bound and ``~``
+    for an interval end that clipped replicates could move either way."""
+    return _BOUND_PREFIX.get(int(direction), "") + format_number(x)
+
+
+def format_interval(lo: object, hi: object, lo_direction: int = EXACT, hi_direction: int = EXACT) -> str:
+    """``[lo, hi]`` with each end as :func:`format_bound` shows it."""
+    return f"[{format_bound(lo, lo_direction)}, {format_bound(hi, hi_direction)}]"
+
+
+def table_number(x: Any, digits: int = 3) -> str:
+    """Compact number for tables: 3 significant digits, inf / n/a spelled out."""
+    if x is None or x is pd.NA:
+        return ""
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):,}"
+    v = _as_float(x)
+    if v is None:
+        return str(x)
+    if math.isnan(v):
+        return "n/a"
+    if math.isinf(v):
+        return "∞" if v > 0 else "-∞"
+    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+        return f"{v:.{digits - 1}e}"
+    return f"{v:.{digits}g}"
