@@ -20,7 +20,8 @@ from typing import Any, Callable, Collection, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from repro import schema
+from repro import schema, tracking
+from repro.tracking import StoreError  # the gateway's one store error, raised here for no runs to analyse
 from repro.config import DatasetSpec, SpecError, default_tracking_uri  # noqa: F401 (one default for writer and readers)
 
 #: Params parsed as integers / floats; every other param stays a string.
@@ -63,16 +64,11 @@ def latest_per_run_key(df: pd.DataFrame) -> pd.DataFrame:
     return df.dropna(subset=[schema.C_RUN_KEY]).drop_duplicates(schema.C_RUN_KEY, keep="last")
 
 
-class StoreError(LookupError):
-    """The tracking store has no runs to analyse (missing, empty, or no such grid)."""
-
-
 def _client(tracking_uri: str) -> Any:
-    from mlflow.tracking import MlflowClient
-
+    """The gateway's client, once a SQLite store is known to exist (reading creates nothing)."""
     if tracking_uri.startswith("sqlite:///"):
         _sqlite_path(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri)
+    return tracking.client(tracking_uri)
 
 
 def _experiment_id(client: Any, tracking_uri: str) -> str:
@@ -133,17 +129,18 @@ def collect_runs(tracking_uri: str, grid: str | None = None, keys: Collection[st
         The store is missing or empty, or ``grid`` names no recorded grid.
     """
     keys = None if keys is None else frozenset(keys)
-    if grid is not None and keys is None and _is_sql(tracking_uri):
+    client = exp_id = None  # an MLflow client costs a store connection: made only when needed
+    if grid is not None and keys is None:  # selecting by label: it must name one plan (checked once)
         client = _client(tracking_uri)
-        _one_plan_per_label(client, _experiment_id(client, tracking_uri), grid)
+        exp_id = _experiment_id(client, tracking_uri)
+        _one_plan_per_label(client, exp_id, grid)
     if _is_sql(tracking_uri):
         frame = _collect_sql(tracking_uri, grid, keys)
         if frame is not None:
             return frame
-    client = _client(tracking_uri)
-    exp_id = _experiment_id(client, tracking_uri)
-    if grid is not None and keys is None:
-        _one_plan_per_label(client, exp_id, grid)
+    if client is None:
+        client = _client(tracking_uri)
+        exp_id = _experiment_id(client, tracking_uri)
     where = f"tags.{schema.T_RUN_KEY} != ''"
     if grid is not None and keys is None:
         where += f" and tags.{schema.T_GRID} = '{grid}'"

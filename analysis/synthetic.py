@@ -1,7 +1,7 @@
 """Synthetic MLflow stores laid out exactly like the training engine's, for tests and benchmarks.
 
 The analysis layer only *reads* MLflow; this module is its test fixture.  It writes runs with
-the same params, tags and metrics as :mod:`repro.train.tracking` (one parent run per grid, one
+the same params, tags and metrics as :mod:`repro.tracking` (one parent run per grid, one
 child per :class:`~repro.config.RunSpec`), but with test errors drawn from planted scaling laws,
 so that fits, transfer metrics and claims can be checked against known truth:
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -241,13 +240,11 @@ def write_store(tracking_uri: str, grid: SyntheticGrid, runs: list[SyntheticRun]
     Three client calls per run (create, one ``log_batch``, terminate), as the tracker does.
     """
     from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
 
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(schema.EXPERIMENT)
-    exp_id = exp.experiment_id if exp else client.create_experiment(schema.EXPERIMENT)
+    from repro import tracking
+
+    client = tracking.client(tracking_uri)
+    exp_id = tracking.init_store(tracking_uri)
     parent = client.create_run(exp_id, run_name=f"grid:{grid.name}", tags={schema.T_GRID: grid.name, schema.T_ROLE: "grid"})
     parent_id = parent.info.run_id
     for run in plan(grid) if runs is None else runs:

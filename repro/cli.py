@@ -241,7 +241,7 @@ def train(
     from pathlib import Path
 
     from repro.config import DatasetSpec, RunSpec, SpecError
-    from repro.train import tracking
+    from repro import tracking
 
     uri = tracking_uri or tracking.default_tracking_uri()
     _require_store(uri, must_exist=False)
@@ -263,11 +263,12 @@ def train(
         if not from_:
             fail(f"--from is required for --arm {arm}: a pre-trained run_key or checkpoint path")
         from repro.models.checkpoint import CheckpointError
+        from repro.train import pretrained
 
         try:
             tracking.init_store(uri)
-            checkpoint = tracking.load_pretrained(from_, uri)  # a damaged cached copy is fetched again
-        except (tracking.CheckpointNotFound, CheckpointError) as err:
+            checkpoint = pretrained.load_pretrained(from_, uri)  # a damaged cached copy is fetched again
+        except (pretrained.CheckpointNotFound, CheckpointError) as err:
             fail(str(err))
     if layout is None:
         layout = "mixed" if pde == "mixed" or (checkpoint and checkpoint.meta.get("layout") == "mixed") else "native"
@@ -323,7 +324,7 @@ def _cost_line(spec, device: str) -> str:
     line = (f"cost: {spec.epochs:,} epochs x {math.ceil(n / min(spec.batch_size, n)):,} steps = {steps:,} steps "
             f"on N = {n:,} at {spec.data.resolution}^2, ~{flops:.2g} FLOPs (model {spec.model})")
     if device == "cpu":
-        from repro.grid.launcher import _hms
+        from repro.grid.console import _hms
 
         line += f"; about {_hms(flops / _CPU_FLOPS_PER_S)} on one CPU core at {_CPU_FLOPS_PER_S / 1e9:.0f} GFLOP/s"
     return line
@@ -483,10 +484,10 @@ def run_grid_cmd(
     """
     from pathlib import Path
 
-    from repro.grid import launcher, store
+    from repro.grid import console, launcher
     from repro.grid import local
     from repro.grid.local import cpu_count
-    from repro.train import tracking
+    from repro import tracking
 
     plan = _load_plan(grid)
     uri = tracking_uri or tracking.default_tracking_uri()
@@ -537,9 +538,9 @@ def run_grid_cmd(
         out = launcher.run_grid(plan, opts, costs=costs if executor == "local" else None)
     except KeyboardInterrupt:
         fail("interrupted; running runs were marked KILLED and will run again next time", code=130)
-    except store.StoreError as err:
+    except tracking.StoreError as err:
         fail(str(err))
-    typer.echo(launcher.outcome_text(out, plan))
+    typer.echo(console.outcome_text(out, plan))
     if not out.ok:
         raise typer.Exit(1)
     if out.complete == out.total:
@@ -557,18 +558,18 @@ def status(
 
       repro status --grid quick
     """
-    from repro.grid import launcher, store
-    from repro.train import tracking
+    from repro.grid import console, launcher
+    from repro import tracking
 
     plan = _load_plan(grid)
     uri = tracking_uri or tracking.default_tracking_uri()
     uri = _require_store(uri)
     try:
         rep = launcher.grid_status(plan, uri)
-    except store.StoreError as err:
+    except tracking.StoreError as err:
         fail(str(err))
     typer.echo(f"store: {uri}")
-    typer.echo(launcher.status_text(rep))
+    typer.echo(console.status_text(rep))
 
 
 @app.command()
@@ -590,7 +591,7 @@ def ui(
     import time
     import urllib.request
 
-    from repro.train import tracking
+    from repro import tracking
 
     uri = tracking_uri or tracking.default_tracking_uri()
     if uri.startswith("http"):
@@ -651,8 +652,7 @@ def export(
     from rich.progress import Progress
 
     from repro.grid import export as export_mod
-    from repro.grid import store
-    from repro.train import tracking
+    from repro import tracking
 
     plan = _load_plan(grid)
     uri = tracking_uri or tracking.default_tracking_uri()
@@ -662,7 +662,7 @@ def export(
             job = bar.add_task(f"exporting {plan.grid.label}", total=None)
             result = export_mod.export_grid(plan, uri, Path(to), artifacts=artifacts,
                                             on_run=lambda: bar.advance(job))
-    except store.StoreError as err:
+    except tracking.StoreError as err:
         fail(str(err))
     typer.echo(f"exported {result.n_runs} runs and {result.n_parents} grid invocation(s) of {plan.grid.label} "
                f"to {result.path} (open with --tracking-uri sqlite:///{result.path})")

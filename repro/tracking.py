@@ -1,4 +1,9 @@
-"""MLflow tracking: the only module that writes runs (docs/design.md §1).
+"""The MLflow gateway: every call to MLflow goes through this module (docs/design.md §1).
+
+Client, experiment, the run recorder, failed-run records, run copies for export, searches and
+the one :class:`StoreError`; the grid's liveness and claim rules (:mod:`repro.grid.store`) and
+the analysis reader (:mod:`analysis.collect`) use it.  An import-linter contract keeps ``mlflow``
+imports here (and in the analysis reader's SQL fast path).  Torch-free.
 
 Store: a SQLite database ``<REPRO_HOME or ./.repro>/mlflow.db`` by default, or any tracking URI
 (``--tracking-uri`` / ``REPRO_TRACKING_URI``), e.g. an ``mlflow server`` for many hosts.  The
@@ -10,37 +15,102 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import platform
-import re
-import shutil
 import subprocess
 import tempfile
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from repro import __version__, schema
 from repro.config import RunSpec, default_tracking_uri, flatten, repro_home, run_name  # noqa: F401 (re-exported)
 
-#: MLflow's limit on one log_batch call (params + metrics + tags), minus headroom.
-_BATCH_LIMIT = 900
+#: MLflow's limits on one log_batch call: 100 params (and 100 tags), 1000 metrics.
+_PARAMS_PER_BATCH = 100
+_METRICS_PER_BATCH = 1000
 #: How often buffered per-epoch metrics are flushed to the store (seconds).
 _FLUSH_SECONDS = 15.0
-_RUN_KEY_RE = re.compile(r"^[0-9a-f]{16}$")
 log = logging.getLogger("repro.train")
+_T = TypeVar("_T")
 
 
-class CheckpointNotFound(ValueError):
-    """``init_from`` names a run_key or path that has no usable checkpoint."""
+class StoreError(RuntimeError):
+    """The tracking store cannot be read or written (unreachable server, bad URI, no such store
+    or grid); its message is one line for the CLI."""
 
 
-def _client(uri: str):
+def client(uri: str):
+    """An MLflow client on ``uri`` (cheap: MLflow caches the store behind it)."""
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
+
+
+def retrying(fn: Callable[[], _T], *, attempts: int = 12, what: str = "MLflow call") -> _T:
+    """Call ``fn`` again (with backoff) when a shared SQLite store says "database is locked".
+
+    SQLite serialises writers; under many concurrent workers a write can time out even in WAL
+    mode.  Any other error propagates at once.
+    """
+    delay = 0.05
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - only lock contention is retried
+            text = str(err).lower()
+            if attempt == attempts - 1 or not ("database is locked" in text or "database table is locked" in text
+                                               or "busy" in text):
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")
+
+
+def search_runs(uri: str, filter_string: str, *, max_results: int = 5000) -> list[Any]:
+    """Every (not deleted) run of the project's experiment matching ``filter_string``."""
+    c = client(uri)
+    exp = experiment_id(uri)
+    out: list[Any] = []
+    token = None
+    while True:
+        page = retrying(lambda: c.search_runs([exp], filter_string=filter_string, max_results=max_results,
+                                              page_token=token))
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def set_tags(uri: str, run_id: str, tags: Mapping[str, str]) -> None:
+    """Set several tags of one run in one call."""
+    from mlflow.entities import RunTag
+
+    c = client(uri)
+    retrying(lambda: c.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+
+
+def record_failed(uri: str, spec: RunSpec, reason: str, *, grid: str, role: str, parent_run_id: str | None) -> str:
+    """Record a run that was never launched (its pre-training or dataset failed) as FAILED.
+
+    Same params and tags as the engine's runs, so analysis lists it among the exclusions.
+    """
+    from mlflow.entities import Param, RunTag
+
+    c = client(uri)
+    tags = {schema.T_RUN_KEY: spec.run_key, schema.T_GRID: grid, schema.T_ROLE: role,
+            schema.T_FAILURE_REASON: reason[:4000]}
+    if parent_run_id:
+        tags[schema.T_PARENT_RUN_ID] = parent_run_id
+    run = retrying(lambda: c.create_run(experiment_id(uri), run_name=run_name(spec, role), tags=tags))
+    rid = run.info.run_id
+    params = [Param(k, str(v)) for k, v in flatten(spec).items()]
+    for i in range(0, len(params), _PARAMS_PER_BATCH):
+        batch = params[i:i + _PARAMS_PER_BATCH]
+        retrying(lambda: c.log_batch(rid, params=batch))
+    retrying(lambda: c.log_batch(rid, tags=[RunTag(k, v) for k, v in tags.items()]))
+    retrying(lambda: c.set_terminated(rid, status=schema.FAILED))
+    return rid
 
 
 def init_store(uri: str) -> str:
@@ -70,8 +140,8 @@ def init_store(uri: str) -> str:
 
 @functools.lru_cache(maxsize=16)
 def experiment_id(uri: str) -> str:
-    client = _client(uri)
-    exp = client.get_experiment_by_name(schema.EXPERIMENT)
+    c = client(uri)
+    exp = c.get_experiment_by_name(schema.EXPERIMENT)
     if exp is not None:
         return exp.experiment_id
     # With a SQLite store, keep artifacts (checkpoints) beside the database instead of
@@ -80,10 +150,10 @@ def experiment_id(uri: str) -> str:
     if uri.startswith("sqlite:///"):
         location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
     try:
-        return client.create_experiment(schema.EXPERIMENT, artifact_location=location,
+        return c.create_experiment(schema.EXPERIMENT, artifact_location=location,
                                         tags={_T_EXPERIMENT_KIND: _KIND_TRAINING})
     except Exception:  # another process created it between our two calls
-        exp = client.get_experiment_by_name(schema.EXPERIMENT)
+        exp = c.get_experiment_by_name(schema.EXPERIMENT)
         if exp is None:
             raise
         return exp.experiment_id
@@ -96,17 +166,17 @@ _KIND_TRAINING = "custom_model_development"
 
 def mark_experiment_kind(uri: str) -> None:
     """Tag the experiment as model training (stores made before the tag was set at creation)."""
-    client = _client(uri)
-    exp = client.get_experiment(experiment_id(uri))
+    c = client(uri)
+    exp = c.get_experiment(experiment_id(uri))
     if exp.tags.get(_T_EXPERIMENT_KIND) != _KIND_TRAINING:
-        client.set_experiment_tag(exp.experiment_id, _T_EXPERIMENT_KIND, _KIND_TRAINING)
+        c.set_experiment_tag(exp.experiment_id, _T_EXPERIMENT_KIND, _KIND_TRAINING)
 
 
 @functools.lru_cache(maxsize=1)
 def provenance_tags() -> dict[str, str]:
     """git SHA + dirty flag of the source tree and package versions (as MLflow tags)."""
     tags: dict[str, str] = {}
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]  # the source tree: repro/tracking.py -> project root
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
@@ -116,26 +186,30 @@ def provenance_tags() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         tags[schema.T_GIT_SHA] = "unknown"
         tags[schema.T_GIT_DIRTY] = "unknown"
-    import mlflow
-    import numpy
-    import torch
+    from importlib.metadata import PackageNotFoundError, version
 
-    versions = {"repro": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-                "mlflow": mlflow.__version__, "python": platform.python_version()}
+    def installed(package: str) -> str:  # read from the installed metadata: the gateway never imports torch
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    versions = {"repro": __version__, "torch": installed("torch"), "numpy": installed("numpy"),
+                "mlflow": installed("mlflow"), "python": platform.python_version()}
     tags.update({f"{schema.T_VERSION_PREFIX}{k}": v for k, v in versions.items()})
     return tags
 
 
 def start_parent_run(uri: str, *, grid: str, tags: Mapping[str, str] | None = None) -> str:
     """Open the parent run of one grid invocation; returns its run id."""
-    client = _client(uri)
-    run = client.create_run(experiment_id(uri), run_name=f"grid:{grid}",
+    c = client(uri)
+    run = c.create_run(experiment_id(uri), run_name=f"grid:{grid}",
                             tags={schema.T_GRID: grid, schema.T_ROLE: schema.ROLE_GRID, **(tags or {})})
     return run.info.run_id
 
 
 def end_run(uri: str, run_id: str, status: str = schema.FINISHED) -> None:
-    _client(uri).set_terminated(run_id, status=status)
+    client(uri).set_terminated(run_id, status=status)
 
 
 @dataclass
@@ -156,27 +230,27 @@ class RunRecorder:
               tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> "RunRecorder":
         from mlflow.entities import Param
 
-        client = _client(uri)
+        c = client(uri)
         all_tags = {schema.T_RUN_KEY: spec.run_key, **provenance_tags(), **(tags or {})}
         if parent_run_id:
             all_tags[schema.T_PARENT_RUN_ID] = parent_run_id
-        run = client.create_run(experiment_id(uri), run_name=run_name(spec, all_tags.get(schema.T_ROLE)),
+        run = c.create_run(experiment_id(uri), run_name=run_name(spec, all_tags.get(schema.T_ROLE)),
                                 tags=all_tags)
         params = {**flatten(spec), **(extra_params or {})}
         items = [Param(k, str(v)) for k, v in params.items()]
-        for i in range(0, len(items), _BATCH_LIMIT):
-            client.log_batch(run.info.run_id, params=items[i:i + _BATCH_LIMIT])
+        for i in range(0, len(items), _PARAMS_PER_BATCH):
+            c.log_batch(run.info.run_id, params=items[i:i + _PARAMS_PER_BATCH])
         return cls(uri=uri, run_id=run.info.run_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        _client(self.uri).log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        client(self.uri).log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        _client(self.uri).log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        client(self.uri).log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_epoch(self, step: int, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
@@ -187,9 +261,9 @@ class RunRecorder:
             self.flush()
 
     def flush(self) -> None:
-        client = _client(self.uri)
-        for i in range(0, len(self._pending), _BATCH_LIMIT):
-            client.log_batch(self.run_id, metrics=self._pending[i:i + _BATCH_LIMIT])
+        c = client(self.uri)
+        for i in range(0, len(self._pending), _METRICS_PER_BATCH):
+            c.log_batch(self.run_id, metrics=self._pending[i:i + _METRICS_PER_BATCH])
         self._pending.clear()
         self._last_flush = time.monotonic()
 
@@ -201,7 +275,7 @@ class RunRecorder:
         self.flush()
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
-        _client(self.uri).log_artifact(self.run_id, str(local_path), artifact_path)
+        client(self.uri).log_artifact(self.run_id, str(local_path), artifact_path)
 
     def finish(self) -> None:
         self.flush()
@@ -213,9 +287,9 @@ class RunRecorder:
             self.flush()
         except Exception:  # the reason matters more than the lost metrics
             self._pending.clear()
-        client = _client(self.uri)
-        client.set_tag(self.run_id, schema.T_FAILURE_REASON, reason.strip().splitlines()[0][:4000] if reason.strip() else "unknown")
-        client.set_terminated(self.run_id, status=schema.FAILED)
+        c = client(self.uri)
+        c.set_tag(self.run_id, schema.T_FAILURE_REASON, reason.strip().splitlines()[0][:4000] if reason.strip() else "unknown")
+        c.set_terminated(self.run_id, status=schema.FAILED)
 
 
 def copy_run(run: Any, src_uri: str, dst_uri: str, *, parent_ids: Mapping[str, str],
@@ -229,7 +303,7 @@ def copy_run(run: Any, src_uri: str, dst_uri: str, *, parent_ids: Mapping[str, s
     """
     from mlflow.entities import Metric, Param
 
-    src, dst = _client(src_uri), _client(dst_uri)
+    src, dst = client(src_uri), client(dst_uri)
     tags = dict(run.data.tags)
     if schema.T_PARENT_RUN_ID in tags:
         tags[schema.T_PARENT_RUN_ID] = parent_ids.get(tags[schema.T_PARENT_RUN_ID], "")
@@ -239,10 +313,10 @@ def copy_run(run: Any, src_uri: str, dst_uri: str, *, parent_ids: Mapping[str, s
     metrics = [Metric(m.key, m.value, m.timestamp, m.step) for key in run.data.metrics
                for m in src.get_metric_history(run.info.run_id, key)]
     params = [Param(k, v) for k, v in run.data.params.items()]
-    for i in range(0, len(params), 100):  # MLflow caps one batch at 100 params and 1000 metrics
-        dst.log_batch(new_id, params=params[i:i + 100])
-    for i in range(0, len(metrics), 1000):
-        dst.log_batch(new_id, metrics=metrics[i:i + 1000])
+    for i in range(0, len(params), _PARAMS_PER_BATCH):
+        dst.log_batch(new_id, params=params[i:i + _PARAMS_PER_BATCH])
+    for i in range(0, len(metrics), _METRICS_PER_BATCH):
+        dst.log_batch(new_id, metrics=metrics[i:i + _METRICS_PER_BATCH])
     if artifacts and run.info.artifact_uri:
         with tempfile.TemporaryDirectory() as tmp:
             local = src.download_artifacts(run.info.run_id, "", tmp)
@@ -254,125 +328,8 @@ def copy_run(run: Any, src_uri: str, dst_uri: str, *, parent_ids: Mapping[str, s
 
 def finished_run_id(uri: str, run_key: str) -> str | None:
     """The newest FINISHED run with this run_key, if any."""
-    client = _client(uri)
-    runs = client.search_runs([experiment_id(uri)],
+    c = client(uri)
+    runs = c.search_runs([experiment_id(uri)],
                               filter_string=f"tags.{schema.T_RUN_KEY} = '{run_key}' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
-
-
-def resolve_checkpoint(init_from: str, uri: str, cache_dir: Path | None = None, *, refetch: bool = False,
-                       grid: str | None = None) -> Path:
-    """Turn ``init_from`` (a checkpoint path or a run_key) into a local checkpoint file.
-
-    A run_key's checkpoint is downloaded once into ``cache_dir`` (default: ``checkpoints/``
-    beside a SQLite store, else ``<home>/checkpoints``) and reused: a grid fine-tunes from one pre-trained model
-    many times, and an xl checkpoint is over 1 GB.  A FINISHED run's artifacts never change, so
-    a cached copy that is not a whole checkpoint archive (truncated), or any cached copy with
-    ``refetch`` (one that failed to load, see :func:`load_pretrained`), is fetched again from the
-    artifact; the new download replaces the copy only once it is complete, so a copy is never
-    lost to a failed download.
-
-    Raises :class:`CheckpointNotFound` naming ``init_from`` when there is no such file or no
-    FINISHED run with that key, or its checkpoint artifact is missing; the message says which
-    commands re-create the pre-training run (``grid`` names the invocation's grid, else the
-    pre-training run's own ``grid`` tag is used).
-    """
-    path = Path(init_from).expanduser()
-    if path.is_file():
-        return path
-    if not _RUN_KEY_RE.match(init_from):
-        raise CheckpointNotFound(f"pre-trained checkpoint {init_from!r}: no such file, and not a run_key (16 hex digits)")
-    run_id = finished_run_id(uri, init_from)
-    if run_id is None:
-        raise CheckpointNotFound(f"pre-trained run {init_from}: no FINISHED run with this run_key in {uri}; "
-                                 + recreate_hint(init_from, uri, None, grid))
-    if cache_dir is None:
-        store = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else repro_home()
-        cache_dir = store / "checkpoints"
-    target = Path(cache_dir) / init_from / run_id
-    cached = target / schema.A_CHECKPOINT
-    damaged = cached.is_file() and (refetch or not zipfile.is_zipfile(cached))
-    if cached.is_file() and not damaged:
-        return cached
-    target.mkdir(parents=True, exist_ok=True)
-    staging = None
-    try:
-        # Download beside the final place, then rename: concurrent workers never see half a file.
-        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target))
-        local = Path(_client(uri).download_artifacts(run_id, schema.A_CHECKPOINT, str(staging)))
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(local, cached)
-    except Exception as err:  # noqa: BLE001 - any artifact-store error means "not usable"
-        copy = f"; the cached copy {cached} is damaged" if damaged else ""
-        raise CheckpointNotFound(f"pre-trained run {init_from} (MLflow run {run_id}): checkpoint artifact "
-                                 f"{schema.A_CHECKPOINT} unreadable: {str(err).splitlines()[0]}{copy}; "
-                                 + recreate_hint(init_from, uri, run_id, grid)) from None
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-    if damaged:
-        log.warning("pre-trained run %s: cached checkpoint %s was damaged; fetched again from MLflow run %s",
-                    init_from, cached, run_id)
-    return cached
-
-
-def load_pretrained(init_from: str, uri: str, cache_dir: Path | None = None, *, grid: str | None = None,
-                    map_location: str = "cpu") -> Any:
-    """:func:`resolve_checkpoint` + :func:`repro.models.checkpoint.load_checkpoint`; a cached copy
-    of a run_key's checkpoint that fails to load is dropped and fetched again from the artifact
-    (once).  A checkpoint path given directly is loaded as it is.
-
-    Raises :class:`CheckpointNotFound` (as :func:`resolve_checkpoint`, or when the artifact
-    fetched again does not load either, with the commands that re-create it) or
-    :class:`repro.models.checkpoint.CheckpointError` (a path given directly does not load).
-    """
-    from repro.models.checkpoint import CheckpointError, load_checkpoint
-
-    path = resolve_checkpoint(init_from, uri, cache_dir, grid=grid)
-    try:
-        return load_checkpoint(path, map_location=map_location)
-    except CheckpointError as err:
-        if Path(init_from).expanduser().is_file():  # the caller's own file: nothing to fetch again
-            raise
-        first = str(err).splitlines()[0]
-    log.warning("%s; fetching it again from the pre-training run's artifact", first)
-    path = resolve_checkpoint(init_from, uri, cache_dir, refetch=True, grid=grid)
-    try:
-        return load_checkpoint(path, map_location=map_location)
-    except CheckpointError as err:
-        run_id = finished_run_id(uri, init_from)
-        raise CheckpointNotFound(f"pre-trained run {init_from} (MLflow run {run_id}): checkpoint artifact "
-                                 f"{schema.A_CHECKPOINT} does not load even when fetched again "
-                                 f"({str(err).splitlines()[0]}); "
-                                 + recreate_hint(init_from, uri, run_id, grid)) from None
-
-
-def recreate_hint(run_key: str, uri: str, run_id: str | None, grid: str | None = None) -> str:
-    """The commands that re-create a pre-training run whose checkpoint is gone (one line).
-
-    ``run-grid`` skips FINISHED run_keys, so a FINISHED run whose artifact is lost is deleted
-    first (``mlflow runs delete``: the survey and :func:`finished_run_id` see active runs only);
-    the grid is ``grid``, else the ``grid`` tag of any run with this key.
-    """
-    if grid is None:
-        try:
-            runs = _client(uri).search_runs([experiment_id(uri)], max_results=20,
-                                            filter_string=f"tags.{schema.T_RUN_KEY} = '{run_key}'")
-            grid = next((r.data.tags[schema.T_GRID] for r in runs if r.data.tags.get(schema.T_GRID)), None)
-        except Exception:  # noqa: BLE001 - a hint must never hide the real error
-            grid = None
-    rerun = f"repro run-grid --grid {grid or '<the grid that pre-trains it>'} --tracking-uri {uri}"
-    if run_id is None:
-        return f"re-create it with `{rerun}` (a grid trains its pre-training runs first)"
-    return (f"re-create it with `MLFLOW_TRACKING_URI={uri} mlflow runs delete --run-id {run_id}` "
-            f"(run-grid skips FINISHED runs) then `{rerun}`")
-
-
-def device_name(device: str) -> str:
-    """Human device name for the ``device`` tag (GPU model on CUDA, CPU model otherwise)."""
-    import torch
-
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    return platform.processor() or platform.machine() or "cpu"

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from repro import schema
 from repro.cli import app
-from repro.grid.launcher import Progress, _hms, task_phase
+from repro.grid.console import Progress, _hms, task_phase
 from repro.grid.worker import DataTask, UnitTask
 
 
@@ -73,11 +73,11 @@ def test_train_defaults_fit_a_cpu_and_the_cost_is_said_first() -> None:
 
 
 def test_dry_run_warns_when_a_grid_is_too_big_for_the_machine() -> None:
-    from repro.grid import launcher
+    from repro.grid import console
     from repro.grid.estimate import Estimate
 
-    small = launcher.cost_text(Estimate(unit_seconds={"u": 3600.0}), slots=2)
-    big = launcher.cost_text(Estimate(unit_seconds={"u": 39375 * 3600.0}), slots=2)
+    small = console.cost_text(Estimate(unit_seconds={"u": 3600.0}), slots=2)
+    big = console.cost_text(Estimate(unit_seconds={"u": 39375 * 3600.0}), slots=2)
     assert "warning" not in small and "wall time about 30:00" in small
     assert "warning: about 2.2 years of wall time here" in big, big
 

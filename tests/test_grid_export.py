@@ -9,7 +9,7 @@ import pytest
 from conftest import write_grid
 from typer.testing import CliRunner
 
-from repro import schema
+from repro import schema, tracking
 from repro.cli import app
 from repro.grid.launcher import Options, run_grid
 from repro.grid.plan import expand
@@ -38,7 +38,7 @@ def _tree(uri: str, keys) -> list[tuple]:
     out = []
     for key, state in store.key_states(uri, keys).items():
         parents = store.parents_of(uri, state.runs)
-        client = store.client(uri)
+        client = tracking.client(uri)
         for run in state.runs:
             parent = parents[run.data.tags[schema.T_PARENT_RUN_ID]]
             history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, schema.M_VAL_REL_L2)]
@@ -72,7 +72,7 @@ def test_export_copies_every_run_with_history_status_and_parents(source, tmp_pat
 
 
 def test_export_never_overwrites_and_copies_checkpoints_on_request(source, tmp_path: Path) -> None:
-    from repro.train.tracking import resolve_checkpoint
+    from repro.train.pretrained import resolve_checkpoint
 
     uri, plan, grid = source
     dst = tmp_path / "with-artifacts.db"
@@ -89,7 +89,7 @@ def test_export_never_overwrites_and_copies_checkpoints_on_request(source, tmp_p
 
 
 def test_an_interrupted_export_leaves_nothing_behind(source, tmp_path: Path, monkeypatch) -> None:
-    import repro.train.tracking as tracking
+    import repro.tracking as tracking
     from repro.grid.export import export_grid
     from repro.grid.store import key_states
 

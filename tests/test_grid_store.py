@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from repro import schema
+from repro import schema, tracking
 from repro.grid import store
 
 
@@ -76,16 +76,16 @@ def test_retrying_only_retries_lock_errors():
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return "ok"
 
-    assert store.retrying(flaky) == "ok" and len(calls) == 3
+    assert tracking.retrying(flaky) == "ok" and len(calls) == 3
     with pytest.raises(ValueError):
-        store.retrying(lambda: (_ for _ in ()).throw(ValueError("other")))
+        tracking.retrying(lambda: (_ for _ in ()).throw(ValueError("other")))
 
 
 def test_reap_and_record_on_a_real_store(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from repro.config import DatasetSpec, RunSpec
-    from repro.train.tracking import experiment_id, init_store
+    from repro.tracking import experiment_id, init_store
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     init_store(uri)
@@ -102,7 +102,7 @@ def test_reap_and_record_on_a_real_store(tmp_path):
     assert list(reaped) == [orphan]
     run = c.get_run(orphan)
     assert run.info.status == schema.KILLED and "launcher" in run.data.tags[schema.T_FAILURE_REASON]
-    rid = store.record_failed(uri, spec, "pre-training run abc failed", grid="g", role="downstream",
+    rid = tracking.record_failed(uri, spec, "pre-training run abc failed", grid="g", role="downstream",
                               parent_run_id=parent)
     run = c.get_run(rid)
     assert run.info.status == schema.FAILED and run.data.params["data.pde"] == "poisson"

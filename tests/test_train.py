@@ -19,8 +19,9 @@ from repro.data.normalise import build_inputs
 from repro.data.subsets import nested_subset
 from repro.models import FNO, load_members
 from repro.models.checkpoint import load_checkpoint
-from repro.train import tracking
+from repro import tracking
 from repro.ensembles import batch_key, ensemble_cap, group_specs
+from repro.train import pretrained
 from repro.train.engine import execute
 from repro.train.loop import EnsembleData, Schedule, evaluate, train_ensemble
 from repro.train.optim import EnsembleAdam, cosine_factor
@@ -145,7 +146,7 @@ def test_mlflow_round_trip_params_metrics_artifacts(store) -> None:
     assert run.data.metrics[schema.M_N_PARAMS] > 0
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert schema.A_PREDICTIONS in artifacts
-    local = tracking.resolve_checkpoint(spec.run_key, store["uri"])
+    local = pretrained.resolve_checkpoint(spec.run_key, store["uri"])
     raw = torch.load(local, weights_only=True)  # plain tensors and primitives only
     assert isinstance(raw, dict)
     checkpoint = load_checkpoint(local)
@@ -157,7 +158,7 @@ def test_zero_shot_equals_evaluating_the_loaded_model(store) -> None:
                    init_from=store["pretrain"].run_key)
     (outcome,) = execute([spec], tracking_uri=store["uri"], data_dir=store["data_dir"], progress=False)
     assert outcome.status == schema.FINISHED, outcome.failure_reason
-    checkpoint = load_checkpoint(tracking.resolve_checkpoint(store["pretrain"].run_key, store["uri"]))
+    checkpoint = load_checkpoint(pretrained.resolve_checkpoint(store["pretrain"].run_key, store["uri"]))
     from repro.data.normalise import Normaliser
 
     x, y = _split_tensors(DOWN, "test", store["data_dir"], Normaliser.from_dict(checkpoint.normaliser))
@@ -170,7 +171,7 @@ def test_zero_shot_equals_evaluating_the_loaded_model(store) -> None:
 
 
 def test_transfer_starts_from_the_checkpoint_predictions(store) -> None:
-    checkpoint = load_checkpoint(tracking.resolve_checkpoint(store["pretrain"].run_key, store["uri"]))
+    checkpoint = load_checkpoint(pretrained.resolve_checkpoint(store["pretrain"].run_key, store["uri"]))
     single = FNO(checkpoint.model_spec, seeds=[0])
     load_members(single, checkpoint.state)
     ensemble = FNO(checkpoint.model_spec, members=3, seeds=[5, 6, 7])
@@ -243,7 +244,7 @@ def test_a_damaged_cached_checkpoint_is_fetched_again(store, tmp_path: Path, cap
     import zipfile
 
     uri, pre, _ = _fresh_pretrain(tmp_path, store)
-    cached = tracking.resolve_checkpoint(pre.run_key, uri)
+    cached = pretrained.resolve_checkpoint(pre.run_key, uri)
     whole = cached.read_bytes()
     transfer = dict(arm="transfer", data=DOWN, model="xxs", n_train=8, lr=1e-3, epochs=1, init_from=pre.run_key)
 
@@ -257,7 +258,7 @@ def test_a_damaged_cached_checkpoint_is_fetched_again(store, tmp_path: Path, cap
 
     with zipfile.ZipFile(cached, "w") as z:  # a whole archive that is no checkpoint: only loading tells
         z.writestr("junk", b"x")
-    checkpoint = tracking.load_pretrained(pre.run_key, uri)
+    checkpoint = pretrained.load_pretrained(pre.run_key, uri)
     assert checkpoint.model_spec == pre.model_spec and cached.read_bytes() == whole
     (outcome,) = execute([RunSpec(seed=1, **transfer)], tracking_uri=uri, data_dir=store["data_dir"], progress=False)
     assert outcome.status == schema.FINISHED, outcome.failure_reason
@@ -269,7 +270,7 @@ def test_a_lost_checkpoint_says_how_to_recreate_it(store, tmp_path: Path) -> Non
     import shlex
 
     uri, pre, run_id = _fresh_pretrain(tmp_path, store)
-    cached = tracking.resolve_checkpoint(pre.run_key, uri)
+    cached = pretrained.resolve_checkpoint(pre.run_key, uri)
     artifact = Path(MlflowClient(uri).get_run(run_id).info.artifact_uri.removeprefix("file://")) / schema.A_CHECKPOINT
     artifact.unlink()
     cached.unlink()
@@ -281,14 +282,14 @@ def test_a_lost_checkpoint_says_how_to_recreate_it(store, tmp_path: Path) -> Non
     delete = f"`MLFLOW_TRACKING_URI={uri} mlflow runs delete --run-id {run_id}`"
     assert delete in reason and f"`repro run-grid --grid down --tracking-uri {uri}`" in reason, reason
     # Without a grid of its own the hint falls back to the pre-training run's grid tag.
-    with pytest.raises(tracking.CheckpointNotFound, match="run-grid --grid ckpt-heal "):
-        tracking.load_pretrained(pre.run_key, uri, cache_dir=tmp_path / "other-cache")
+    with pytest.raises(pretrained.CheckpointNotFound, match="run-grid --grid ckpt-heal "):
+        pretrained.load_pretrained(pre.run_key, uri, cache_dir=tmp_path / "other-cache")
     # Doing what it says: delete the run (as `mlflow runs delete` does), train it again.
     env_uri, command = delete.strip("`").split(" ", 1)
     assert env_uri == f"MLFLOW_TRACKING_URI={uri}" and shlex.split(command)[:3] == ["mlflow", "runs", "delete"]
     MlflowClient(uri).delete_run(run_id)
-    with pytest.raises(tracking.CheckpointNotFound, match=f"{pre.run_key}: no FINISHED run.*repro run-grid --grid"):
-        tracking.resolve_checkpoint(pre.run_key, uri)
+    with pytest.raises(pretrained.CheckpointNotFound, match=f"{pre.run_key}: no FINISHED run.*repro run-grid --grid"):
+        pretrained.resolve_checkpoint(pre.run_key, uri)
     (again,) = execute([pre], tracking_uri=uri, data_dir=store["data_dir"], progress=False, grid="ckpt-heal")
     assert again.status == schema.FINISHED
     (outcome,) = execute([spec], tracking_uri=uri, data_dir=store["data_dir"], progress=False, grid="down")
@@ -509,7 +510,7 @@ def test_runs_record_convergence_and_compute_and_collect_reads_them(store) -> No
     assert row_zero[schema.M_SAMPLE_STEPS] == 0 and row_zero[schema.M_FLOPS] == pytest.approx(per_sample * 16)
     assert row_zero[schema.M_PRETRAIN_FLOPS] == pytest.approx(row_pre[schema.M_FLOPS])
     # A checkpoint written before compute was recorded: NaN, not a failure.
-    old = load_checkpoint(tracking.resolve_checkpoint(pre.run_key, store["uri"]))
+    old = load_checkpoint(pretrained.resolve_checkpoint(pre.run_key, store["uri"]))
     assert old.meta[schema.M_FLOPS] == pytest.approx(row_pre[schema.M_FLOPS])
     result = EnsembleResult(best_val=[0.1], best_epoch=[1], failure=[None], train_seconds=1.0, samples_seen=8)
     metrics = compute_metrics(short, result, "fast", dataclasses.replace(old, meta={}))

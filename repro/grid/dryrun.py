@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from repro.grid import estimate, launcher
+from repro.grid import console, estimate, launcher
 from repro.grid.plan import Plan
 
 
@@ -36,7 +36,7 @@ def dry_run(plan: Plan, uri: str, opts: DryRunOptions, *, echo: Callable[[str], 
             warn: Callable[[str], None], progress: bool = True) -> None:
     """Print ``plan``'s summary against ``uri``, then its estimated cost (or why there is none)."""
     sv = launcher.survey(plan, uri, reap=False, stale_after=opts.stale_after)
-    echo(launcher.plan_text(plan, sv, device=opts.device, max_members=opts.max_members))
+    echo(console.plan_text(plan, sv, device=opts.device, max_members=opts.max_members))
     if not opts.calibrate:
         return
     done = set(sv.finished)
@@ -51,4 +51,4 @@ def dry_run(plan: Plan, uri: str, opts: DryRunOptions, *, echo: Callable[[str], 
         calibrate_here=opts.device_here, progress=progress)
     if opts.remote and opts.device_here and not done:
         est.source += ", timed on this machine: the compute nodes may differ"
-    echo(launcher.cost_text(est, slots=opts.slots, device=opts.device))
+    echo(console.cost_text(est, slots=opts.slots, device=opts.device))

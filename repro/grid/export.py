@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from repro import tracking
 from repro.grid import store
 from repro.grid.plan import Plan
 
@@ -39,18 +40,18 @@ def export_grid(plan: Plan, src_uri: str, dst: Path, *, artifacts: bool = False,
 
     Raises
     ------
-    store.StoreError
+    tracking.StoreError
         ``dst`` exists (an export never overwrites a store) or the grid has no runs.
     """
-    from repro.train import tracking
+    from repro import tracking
 
     dst = Path(dst)
     if dst.exists():
-        raise store.StoreError(f"{dst}: already exists; an export never overwrites a store (choose a new path)")
+        raise tracking.StoreError(f"{dst}: already exists; an export never overwrites a store (choose a new path)")
     _check_writable_folder(dst)
     parents, children = grid_runs(plan, src_uri)
     if not children:
-        raise store.StoreError(f"grid {plan.grid.label!r}: no runs in {src_uri}")
+        raise tracking.StoreError(f"grid {plan.grid.label!r}: no runs in {src_uri}")
     # Written under a temporary name and renamed when complete: an interrupted export leaves no
     # half store at ``dst`` (and so never blocks the next attempt).  The name is new per attempt:
     # MLflow caches its database engine (and we the experiment id) per URI.
@@ -84,7 +85,7 @@ def _check_writable_folder(dst: Path) -> None:
     folder = dst.resolve().parent
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
-        raise store.StoreError(f"{dst}: {existing} is a file, not a folder")
+        raise tracking.StoreError(f"{dst}: {existing} is a file, not a folder")
     if existing is None or not os.access(existing, os.W_OK | os.X_OK) or str(existing).startswith(("/proc", "/sys")):
-        raise store.StoreError(f"{dst}: cannot write in {existing or folder} (choose a writable folder)")
+        raise tracking.StoreError(f"{dst}: cannot write in {existing or folder} (choose a writable folder)")
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 from repro import schema
+from repro import tracking
 from repro.config import DatasetSpec
 from repro.grid import store
 from repro.grid.plan import Plan, PlannedRun, Unit
@@ -141,7 +142,7 @@ class Ledger:
     def block(self, task: UnitTask, reason: str) -> None:
         """A dependency of ``task`` broke: each of its runs is recorded FAILED with ``reason``."""
         for spec in task.specs:
-            store.record_failed(self.uri, spec, reason, grid=self.plan.grid.label, role=self.plan[spec.run_key].role,
+            tracking.record_failed(self.uri, spec, reason, grid=self.plan.grid.label, role=self.plan[spec.run_key].role,
                                 parent_run_id=self.parent_run_id)
             self.fail(spec.run_key, reason)
 

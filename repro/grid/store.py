@@ -19,9 +19,10 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping
 
 from repro import schema
+from repro.tracking import client, retrying, search_runs, set_tags
 
 T_WORKER = schema.T_GRID_WORKER
 T_LAUNCHER = schema.T_GRID_LAUNCHER
@@ -32,37 +33,6 @@ T_EXECUTOR = schema.T_GRID_EXECUTOR
 STALE_AFTER_S = 600.0
 HEARTBEAT_S = 20.0
 
-_T = TypeVar("_T")
-
-
-class StoreError(RuntimeError):
-    """The tracking store cannot be read or written (unreachable server, bad URI)."""
-
-
-def retrying(fn: Callable[[], _T], *, attempts: int = 12, what: str = "MLflow call") -> _T:
-    """Call ``fn`` again (with backoff) when a shared SQLite store says "database is locked".
-
-    SQLite serialises writers; under many concurrent workers a write can time out even in WAL
-    mode.  Any other error propagates at once.
-    """
-    delay = 0.05
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except Exception as err:  # noqa: BLE001 - only lock contention is retried
-            text = str(err).lower()
-            if attempt == attempts - 1 or not ("database is locked" in text or "database table is locked" in text
-                                               or "busy" in text):
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
-    raise AssertionError("unreachable")
-
-
-def client(uri: str):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
 
 
 def prepare_sqlite(uri: str) -> None:
@@ -152,21 +122,6 @@ class KeyState:
             return schema.RUNNING
         bad = self.last_failure
         return bad.info.status if bad is not None else "MISSING"
-
-
-def search_runs(uri: str, filter_string: str, *, max_results: int = 5000) -> list[Any]:
-    from repro.train.tracking import experiment_id
-
-    c = client(uri)
-    out: list[Any] = []
-    token = None
-    while True:
-        page = retrying(lambda: c.search_runs([experiment_id(uri)], filter_string=filter_string,
-                                              max_results=max_results, page_token=token))
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
 
 
 def key_states(uri: str, keys: Iterable[str]) -> dict[str, KeyState]:
@@ -433,45 +388,17 @@ def claim(uri: str, mine: Mapping[str, str], *, settle_s: float = CLAIM_SETTLE_S
 
 def beat_runs(uri: str, parent_run_id: str | None, keys: Iterable[str], identity: str) -> int:
     """Tag the RUNNING runs of ``keys`` under ``parent_run_id`` with this worker and a fresh heartbeat."""
-    from mlflow.entities import RunTag
-
     wanted = set(keys)
     flt = "attributes.status = 'RUNNING'"
     if parent_run_id:
         flt += f" and tags.`{schema.T_PARENT_RUN_ID}` = '{parent_run_id}'"
-    c = client(uri)
     n = 0
     now = f"{time.time():.0f}"
     for run in search_runs(uri, flt):
         if run.data.tags.get(schema.T_RUN_KEY) in wanted:
-            tags = [RunTag(T_HEARTBEAT, now)]
+            tags = {T_HEARTBEAT: now}
             if run.data.tags.get(T_WORKER) != identity:
-                tags.append(RunTag(T_WORKER, identity))
-            retrying(lambda: c.log_batch(run.info.run_id, tags=tags))
+                tags[T_WORKER] = identity
+            set_tags(uri, run.info.run_id, tags)
             n += 1
     return n
-
-
-def record_failed(uri: str, spec: Any, reason: str, *, grid: str, role: str, parent_run_id: str | None) -> str:
-    """Record a run that was never launched (its pre-training or dataset failed) as FAILED.
-
-    Same params and tags as the engine's runs, so analysis lists it among the exclusions.
-    """
-    from mlflow.entities import Param, RunTag
-
-    from repro.config import flatten, run_name
-    from repro.train.tracking import experiment_id
-
-    c = client(uri)
-    tags = {schema.T_RUN_KEY: spec.run_key, schema.T_GRID: grid, schema.T_ROLE: role,
-            schema.T_FAILURE_REASON: reason[:4000]}
-    if parent_run_id:
-        tags[schema.T_PARENT_RUN_ID] = parent_run_id
-    run = retrying(lambda: c.create_run(experiment_id(uri),
-                                        run_name=run_name(spec, role),
-                                        tags=tags))
-    rid = run.info.run_id
-    params = [Param(k, str(v)) for k, v in flatten(spec).items()]
-    retrying(lambda: c.log_batch(rid, params=params, tags=[RunTag(k, v) for k, v in tags.items()]))
-    retrying(lambda: c.set_terminated(rid, status=schema.FAILED))
-    return rid

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import platform
 import tempfile
 import time
 import traceback
@@ -38,7 +39,9 @@ from repro.data.subsets import nested_subset
 from repro.models import FNO, load_members, member_state, resolve_spectral
 from repro.models.fno import check_precision
 from repro.models.checkpoint import Checkpoint, CheckpointError, save_checkpoint
-from repro.train import tracking
+from repro import tracking
+from repro.train import pretrained
+from repro.train.preview import plot_predictions
 from repro.train.loop import (EnsembleData, EnsembleResult, EpochReport, Schedule, divergence_reason, evaluate,
                               train_ensemble)
 
@@ -159,7 +162,7 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
                    claim: Callable[[Mapping[str, str]], Mapping[str, str]] | None) -> list[RunOutcome]:
     started = time.perf_counter()
     extra = _model_params(group[0], spectral, precision)
-    tags = {**extra_tags, schema.T_DEVICE: tracking.device_name(str(device))}
+    tags = {**extra_tags, schema.T_DEVICE: device_name(str(device))}
     if schema.T_GRID_HEARTBEAT in tags:  # fresh on every claim (an OOM retry's comes much later)
         tags[schema.T_GRID_HEARTBEAT] = f"{time.time():.0f}"
     if grid:
@@ -237,7 +240,7 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
                 fail_all(f"out of memory with {len(group)} runs in one ensemble; retried in smaller ensembles")
                 raise _OutOfMemory(finished + elsewhere) from err  # neither is retried
             fail_all(f"out of memory: {_one_line(err)}")
-        elif isinstance(err, (tracking.CheckpointNotFound, CheckpointError)):
+        elif isinstance(err, (pretrained.CheckpointNotFound, CheckpointError)):
             fail_all(str(err).splitlines()[0])  # the message already names the checkpoint
         else:
             where = traceback.extract_tb(err.__traceback__)[-1]
@@ -256,7 +259,7 @@ def _model_params(spec: RunSpec, spectral: str, precision: str) -> dict[str, obj
 def _load_source(spec: RunSpec, tracking_uri: str, grid: str | None = None) -> _Source:
     """Resolve and load the pre-trained checkpoint (a damaged cached copy is fetched again);
     check that it fits this run's data."""
-    checkpoint = tracking.load_pretrained(spec.init_from, tracking_uri, grid=grid)
+    checkpoint = pretrained.load_pretrained(spec.init_from, tracking_uri, grid=grid)
     upstream = DatasetSpec(**checkpoint.data_spec)
     want = spec.model_spec
     have = checkpoint.model_spec
@@ -367,6 +370,15 @@ def _epoch_status(report: EpochReport) -> str:
     return status
 
 
+def device_name(device: str) -> str:
+    """Human device name for the ``device`` tag (GPU model on CUDA, CPU model otherwise)."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return platform.processor() or platform.machine() or "cpu"
+
+
 def compute_metrics(spec: RunSpec, results: EnsembleResult, spectral: str,
                     source: Checkpoint | None = None) -> dict[str, float]:
     """Compute spent by one member: samples processed and analytic FLOPs (repro.flops).
@@ -419,7 +431,7 @@ def _record_success(spec: RunSpec, m: int, model: FNO, normaliser: Normaliser, p
                               schema.M_SAMPLE_STEPS: compute[schema.M_SAMPLE_STEPS]})
         rec.log_artifact(ckpt, str(Path(schema.A_CHECKPOINT).parent))
         png = Path(tmp) / schema.A_PREDICTIONS
-        _plot_predictions(preview.source, preview.target, preview.pred[m], png)
+        plot_predictions(preview.source, preview.target, preview.pred[m], png)
         rec.log_artifact(png)
 
 
@@ -439,27 +451,4 @@ def _preview(model: FNO, test: _Split, n_samples: int = 3) -> _Preview:
         pred = model(x.unsqueeze(0).expand(model.members, *x.shape))  # (M, k, n, n), one pass for all members
     return _Preview(source=x[:, 0].cpu().numpy(), target=test.targets[:k].cpu().numpy(),
                     pred=pred.float().cpu().numpy())
-
-
-def _plot_predictions(source: np.ndarray, target: np.ndarray, pred: np.ndarray, path: Path) -> None:
-    """Source / target / prediction / error per test sample (rows), as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = source.shape[0]
-    fig, axes = plt.subplots(k, 4, figsize=(10, 2.5 * k), squeeze=False)
-    for i in range(k):
-        panels = (("source (normalised)", source[i]), ("target u", target[i]), ("prediction", pred[i]),
-                  ("error", pred[i] - target[i]))
-        for j, (title, image) in enumerate(panels):
-            ax = axes[i, j]
-            shown = ax.imshow(image, origin="lower", cmap="RdBu_r" if j == 3 else "viridis")
-            fig.colorbar(shown, ax=ax, fraction=0.046)
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
 

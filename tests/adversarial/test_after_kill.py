@@ -8,10 +8,11 @@ import time
 from conftest import write_grid
 
 from repro import schema
-from repro.grid import launcher, store
+from repro import tracking
+from repro.grid import console, launcher, store
 from repro.grid.plan import expand
 from repro.grid.plan import load_grid
-from repro.train.tracking import experiment_id, init_store
+from repro.tracking import experiment_id, init_store
 
 
 def test_dead_owner_is_stale_in_status_and_its_parent_is_closed(tmp_path):
@@ -19,7 +20,7 @@ def test_dead_owner_is_stale_in_status_and_its_parent_is_closed(tmp_path):
     init_store(uri)
     plan = expand(load_grid(write_grid(tmp_path / "g.toml", "killed")))
     dead = f"{store.process_identity().rsplit(':', 2)[0]}:999999999:1"  # this host, no such process
-    c = store.client(uri)
+    c = tracking.client(uri)
     parent = c.create_run(experiment_id(uri), tags={schema.T_GRID: "killed", schema.T_ROLE: schema.ROLE_GRID,
                                                     store.T_LAUNCHER: dead, store.T_EXECUTOR: "local",
                                                     store.T_HEARTBEAT: f"{time.time():.0f}"}).info.run_id
@@ -29,7 +30,7 @@ def test_dead_owner_is_stale_in_status_and_its_parent_is_closed(tmp_path):
 
     rep = launcher.grid_status(plan, uri)
     assert key in rep.stale and key not in rep.running
-    text = launcher.status_text(rep)
+    text = console.status_text(rep)
     assert "1 stale (owner gone)" in text and "0 running" in text, text
     assert c.get_run(parent).info.status == schema.RUNNING  # status reads, it never writes
 

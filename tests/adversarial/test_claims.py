@@ -10,19 +10,20 @@ from __future__ import annotations
 import time
 
 from repro import schema
+from repro import tracking
 from repro.grid import store
-from repro.train.tracking import experiment_id, init_store
+from repro.tracking import experiment_id, init_store
 
 
 def _claim_run(uri: str, key: str, start_ms: int) -> str:
-    c = store.client(uri)
+    c = tracking.client(uri)
     tags = {schema.T_RUN_KEY: key, store.T_WORKER: store.process_identity(),
             store.T_HEARTBEAT: f"{time.time():.0f}"}
     return c.create_run(experiment_id(uri), start_time=start_ms, tags=tags).info.run_id
 
 
 def _alive(uri: str, run_id: str) -> bool:
-    return store.client(uri).get_run(run_id).info.lifecycle_stage == "active"
+    return tracking.client(uri).get_run(run_id).info.lifecycle_stage == "active"
 
 
 def test_claim_orders(tmp_path):
@@ -47,7 +48,7 @@ def test_claim_orders(tmp_path):
     mine = _claim_run(uri, "k-withdraws", now - 1000)
     rival = _claim_run(uri, "k-withdraws", now)
     lost = store.claim(uri, {"k-withdraws": mine}, settle_s=0,
-                       sleep=lambda _s: store.client(uri).delete_run(rival))
+                       sleep=lambda _s: tracking.client(uri).delete_run(rival))
     assert lost == {} and _alive(uri, mine)
 
     # A rival that sorts last but stays (it may not have seen this claim): this claim withdraws,
@@ -60,12 +61,12 @@ def test_claim_orders(tmp_path):
 
     # A finished run of the key: lost, whatever the order.
     done = _claim_run(uri, "k-done", now - 5000)
-    store.client(uri).set_terminated(done, status=schema.FINISHED)
+    tracking.client(uri).set_terminated(done, status=schema.FINISHED)
     mine = _claim_run(uri, "k-done", now)
     assert "finished it" in store.claim(uri, {"k-done": mine}, settle_s=0)["k-done"]
 
     # A rival whose owner is dead (a stale claim) does not block.
-    dead = store.client(uri).create_run(experiment_id(uri), start_time=now - 9000, tags={
+    dead = tracking.client(uri).create_run(experiment_id(uri), start_time=now - 9000, tags={
         schema.T_RUN_KEY: "k-stale", store.T_WORKER: f"{store.process_identity().rsplit(':', 2)[0]}:999999999:1"})
     mine = _claim_run(uri, "k-stale", now)
     assert store.claim(uri, {"k-stale": mine}, settle_s=0) == {}

@@ -9,7 +9,7 @@ from analysis.collect import StoreError, _one_plan_per_label, collect_runs
 from repro import schema
 from repro.grid.plan import expand
 from repro.grid.plan import load_grid
-from repro.train.tracking import _client, experiment_id, init_store
+from repro.tracking import client, experiment_id, init_store
 
 
 def test_one_label_two_plans_is_refused(tmp_path):
@@ -18,7 +18,7 @@ def test_one_label_two_plans_is_refused(tmp_path):
     a = expand(load_grid(write_grid(tmp_path / "a.toml", "twins", seeds="[0]")))
     b = expand(load_grid(write_grid(tmp_path / "b.toml", "twins", seeds="[0, 1]")))
     assert a.plan_hash != b.plan_hash and a.plan_hash == expand(load_grid(tmp_path / "a.toml")).plan_hash
-    c = _client(uri)
+    c = client(uri)
     exp = experiment_id(uri)
     for plan in (a,):
         c.create_run(exp, tags={schema.T_ROLE: schema.ROLE_GRID, schema.T_GRID: "twins",

@@ -67,7 +67,7 @@ def test_refused_and_silent_tracking_servers(tmp_path: Path) -> None:
 def test_bad_export_destinations_and_ui_port(tmp_path: Path) -> None:
     runner = CliRunner()
     store = tmp_path / "mlflow.db"
-    from repro.train.tracking import init_store
+    from repro.tracking import init_store
 
     init_store(f"sqlite:///{store}")
     a_file = tmp_path / "file"
