@@ -80,3 +80,23 @@ def test_estimate_from_finished_runs_alone_recovers_their_throughput():
     assert est.device_seconds == pytest.approx(unit_seconds(list(todo[0].specs), tp))
     assert len(est.not_estimated) == 1  # no xs run finished: nothing to measure it by
     assert "finished runs" in est.source
+
+
+def test_the_calibration_proxy_of_every_shipped_size_is_a_valid_run() -> None:
+    """When not even the cheapest size fits the budget, a lower resolution stands in for it: never
+    below what the model's modes allow (resolution >= 2 m), and with a shorter timing at that
+    floor -- paper-e1's l (m = 32) at 128² is timed at 64², batch 4."""
+    from repro.grid.plan import load_plan
+    from repro.grid.spec import shipped_grids
+
+    seen = set()
+    for name in shipped_grids():
+        for unit in load_plan(name).units(device="cpu"):
+            head = unit.specs[0]
+            if estimate._tp_key(head) in seen:
+                continue
+            seen.add(estimate._tp_key(head))
+            proxy, batch, repeats = estimate._proxy(head, None, "cpu", rate=1e9, budget_s=1e-3)
+            assert proxy.data.resolution >= max(16, 2 * proxy.model_spec.n_modes)
+            assert proxy.model == head.model and (batch, repeats) == (4, 1)
+    assert any(model == "l" for model, _, _ in seen)

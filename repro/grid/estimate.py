@@ -253,17 +253,18 @@ def calibrate_sizes(specs: Iterable[RunSpec], *, device: str = "cpu", fast: bool
             timed.append((flops, cache[key]))
             bar.advance()
         if not timed and extrapolated:  # not even the cheapest fits: time it at a lower resolution
-            proxy = _proxy(by_key[extrapolated[0]], fast, device, rate, budget_s)
+            proxy, proxy_batch, repeats = _proxy(by_key[extrapolated[0]], fast, device, rate, budget_s)
             bar.update(status=f"{proxy.model} {proxy.data.resolution}² (proxy)")
             timed.append((_forward_flops(proxy, fast, device),
-                          calibrate(proxy, device=device, fast=fast, threads=threads, precision=precision)))
+                          calibrate(proxy, device=device, fast=fast, threads=threads, precision=precision,
+                                    batch=proxy_batch, repeats=repeats)))
     for key in extrapolated:
         flops = _forward_flops(by_key[key], fast, device)
         ref_flops, ref = max(timed, key=lambda ft: (ft[0] <= flops, ft[0]))
         cache[key] = _extrapolate(ref, ref_flops, flops)
     n_timed = len(todo) - len(extrapolated)
     source = f"calibration: {n_timed} size(s) timed in {spent:.0f} s" if n_timed else \
-        f"calibration: {proxy.model} timed at {proxy.data.resolution}² as a proxy"
+        f"calibration: {proxy.model} timed at {proxy.data.resolution}² (batch {proxy_batch}) as a proxy"
     if extrapolated:
         names = ", ".join(dict.fromkeys(f"{k[0]} at {k[1]}²" for k in extrapolated))
         source += (f", {len(extrapolated)} size(s) extrapolated by FLOPs ({names}: timing them would take more "
@@ -271,17 +272,22 @@ def calibrate_sizes(specs: Iterable[RunSpec], *, device: str = "cpu", fast: bool
     return cache, source
 
 
-def _proxy(spec: RunSpec, fast: bool | None, device: str, rate: float, budget_s: float) -> RunSpec:
-    """``spec`` at the highest power-of-two resolution (>= 16) whose timing fits the budget."""
+def _proxy(spec: RunSpec, fast: bool | None, device: str, rate: float, budget_s: float) -> tuple[RunSpec, int, int]:
+    """``spec`` at the highest power-of-two resolution its modes allow (>= 2 m, >= 16) whose timing
+    fits half the budget, with the (batch, repeats) to time it at; at the lowest such resolution
+    a short timing (batch 4, once) when even the full one would not fit."""
     import dataclasses
 
+    def at(res: int) -> RunSpec:
+        return dataclasses.replace(spec, data=dataclasses.replace(spec.data, resolution=res))
+
+    floor = max(16, 2 * spec.model_spec.n_modes)
     res = spec.data.resolution
-    while res > 16:
+    while res // 2 >= floor:
         res //= 2
-        proxy = dataclasses.replace(spec, data=dataclasses.replace(spec.data, resolution=res))
-        if _CALIBRATION_FORWARDS * _forward_flops(proxy, fast, device) / rate <= budget_s / 2:
-            return proxy
-    return dataclasses.replace(spec, data=dataclasses.replace(spec.data, resolution=16))
+        if _CALIBRATION_FORWARDS * _forward_flops(at(res), fast, device) / rate <= budget_s / 2:
+            return at(res), 32, 3
+    return at(res), 4, 1
 
 
 def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = None, precision: str = "fp32",
