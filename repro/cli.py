@@ -38,6 +38,9 @@ def main() -> None:
         os.environ[ENV_DEBUG] = "1"
     if len(sys.argv) > 1 and sys.argv[1] in _READ_COMMANDS:
         _bound_store_requests()
+    from repro.tracking import quiet_store_logs
+
+    quiet_store_logs()
     try:
         app(prog_name="repro")
     except Exception as err:  # noqa: BLE001 - the last line of defence of a command-line tool

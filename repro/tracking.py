@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import platform
 import subprocess
 import tempfile
@@ -38,6 +39,31 @@ _T = TypeVar("_T")
 class StoreError(RuntimeError):
     """The tracking store cannot be read or written (unreachable server, bad URI, no such store
     or grid); its message is one line for the CLI."""
+
+
+#: What a store says when its disk is full (SQLite; a file artifact store; PostgreSQL).
+_FULL = ("database or disk is full", "no space left on device", "could not extend file", "disk full")
+
+
+def store_is_full(err: BaseException | str | None) -> bool:
+    """Whether ``err`` (an exception, its chain, or a worker's error text) says the disk is full."""
+    seen = 0
+    while err is not None and seen < 8:
+        text = str(err).lower()
+        if any(marker in text for marker in _FULL) or getattr(err, "errno", None) == 28:  # ENOSPC
+            return True
+        if isinstance(err, str):
+            return False
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return False
+
+
+def quiet_store_logs() -> None:
+    """MLflow logs a full traceback (at ERROR) for every failed SQL commit before it raises; the
+    error itself reaches the user as one line, so its log stays off the console (--debug keeps it)."""
+    if not os.environ.get("REPRO_DEBUG"):
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def client(uri: str):

@@ -122,6 +122,7 @@ def run_grid(plan: Plan, opts: Options, *, console: Any = None, live: bool | Non
                         grid=plan.grid.label, parent_run_id=parent, max_members=opts.max_members,
                         heartbeat_s=opts.heartbeat_s, precision=opts.precision, stale_after=opts.stale_after)
     status = schema.FAILED
+    stopped: str | None = None  # why the invocation stopped early (its runs are then closed KILLED)
     try:
         if executor == "slurm":
             from repro.grid.slurm import run_slurm
@@ -131,19 +132,40 @@ def run_grid(plan: Plan, opts: Options, *, console: Any = None, live: bool | Non
             _run_local(plan, todo, finished, settings, opts, outcome, console=console, live=live, costs=costs)
         status = schema.FINISHED if outcome.ok else schema.FAILED
     except KeyboardInterrupt:
-        status = schema.KILLED
+        status, stopped = schema.KILLED, "interrupted: the launcher was stopped"
         raise
+    except Exception as err:
+        if not tracking.store_is_full(err):
+            raise
+        status, stopped = schema.KILLED, "the store's disk is full"
+        raise tracking.StoreError(_full_store_text(uri, err, _close_runs(uri, parent, todo, stopped))) from None
     finally:
-        from repro.tracking import end_run
-
-        if status == schema.KILLED:
-            try:
-                store.kill_orphans(uri, parent, todo, "interrupted: the launcher was stopped")
-            except Exception:  # noqa: BLE001 - the next invocation reaps them anyway
-                pass
-        tracking.retrying(lambda: end_run(uri, parent, status))
+        if stopped and status == schema.KILLED and "full" not in stopped:
+            _close_runs(uri, parent, todo, stopped)
+        try:
+            tracking.retrying(lambda: tracking.end_run(uri, parent, status))
+        except Exception:  # noqa: BLE001 - stopping anyway: the next invocation closes a dead launcher's run
+            if not stopped:
+                raise
         outcome.wall_seconds = time.monotonic() - t0
     return outcome
+
+
+def _close_runs(uri: str, parent: str, keys: list[str], reason: str) -> int | None:
+    """Mark this invocation's RUNNING runs KILLED; None when the store refuses (the next
+    invocation then marks them: their launcher is gone)."""
+    try:
+        return len(store.kill_orphans(uri, parent, keys, reason))
+    except Exception:  # noqa: BLE001 - best effort: the next invocation reaps them anyway
+        return None
+
+
+def _full_store_text(uri: str, err: BaseException, closed: int | None) -> str:
+    first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    runs = (f"{closed} running run(s) marked KILLED" if closed is not None else
+            "its running runs could not be closed (the next run-grid marks them KILLED)")
+    return (f"MLflow store {uri}: the disk is full ({first.strip()[:200]}); the grid stopped, {runs}, finished "
+            "runs are kept: free space and run the grid again")
 
 
 def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settings, opts: Options,

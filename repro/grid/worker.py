@@ -166,6 +166,9 @@ def pool_worker(conn: Any, env: Mapping[str, str], settings: Settings) -> None:
     """
     os.environ.update(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides how to stop
+    from repro.tracking import quiet_store_logs
+
+    quiet_store_logs()
     _die_with_parent()
     threads = env.get("OMP_NUM_THREADS")
     if threads:
