@@ -268,6 +268,8 @@ def train(
         from repro.models.checkpoint import CheckpointError
         from repro.train import pretrained
 
+        if not Path(from_).expanduser().is_file() and not pretrained.is_run_key(from_):  # before the store is touched
+            fail(f"--from {from_!r}: no such checkpoint file, and not a run_key (16 hex digits)")
         try:
             tracking.init_store(uri)
             checkpoint = pretrained.load_pretrained(from_, uri)  # a damaged cached copy is fetched again

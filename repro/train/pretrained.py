@@ -20,6 +20,11 @@ _RUN_KEY_RE = re.compile(r"^[0-9a-f]{16}$")
 log = logging.getLogger("repro.train")
 
 
+def is_run_key(text: str) -> bool:
+    """Whether ``text`` has the form of a run_key (16 lowercase hex digits)."""
+    return bool(_RUN_KEY_RE.match(text))
+
+
 class CheckpointNotFound(ValueError):
     """``init_from`` names a run_key or path that has no usable checkpoint."""
 
@@ -44,7 +49,7 @@ def resolve_checkpoint(init_from: str, uri: str, cache_dir: Path | None = None, 
     path = Path(init_from).expanduser()
     if path.is_file():
         return path
-    if not _RUN_KEY_RE.match(init_from):
+    if not is_run_key(init_from):
         raise CheckpointNotFound(f"pre-trained checkpoint {init_from!r}: no such file, and not a run_key (16 hex digits)")
     run_id = tracking.finished_run_id(uri, init_from)
     if run_id is None:
