@@ -195,7 +195,8 @@ def _check_precision(precision: str, device: str, fast: bool | None) -> None:
 
 
 def autodetect_device() -> str:
-    """``cuda`` when a GPU is visible, else ``cpu`` (only the CLI autodetects)."""
+    """``cuda`` when a GPU is visible, else ``cpu`` (``repro train``; run-grid resolves its own
+    device with :func:`repro.grid.resources.resolve`)."""
     from repro.grid.local import gpu_count
 
     return "cuda" if gpu_count() else "cpu"
@@ -338,26 +339,6 @@ def _cost_line(spec, device: str) -> str:
 # --- run-grid / status / ui (grid launcher) -------------------------------------------------
 
 
-def _slurm_device(device: str | None, gpus_per_task: int | None, workers: int | None) -> tuple[str, int]:
-    """(device, GPUs per array task) for the SLURM executor.
-
-    The runs execute on the compute nodes, so the launcher's own machine (a login node) may have
-    no GPU: the device defaults to cuda (cpu with --gpus-per-task 0), never to what is here.
-    """
-    if workers is not None:
-        fail("--workers applies to --executor local; with slurm, --array-parallelism sets the parallel tasks")
-    if gpus_per_task is not None and gpus_per_task < 0:
-        fail(f"--gpus-per-task {gpus_per_task} is invalid: allowed: >= 0")
-    device = device or ("cpu" if gpus_per_task == 0 else "cuda")
-    if gpus_per_task is None:
-        gpus_per_task = 1 if device.startswith("cuda") else 0
-    if device.startswith("cuda") and gpus_per_task == 0:
-        fail("--device cuda with --gpus-per-task 0: the array tasks would have no GPU; allowed: >= 1")
-    if device == "cpu" and gpus_per_task > 0:
-        fail(f"--device cpu with --gpus-per-task {gpus_per_task}: the GPUs would sit idle; use 0 (the default)")
-    return device, gpus_per_task
-
-
 def _require_store(uri: str, *, must_exist: bool = True) -> str:
     """Fail fast and clearly on a store that cannot answer, and return the URI to read.
 
@@ -489,45 +470,34 @@ def run_grid_cmd(
     """
     from pathlib import Path
 
-    from repro.grid import console, launcher
-    from repro.grid import local
-    from repro.grid.local import cpu_count
     from repro import tracking
+    from repro.grid import console, launcher, resources
 
     plan = _load_plan(grid)
     uri = tracking_uri or tracking.default_tracking_uri()
     _require_store(uri, must_exist=False)
-    if executor not in ("local", "slurm"):
-        fail(f"--executor {executor!r} is invalid: allowed: local, slurm")
-    if max_members < 1 or runs_per_gpu < 1 or (workers is not None and workers < 1) or array_parallelism < 1:
-        fail("--max-members, --runs-per-gpu, --workers and --array-parallelism must be >= 1")
-    remote = executor == "slurm"
-    if remote:
-        device, gpus_per_task = _slurm_device(device, gpus_per_task, workers)
-        slots = array_parallelism
-    device = device or autodetect_device()
-    if device != "cpu" and not device.startswith("cuda"):
-        fail(f"--device {device!r} is invalid: allowed: cpu, cuda")
+    try:
+        where = resources.resolve(executor=executor, device=device, workers=workers, runs_per_gpu=runs_per_gpu,
+                                  max_members=max_members, gpus_per_task=gpus_per_task,
+                                  array_parallelism=array_parallelism)
+    except resources.ResourceError as err:
+        fail(str(err))
+    device, slots = where.device, where.slots
     _check_precision(precision, device, fast)
-    local_cuda = local.gpu_count() if device.startswith("cuda") else 0
-    if not remote:
-        if device.startswith("cuda") and not local_cuda:
-            fail("--device cuda but no CUDA device is visible")
-        slots = workers or (local_cuda * runs_per_gpu if device.startswith("cuda") else cpu_count())
     try:
         if dry_run:
             from repro.grid.dryrun import DryRunOptions, dry_run as print_dry_run
 
             print_dry_run(plan, uri, DryRunOptions(
-                device=device, fast=fast, precision=precision, slots=slots, threads=max(1, cpu_count() // slots),
-                max_members=max_members, calibrate=calibrate, device_here=not (device.startswith("cuda") and not local_cuda),
-                remote=remote, stale_after=stale_after), echo=typer.echo, warn=lambda line: typer.echo(line, err=True))
+                device=device, fast=fast, precision=precision, slots=slots, threads=where.threads,
+                max_members=max_members, calibrate=calibrate, device_here=where.device_here,
+                remote=where.remote, stale_after=stale_after), echo=typer.echo, warn=lambda line: typer.echo(line, err=True))
             return
         slurm = None
         if executor == "slurm":
             from repro.grid.slurm import SlurmOptions
 
-            slurm = SlurmOptions(partition=partition, time_min=time_limit, gpus_per_task=gpus_per_task,
+            slurm = SlurmOptions(partition=partition, time_min=time_limit, gpus_per_task=where.gpus_per_task,
                                  array_parallelism=array_parallelism, tasks=slurm_tasks,
                                  folder=Path(slurm_folder) if slurm_folder else tracking.repro_home() / "slurm")
         opts = launcher.Options(tracking_uri=uri, data_dir=Path(data_dir) if data_dir else None, device=device,
@@ -537,7 +507,7 @@ def run_grid_cmd(
 
         def costs(units):  # per-unit weights for the live ETA
             return estimate_units(units, device=device, fast=fast, precision=precision,
-                                  threads=max(1, cpu_count() // slots)).unit_seconds
+                                  threads=where.threads).unit_seconds
 
         typer.echo(f"grid {plan.grid.label}: {len(plan)} runs; reading what {uri} holds of them ...", err=True)
         out = launcher.run_grid(plan, opts, costs=costs if executor == "local" else None)
