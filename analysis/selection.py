@@ -12,10 +12,13 @@ that Finding 6 can compare a tuned fine-tuning LR with one fixed at the pre-trai
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 
 from repro import schema
+from repro.config import DatasetSpec
 from analysis.collect import latest_per_run_key
 
 #: The selection cell: every seed of one curve point shares the chosen LR.
@@ -25,6 +28,11 @@ C_N_LRS = "n_lrs"  # how many learning rates the selection compared
 C_MEDIAN_LR_TEST = "median_lr_test_rel_l2"  # this seed's median test error over the swept LRs
 C_WORST_LR_TEST = "worst_lr_test_rel_l2"
 C_PRETRAIN_LR = "pretrain_lr"  # LR of the pre-training run a transfer / zero-shot run starts from
+
+
+#: A ``data.*`` param a run did not record (one from before the field existed) holds the default.
+_DATA_DEFAULTS = {f"data.{f.name}": str(f.default) for f in dataclasses.fields(DatasetSpec)
+                  if f.default is not dataclasses.MISSING}
 
 
 def downstream(df: pd.DataFrame) -> pd.DataFrame:
@@ -41,8 +49,8 @@ def downstream(df: pd.DataFrame) -> pd.DataFrame:
     df = df[role != schema.ROLE_AUDIT]  # budget-audit runs check the budget; they are never curve points
     pretrain = role[df.index] == schema.ROLE_PRETRAIN
     data = [schema.C_TASK] + sorted(c for c in df.columns if c.startswith("data."))
-    dataset = pd.Series(list(zip(*(df[c].map(lambda v: "" if pd.isna(v) else str(v)) for c in data))),
-                        index=df.index)
+    dataset = pd.Series(list(zip(*(df[c].map(lambda v, c=c: _DATA_DEFAULTS.get(c, "") if pd.isna(v) else str(v))
+                                   for c in data))), index=df.index)
     downstream_datasets = set(dataset[~pretrain])
     return df[~pretrain | dataset.isin(downstream_datasets)]
 

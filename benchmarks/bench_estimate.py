@@ -17,7 +17,7 @@ import argparse
 import sys
 
 from repro.config import default_tracking_uri
-from repro.grid import estimate, expand, launcher, load_grid
+from repro.grid import estimate, launcher, load_plan
 
 
 def main() -> int:
@@ -29,7 +29,7 @@ def main() -> int:
     args = ap.parse_args()
 
     uri = args.tracking_uri or default_tracking_uri()
-    plan = expand(load_grid(args.grid))
+    plan = load_plan(args.grid)
     sv = launcher.survey(plan, uri, reap=False)
     if sv.todo:
         print(f"grid {args.grid}: {len(sv.todo)} runs not finished in {uri}; run `repro run-grid --grid {args.grid}` "

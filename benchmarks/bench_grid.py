@@ -56,8 +56,7 @@ def main() -> None:
 
     from repro.grid.launcher import Options, run_grid
     from repro.grid.local import cpu_count
-    from repro.grid.plan import expand
-    from repro.grid.plan import load_grid
+    from repro.grid.plan import load_plan
     from repro.grid.worker import prepare_dataset
 
     with tempfile.TemporaryDirectory(prefix="bench-grid-") as tmp:
@@ -65,7 +64,7 @@ def main() -> None:
         path = Path(args.grid) if args.grid else root / "bench.toml"
         if not args.grid:
             path.write_text(textwrap.dedent(GRID))
-        plan = expand(load_grid(path))
+        plan = load_plan(path)
         data = root / "data"
         for ds in dict.fromkeys(r.spec.data for r in plan):
             prepare_dataset(ds, data)

@@ -330,9 +330,9 @@ def _cost_line(spec, device: str) -> str:
     line = (f"cost: {spec.epochs:,} epochs x {math.ceil(n / min(spec.batch_size, n)):,} steps = {steps:,} steps "
             f"on N = {n:,} at {spec.data.resolution}^2, ~{flops:.2g} FLOPs (model {spec.model})")
     if device == "cpu":
-        from repro.grid.console import _hms
+        from repro.grid.console import hms
 
-        line += f"; about {_hms(flops / _CPU_FLOPS_PER_S)} on one CPU core at {_CPU_FLOPS_PER_S / 1e9:.0f} GFLOP/s"
+        line += f"; about {hms(flops / _CPU_FLOPS_PER_S)} on one CPU core at {_CPU_FLOPS_PER_S / 1e9:.0f} GFLOP/s"
     return line
 
 

@@ -2,8 +2,9 @@
 
 Client, experiment, the run recorder, failed-run records, run copies for export, searches and
 the one :class:`StoreError`; the grid's liveness and claim rules (:mod:`repro.grid.store`) and
-the analysis reader (:mod:`analysis.collect`) use it.  An import-linter contract keeps ``mlflow``
-imports here (and in the analysis reader's SQL fast path).  Torch-free.
+the analysis reader (:mod:`analysis.collect`, whose SQL fast path reads the database with
+sqlite3 / SQLAlchemy directly) use it.  An import-linter contract keeps ``mlflow`` imports here
+(and in the synthetic-store fixture, which writes with MLflow's entities).  Torch-free.
 
 Store: a SQLite database ``<REPRO_HOME or ./.repro>/mlflow.db`` by default, or any tracking URI
 (``--tracking-uri`` / ``REPRO_TRACKING_URI``), e.g. an ``mlflow server`` for many hosts.  The
@@ -46,7 +47,8 @@ _FULL = ("database or disk is full", "no space left on device", "could not exten
 
 
 def store_is_full(err: BaseException | str | None) -> bool:
-    """Whether ``err`` (an exception, its chain, or a worker's error text) says the disk is full."""
+    """Whether ``err`` (an exception and what it was raised from, or a worker's error text) says a
+    disk is full.  Only the ``raise ... from`` chain counts, not an error met while handling one."""
     seen = 0
     while err is not None and seen < 8:
         text = str(err).lower()
@@ -54,7 +56,7 @@ def store_is_full(err: BaseException | str | None) -> bool:
             return True
         if isinstance(err, str):
             return False
-        err = err.__cause__ or err.__context__
+        err = err.__cause__
         seen += 1
     return False
 

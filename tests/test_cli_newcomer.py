@@ -8,16 +8,16 @@ from typer.testing import CliRunner
 
 from repro import schema
 from repro.cli import app
-from repro.grid.console import Progress, _hms, task_phase
+from repro.grid.console import Progress, hms, task_phase
 from repro.grid.worker import DataTask, UnitTask
 
 
 def test_long_durations_read_in_days_and_years() -> None:
-    assert _hms(75) == "1:15"
-    assert _hms(3 * 3600 + 5) == "3:00:05"
-    assert _hms(47 * 3600) == "47:00:00"
-    assert _hms(3 * 86400) == "3.0 days"
-    assert _hms(39375 * 3600) == "4.5 years"  # the paper grid's CPU estimate, once "39375:03:37"
+    assert hms(75) == "1:15"
+    assert hms(3 * 3600 + 5) == "3:00:05"
+    assert hms(47 * 3600) == "47:00:00"
+    assert hms(3 * 86400) == "3.0 days"
+    assert hms(39375 * 3600) == "4.5 years"  # the paper grid's CPU estimate, once "39375:03:37"
 
 
 def test_status_export_and_analysis_refuse_a_missing_store(tmp_path: Path) -> None:

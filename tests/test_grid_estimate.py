@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -96,7 +97,25 @@ def test_the_calibration_proxy_of_every_shipped_size_is_a_valid_run() -> None:
             if estimate._tp_key(head) in seen:
                 continue
             seen.add(estimate._tp_key(head))
-            proxy, batch, repeats = estimate._proxy(head, None, "cpu", rate=1e9, budget_s=1e-3)
+            proxy, batch, repeats, _ = estimate._proxy(head, None, "cpu", rate=1e9, budget_s=1e-3)
             assert proxy.data.resolution >= max(16, 2 * proxy.model_spec.n_modes)
             assert proxy.model == head.model and (batch, repeats) == (4, 1)
     assert any(model == "l" for model, _, _ in seen)
+
+
+def test_proxy_resolutions_stay_even_and_above_the_modes() -> None:
+    """Any even resolution (not only powers of two) halves to a valid proxy: 66 -> 32 for m = 16,
+    34 -> 16 for xxs, 100 -> 50 -> 24 for s (m = 8)."""
+    for model, res, want in (("m", 66, 32), ("xxs", 34, 16), ("s", 100, 24)):
+        data = dataclasses.replace(DATA, resolution=res)
+        proxy, _, _, cost = estimate._proxy(spec(model=model, data=data), None, "cpu", rate=1e9, budget_s=1e-3)
+        assert proxy.data.resolution == want and cost > 0
+
+
+def test_sizes_too_costly_to_time_are_listed_not_estimated() -> None:
+    """With no budget at all nothing is timed, not even a proxy: the estimate says so and lists the
+    units as not estimated instead of guessing."""
+    units = [unit(spec(model="xs", data=dataclasses.replace(DATA, resolution=64)))]
+    est = estimate.estimate_units(units, budget_s=0.0)
+    assert est.not_estimated == [units[0].task_id] and est.device_seconds == 0
+    assert "none of the sizes" in est.source

@@ -95,12 +95,12 @@ class Progress:
                       + (f"[yellow]waiting on another invocation {self.waiting}[/] · " if self.waiting else "")
                       + f"remaining {max(0, remaining)} "
                       f"(of {self.todo} to do; {self.finished_before}/{self.total} finished before) · "
-                      f"elapsed {_hms(elapsed)} · ETA {self.eta_text()}")
+                      f"elapsed {hms(elapsed)} · ETA {self.eta_text()}")
         return table
 
     def eta_text(self) -> str:
         eta = self.eta()
-        return _hms(eta) if eta is not None else f"after {self.ETA_AFTER:.0%} of the work"
+        return hms(eta) if eta is not None else f"after {self.ETA_AFTER:.0%} of the work"
 
     def _refresh(self) -> None:
         if self._live is not None:
@@ -116,7 +116,7 @@ class Progress:
         self.failed += bad
         self.cost_done += self.costs.get(task_id, 0.0)
         if not self.live_enabled and label:
-            self.console.print(f"[{_hms(time.monotonic() - self.t0)}] {label}: {ok} finished, {bad} failed "
+            self.console.print(f"[{hms(time.monotonic() - self.t0)}] {label}: {ok} finished, {bad} failed "
                                f"({self.done + self.failed}/{self.todo}, ETA {self.eta_text()})",
                                highlight=False)
         self._refresh()
@@ -131,7 +131,7 @@ class Progress:
         self._refresh()
 
 
-def _hms(seconds: float | None) -> str:
+def hms(seconds: float | None) -> str:
     """m:ss, h:mm:ss up to two days, then days or years (a paper grid on a CPU is years, not
     "39375:03:37")."""
     if seconds is None:
@@ -189,17 +189,20 @@ def cost_text(est: Any, *, slots: int = 1, device: str = "cpu") -> str:
     """The ``--dry-run`` cost lines: device-hours, wall time with ``slots`` workers, where the
     throughput came from, and each size's throughput."""
     lines: list[str] = []
+    if est.throughput == {} and est.not_estimated:
+        return f"estimated cost: not available ({est.source}); {len(est.not_estimated)} units not estimated"
     hours = est.device_hours
     wall = est.wall_seconds(slots)
     lines.append(f"estimated cost: {hours:.3f} {device}-hours ({est.source}); "
-                 f"wall time about {_hms(wall)} with {slots} {'GPU slot' if device.startswith('cuda') else 'worker'}"
+                 f"wall time about {hms(wall)} with {slots} {'GPU slot' if device.startswith('cuda') else 'worker'}"
                  f"{'s' if slots != 1 else ''}")
     if wall > LONG_GRID_S:
-        lines.append(f"  warning: about {_hms(wall)} of wall time here (more than {_hms(LONG_GRID_S)}): a GPU "
+        lines.append(f"  warning: about {hms(wall)} of wall time here (more than {hms(LONG_GRID_S)}): a GPU "
                      f"(--device cuda), a cluster (--executor slurm) or fewer axes would fit it better")
     if est.not_estimated:
         lines.append(f"  not estimated: {len(est.not_estimated)} units of model sizes / resolutions with no "
-                     f"finished run yet (the estimate above leaves them out)")
+                     f"throughput (no finished run, or too costly to time here; the estimate above leaves "
+                     f"them out)")
     for key, tp in sorted(est.throughput.items()):
         model, res, ch = key
         lines.append(f"  throughput {model} at {res}x{res} ({ch} channels): "
@@ -212,7 +215,7 @@ def outcome_text(out: GridOutcome, plan: Plan) -> str:
     lines = [f"grid {out.grid}: {out.complete}/{out.total} runs finished "
              f"({len(out.finished)} now, {out.finished_before} before"
              + (f", {len(out.finished_elsewhere)} by another invocation" if out.finished_elsewhere else "")
-             + f"), {len(out.failed)} failed, in {_hms(out.wall_seconds)}"
+             + f"), {len(out.failed)} failed, in {hms(out.wall_seconds)}"
              + (f"; MLflow parent run {out.parent_run_id}" if out.parent_run_id else "")]
     settled = set(out.finished) | set(out.finished_elsewhere) | {k for k, _ in out.failed}
     still = [k for k in dict.fromkeys(out.running_elsewhere) if k not in settled]

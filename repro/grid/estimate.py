@@ -20,6 +20,7 @@ are counted as not estimated.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -188,12 +189,20 @@ def throughput_from_finished(finished: Mapping[str, float], finished_units: Iter
 
 #: A dry run spends at most this long timing steps; sizes beyond it are extrapolated by FLOPs.
 CALIBRATION_BUDGET_S = 30.0
+#: A large model's step reaches about this fraction of the probe's arithmetic rate, once its
+#: construction and optimiser state are counted (l at 64² on the 2-core machine: ~1/3).
+PROBE_SAFETY = 3.0
 #: Forward FLOPs per second assumed before anything is timed, to decide whether the first size
 #: fits the budget: below what the 2-core CI machine reaches on the smallest sizes (~3-15 GFLOP/s).
 PRIOR_FLOPS_PER_S = {"cpu": 2e9, "cuda": 2e11}
-#: Forward passes per sample of one :func:`calibrate` call (warm-up + 3 steps at batch 1 and 32,
-#: 3 FLOPs-equivalent each; 4 forward passes at batch 128), to predict what timing it costs.
-_CALIBRATION_FORWARDS = 4 * 3 * (1 + 32) + 4 * 128
+def _timing_forwards(batch: int, repeats: int) -> int:
+    """Forward passes of one :func:`calibrate` call: warm-up + ``repeats`` steps at batch 1 and at
+    ``batch`` (a step costs 3 forward passes), and as many evaluation passes at 4 x ``batch``."""
+    return (repeats + 1) * (3 * (1 + batch) + 4 * batch)
+
+
+#: What a full timing (batch 32, 3 repeats) costs, in forward passes of one sample.
+_CALIBRATION_FORWARDS = _timing_forwards(32, 3)
 
 
 def _forward_flops(spec: RunSpec, fast: bool | None, device: str) -> float:
@@ -216,11 +225,13 @@ def calibrate_sizes(specs: Iterable[RunSpec], *, device: str = "cpu", fast: bool
                     cache: dict[tuple, Throughput] | None = None, progress: bool = False) -> tuple[dict, str]:
     """Throughput per (model, resolution, channels) of ``specs``, timed within ``budget_s``.
 
-    Sizes are timed cheapest first while the prediction of what timing the next one costs
-    (its FLOPs at the rate measured so far) fits the budget left; larger ones are extrapolated
-    by FLOPs from the largest timed size.  If not even the cheapest fits, the cheapest model is
-    timed at a lower resolution and everything is extrapolated from it.  Returns the table and
-    a sentence saying which sizes were timed and which extrapolated.
+    Sizes are timed cheapest first while the prediction of what timing the next one costs (its
+    FLOPs at the compute rate measured so far, start-up excluded) fits the budget left; larger
+    ones are extrapolated by FLOPs from the largest timed size.  If not even the cheapest fits,
+    a tiny probe (xxs at 16²) measures the machine's rate, and the cheapest model is timed at a
+    lower resolution (:func:`_proxy`) when that fits what is left; otherwise the sizes stay out of
+    the table (the estimate lists their units as not estimated).  Returns the table and a
+    sentence saying which sizes were timed, extrapolated or left out.
     """
     from repro.progress import Bar
 
@@ -235,36 +246,54 @@ def calibrate_sizes(specs: Iterable[RunSpec], *, device: str = "cpu", fast: bool
     spent = 0.0
     timed: list[tuple[float, Throughput]] = []  # (forward FLOPs, throughput) of the sizes timed here
     extrapolated: list[tuple] = []
+    note = ""
+
+    def time_one(spec: RunSpec, batch: int = 32, repeats: int = 3, *, probe: bool = False) -> Throughput:
+        nonlocal spent, rate
+        t0 = time.perf_counter()
+        tp = calibrate(spec, device=device, fast=fast, threads=threads, precision=precision, batch=batch,
+                       repeats=repeats)
+        took = time.perf_counter() - t0
+        spent += took
+        flops = _forward_flops(spec, fast, device)
+        if probe:  # a tiny model's wall time is all start-up: take its arithmetic rate, a third of it
+            rate = 3 * flops / max(tp.per_sample, 1e-12) / PROBE_SAFETY
+        else:  # the whole timing (model built, warm-up, steps): predictions stay on the safe side
+            rate = _timing_forwards(batch, repeats) * flops / max(took, 1e-6)
+        return tp
+
+    import torch  # noqa: F401 - imported before the clock starts: its start-up is not a size's cost
+
     with Bar(f"calibrating the estimate on {device} (<= {budget_s:.0f} s)", len(todo), enabled=progress,
              transient=True) as bar:
         for key in todo:
-            spec = by_key[key]
-            flops = _forward_flops(spec, fast, device)
+            flops = _forward_flops(by_key[key], fast, device)
             if spent + _CALIBRATION_FORWARDS * flops / rate > budget_s:
                 extrapolated.append(key)
-                bar.advance()
-                continue
-            bar.update(status=f"{key[0]} {key[1]}²")
-            t0 = time.perf_counter()
-            cache[key] = calibrate(spec, device=device, fast=fast, threads=threads, precision=precision)
-            took = time.perf_counter() - t0
-            spent += took
-            rate = _CALIBRATION_FORWARDS * flops / max(took, 1e-6)
-            timed.append((flops, cache[key]))
+            else:
+                bar.update(status=f"{key[0]} {key[1]}²")
+                cache[key] = time_one(by_key[key])
+                timed.append((flops, cache[key]))
             bar.advance()
-        if not timed and extrapolated:  # not even the cheapest fits: time it at a lower resolution
-            proxy, proxy_batch, repeats = _proxy(by_key[extrapolated[0]], fast, device, rate, budget_s)
-            bar.update(status=f"{proxy.model} {proxy.data.resolution}² (proxy)")
-            timed.append((_forward_flops(proxy, fast, device),
-                          calibrate(proxy, device=device, fast=fast, threads=threads, precision=precision,
-                                    batch=proxy_batch, repeats=repeats)))
+        if not timed and extrapolated and budget_s - spent > 1.0:  # learn the rate, then try a proxy
+            cheapest = by_key[extrapolated[0]]
+            bar.update(status="probe xxs 16²")
+            time_one(_at(dataclasses.replace(cheapest, model="xxs"), 16), batch=8, repeats=3, probe=True)
+            proxy, batch, repeats, cost = _proxy(cheapest, fast, device, rate, budget_s - spent)
+            if cost <= budget_s - spent:
+                bar.update(status=f"{proxy.model} {proxy.data.resolution}² (proxy)")
+                timed.append((_forward_flops(proxy, fast, device), time_one(proxy, batch, repeats)))
+                note = f"{proxy.model} timed at {proxy.data.resolution}² (batch {batch}) as a proxy"
+    if not timed:
+        names = ", ".join(dict.fromkeys(f"{k[0]} at {k[1]}²" for k in extrapolated))
+        return cache, (f"calibration: none of the sizes ({names}) can be timed within the {budget_s:.0f} s budget "
+                       "here, not even at a lower resolution")
     for key in extrapolated:
         flops = _forward_flops(by_key[key], fast, device)
         ref_flops, ref = max(timed, key=lambda ft: (ft[0] <= flops, ft[0]))
         cache[key] = _extrapolate(ref, ref_flops, flops)
     n_timed = len(todo) - len(extrapolated)
-    source = f"calibration: {n_timed} size(s) timed in {spent:.0f} s" if n_timed else \
-        f"calibration: {proxy.model} timed at {proxy.data.resolution}² (batch {proxy_batch}) as a proxy"
+    source = f"calibration: {note or f'{n_timed} size(s) timed'} in {spent:.0f} s"
     if extrapolated:
         names = ", ".join(dict.fromkeys(f"{k[0]} at {k[1]}²" for k in extrapolated))
         source += (f", {len(extrapolated)} size(s) extrapolated by FLOPs ({names}: timing them would take more "
@@ -272,22 +301,27 @@ def calibrate_sizes(specs: Iterable[RunSpec], *, device: str = "cpu", fast: bool
     return cache, source
 
 
-def _proxy(spec: RunSpec, fast: bool | None, device: str, rate: float, budget_s: float) -> tuple[RunSpec, int, int]:
-    """``spec`` at the highest power-of-two resolution its modes allow (>= 2 m, >= 16) whose timing
-    fits half the budget, with the (batch, repeats) to time it at; at the lowest such resolution
-    a short timing (batch 4, once) when even the full one would not fit."""
-    import dataclasses
+#: What the short timing (batch 4, once) costs, in forward passes of one sample.
+_SHORT_FORWARDS = _timing_forwards(4, 1)
 
-    def at(res: int) -> RunSpec:
-        return dataclasses.replace(spec, data=dataclasses.replace(spec.data, resolution=res))
 
+def _at(spec: RunSpec, resolution: int) -> RunSpec:
+    return dataclasses.replace(spec, data=dataclasses.replace(spec.data, resolution=resolution))
+
+
+def _proxy(spec: RunSpec, fast: bool | None, device: str, rate: float,
+           budget_s: float) -> tuple[RunSpec, int, int, float]:
+    """``spec`` at a lower even resolution its modes allow (>= 2 m, >= 16): the highest whose full
+    timing fits half of ``budget_s`` at ``rate``, else the lowest with a short timing (batch 4,
+    once).  Returns the proxy, the (batch, repeats) to time it at, and the predicted seconds."""
     floor = max(16, 2 * spec.model_spec.n_modes)
     res = spec.data.resolution
-    while res // 2 >= floor:
-        res //= 2
-        if _CALIBRATION_FORWARDS * _forward_flops(at(res), fast, device) / rate <= budget_s / 2:
-            return at(res), 32, 3
-    return at(res), 4, 1
+    while (res // 2) & ~1 >= floor:
+        res = (res // 2) & ~1  # even: a DatasetSpec resolution must be
+        cost = _CALIBRATION_FORWARDS * _forward_flops(_at(spec, res), fast, device) / rate
+        if cost <= budget_s / 2:
+            return _at(spec, res), 32, 3, cost
+    return _at(spec, res), 4, 1, _SHORT_FORWARDS * _forward_flops(_at(spec, res), fast, device) / rate
 
 
 def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = None, precision: str = "fp32",
@@ -317,13 +351,18 @@ def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = 
     if finished and finished_units:
         predicted = measured = 0.0
         for specs_, wall in _measured_units(finished, finished_units):
-            predicted += unit_seconds(specs_, table[_tp_key(specs_[0])])
-            measured += wall
+            if _tp_key(specs_[0]) in table:
+                predicted += unit_seconds(specs_, table[_tp_key(specs_[0])])
+                measured += wall
         if predicted > 0 and measured > 0:
             est.scale = min(5.0, max(0.2, measured / predicted))
             est.source += f", rescaled by {len(finished)} finished runs (x{est.scale:.2f})"
     for unit in units:
-        est.unit_seconds[unit.task_id] = est.scale * unit_seconds(list(unit.specs), table[_tp_key(unit.specs[0])])
+        tp = table.get(_tp_key(unit.specs[0]))
+        if tp is None:  # a size too costly to time here (calibrate_sizes says so in the source)
+            est.not_estimated.append(unit.task_id)
+        else:
+            est.unit_seconds[unit.task_id] = est.scale * unit_seconds(list(unit.specs), tp)
     return est
 
 

@@ -123,6 +123,7 @@ def run_grid(plan: Plan, opts: Options, *, console: Any = None, live: bool | Non
                         heartbeat_s=opts.heartbeat_s, precision=opts.precision, stale_after=opts.stale_after)
     status = schema.FAILED
     stopped: str | None = None  # why the invocation stopped early (its runs are then closed KILLED)
+    closed = False  # its runs were closed already
     try:
         if executor == "slurm":
             from repro.grid.slurm import run_slurm
@@ -137,10 +138,10 @@ def run_grid(plan: Plan, opts: Options, *, console: Any = None, live: bool | Non
     except Exception as err:
         if not tracking.store_is_full(err):
             raise
-        status, stopped = schema.KILLED, "the store's disk is full"
-        raise tracking.StoreError(_full_store_text(uri, err, _close_runs(uri, parent, todo, stopped))) from None
+        status, stopped, closed = schema.KILLED, "a disk is full", True
+        raise tracking.StoreError(_full_store_text(uri, err, _close_runs(uri, parent, todo, stopped))) from err
     finally:
-        if stopped and status == schema.KILLED and "full" not in stopped:
+        if stopped and not closed:
             _close_runs(uri, parent, todo, stopped)
         try:
             tracking.retrying(lambda: tracking.end_run(uri, parent, status))
@@ -164,8 +165,8 @@ def _full_store_text(uri: str, err: BaseException, closed: int | None) -> str:
     first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
     runs = (f"{closed} running run(s) marked KILLED" if closed is not None else
             "its running runs could not be closed (the next run-grid marks them KILLED)")
-    return (f"MLflow store {uri}: the disk is full ({first.strip()[:200]}); the grid stopped, {runs}, finished "
-            "runs are kept: free space and run the grid again")
+    return (f"a disk is full ({first.strip()[:200]}; store {uri}): the grid stopped, {runs}, finished runs are "
+            "kept: free space and run the grid again")
 
 
 def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settings, opts: Options,

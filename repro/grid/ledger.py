@@ -84,8 +84,9 @@ def pretrain_reason(plan: Plan) -> Callable[[str, str], str]:
 class Ledger:
     """Which keys of one invocation finished, failed (and why), or wait on another invocation.
 
-    ``done`` / ``failed`` / ``waiting`` are the sets the local scheduler reads to release or
-    block dependants; the :class:`GridOutcome` is what the invocation reports.
+    ``done`` / ``failed`` / ``waiting`` are the very set and dict objects the local scheduler
+    (:class:`repro.grid.local.Scheduler`) is built on: what the ledger records releases or blocks
+    dependants there at once.  The :class:`GridOutcome` is what the invocation reports.
     """
 
     def __init__(self, plan: Plan, outcome: GridOutcome, *, uri: str, parent_run_id: str | None,
@@ -119,7 +120,7 @@ class Ledger:
         """Record one unit's result (``error``: the worker raised or died); returns (finished, failed)."""
         reasons = [error] + [o.failure_reason for o in outcomes or ()]
         if any(tracking.store_is_full(r) for r in reasons):  # every later unit would fail the same way
-            raise tracking.StoreError(next(r for r in reasons if tracking.store_is_full(r)))
+            raise tracking.StoreError(f"a disk is full: {next(r for r in reasons if tracking.store_is_full(r))}")
         if error:  # the worker raised or died: its RUNNING runs are orphans
             store.kill_orphans(self.uri, self.parent_run_id, [s.run_key for s in task.specs], error)
         got = {o.run_key: o for o in outcomes or ()}

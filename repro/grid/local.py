@@ -18,6 +18,7 @@ from multiprocessing.connection import wait
 from typing import Any, Callable, Mapping, Sequence
 
 from repro.grid.worker import DataTask, Settings, UnitTask, pool_worker
+from repro.outcome import RunOutcome
 
 
 @dataclass
@@ -60,13 +61,14 @@ def make_slots(*, device: str, workers: int | None, runs_per_gpu: int = 1, n_gpu
 def gpu_count() -> int:
     """CUDA devices visible to this process (0 without CUDA).
 
-    Without an NVIDIA driver on the machine (no /proc/driver/nvidia, /dev/nvidia*, or WSL's
-    /dev/dxg) the answer is 0 without importing torch: a CPU machine's dry run and status stay
+    Without a GPU driver on the machine (no /proc/driver/nvidia, /dev/nvidia*, WSL's /dev/dxg or
+    ROCm's /dev/kfd) the answer is 0 without importing torch: a CPU machine's dry run and status stay
     torch-free and start in a second.
     """
     import glob
 
-    if not (os.path.exists("/proc/driver/nvidia") or glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/dxg")):
+    if not (os.path.exists("/proc/driver/nvidia") or glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/dxg")
+            or os.path.exists("/dev/kfd")):  # kfd: AMD ROCm, which torch also drives through torch.cuda
         return 0
     import torch
 
@@ -128,7 +130,7 @@ class Scheduler:
 
 def run_local(scheduler: Scheduler, settings: Settings, slots: list[Slot], *,
               on_start: Callable[[DataTask | UnitTask], None],
-              on_result: Callable[[DataTask | UnitTask, list[dict[str, Any]] | None, str | None], None],
+              on_result: Callable[[DataTask | UnitTask, list[RunOutcome] | None, str | None], None],
               on_blocked: Callable[[DataTask | UnitTask, str], None],
               on_tick: Callable[[], None] = lambda: None, tick_s: float = 0.5) -> None:
     """Run every task of ``scheduler`` on the slots; callbacks report progress to the launcher.
