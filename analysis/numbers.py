@@ -15,26 +15,21 @@ from analysis.transfer import EITHER, EXACT, LOWER_BOUND, UPPER_BOUND
 __all__ = ["format_bound", "format_interval", "format_number", "format_percent", "table_number"]
 
 
-def _as_float(x: object) -> float | None:
-    """``x`` as a float, or None when it is not a number (the caller shows it as text)."""
+def _parse(x: object) -> float | str:
+    """``x`` as a float, or the text it shows as: itself when it is not a number, ``n/a`` for NaN."""
     try:
-        return float(x)  # type: ignore[arg-type]
+        v = float(x)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        return None
+        return str(x)
+    return "n/a" if math.isnan(v) else v
 
 
 def format_number(x: object) -> str:
     """Three significant digits for console and claim text; ``n/a`` for missing, ``inf`` spelled out."""
-    if x is None:
-        return "n/a"
-    v = _as_float(x)
-    if v is None:
-        return str(x)
-    if math.isnan(v):
-        return "n/a"
-    if math.isinf(v):
-        return "inf"
-    return f"{v:.3g}"
+    v = "n/a" if x is None else _parse(x)
+    if isinstance(v, str):
+        return v
+    return "inf" if math.isinf(v) else f"{v:.3g}"
 
 
 def format_percent(x: object) -> str:
@@ -66,11 +61,9 @@ def table_number(x: Any, digits: int = 3) -> str:
         return "yes" if x else "no"
     if isinstance(x, (int, np.integer)):
         return f"{int(x):,}"
-    v = _as_float(x)
-    if v is None:
-        return str(x)
-    if math.isnan(v):
-        return "n/a"
+    v = _parse(x)
+    if isinstance(v, str):
+        return v
     if math.isinf(v):
         return "∞" if v > 0 else "-∞"
     if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
