@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import typer
 
+from repro import schema
+
 app = typer.Typer(
     name="repro",
     help="Pre-train, fine-tune and compare Fourier Neural Operators; fit scaling laws; report.",
@@ -23,7 +25,7 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-ENV_DEBUG = "REPRO_DEBUG"
+ENV_DEBUG = schema.ENV_DEBUG
 ENV_STORE_TIMEOUT = "REPRO_STORE_TIMEOUT"
 
 

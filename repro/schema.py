@@ -93,6 +93,7 @@ A_PREDICTIONS = "predictions.png"
 EXPERIMENT = "repro"
 ENV_TRACKING_URI = "REPRO_TRACKING_URI"
 ENV_HOME = "REPRO_HOME"
+ENV_DEBUG = "REPRO_DEBUG"  # set (or --debug): the CLI shows tracebacks and MLflow's own error logs
 DEFAULT_HOME = ".repro"  # relative to the current directory unless REPRO_HOME is set
 
 # --- run states (MLflow RunStatus names) ---------------------------------------------------------

@@ -64,7 +64,7 @@ def store_is_full(err: BaseException | str | None) -> bool:
 def quiet_store_logs() -> None:
     """MLflow logs a full traceback (at ERROR) for every failed SQL commit before it raises; the
     error itself reaches the user as one line, so its log stays off the console (--debug keeps it)."""
-    if not os.environ.get("REPRO_DEBUG"):
+    if not os.environ.get(schema.ENV_DEBUG):
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 

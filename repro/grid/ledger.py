@@ -118,9 +118,10 @@ class Ledger:
 
     def apply(self, task: UnitTask, outcomes: Sequence[RunOutcome] | None, error: str | None) -> tuple[int, int]:
         """Record one unit's result (``error``: the worker raised or died); returns (finished, failed)."""
-        reasons = [error] + [o.failure_reason for o in outcomes or ()]
-        if any(tracking.store_is_full(r) for r in reasons):  # every later unit would fail the same way
-            raise tracking.StoreError(f"a disk is full: {next(r for r in reasons if tracking.store_is_full(r))}")
+        full = next((r for r in [error, *(o.failure_reason for o in outcomes or ())] if tracking.store_is_full(r)),
+                    None)
+        if full:  # every later unit would fail the same way
+            raise tracking.StoreError(f"a disk is full: {full}")
         if error:  # the worker raised or died: its RUNNING runs are orphans
             store.kill_orphans(self.uri, self.parent_run_id, [s.run_key for s in task.specs], error)
         got = {o.run_key: o for o in outcomes or ()}

@@ -50,10 +50,11 @@ def resolve(*, executor: str = "local", device: str | None = None, workers: int 
     remote = executor == "slurm"
     if remote:
         device, gpus_per_task = _slurm_device(device, gpus_per_task, workers)
-    device = device or ("cuda" if local.gpu_count() else "cpu")
+    visible = local.gpu_count()
+    device = device or ("cuda" if visible else "cpu")
     if device != "cpu" and not device.startswith("cuda"):
         raise ResourceError(f"--device {device!r} is invalid: allowed: cpu, cuda")
-    local_cuda = local.gpu_count() if device.startswith("cuda") else 0
+    local_cuda = visible if device.startswith("cuda") else 0
     if remote:
         return Resources(device=device, slots=array_parallelism, remote=True, gpus_per_task=gpus_per_task or 0,
                          local_cuda=local_cuda)
