@@ -59,9 +59,11 @@ def test_committed_report_reproduces_from_its_store(grid: str, tmp_path: Path) -
     for text, c in zip(got["summary"].tolist(), committed["claims"], strict=True):
         assert_same_text(text, c["summary"])
     want = pd.read_csv(ROOT / grid / "transfer_summary.csv")
-    # 1e-6, not bit-equality: the fits are iterative optimisations, and another machine's BLAS
-    # moved one crossing level by 2e-9 (relative) between two regenerations of the same store.
-    for col in ("eps", "multiplier", "multiplier_lo", "multiplier_hi"):
-        assert result.transfer_summary[col].to_numpy() == pytest.approx(want[col].to_numpy(), rel=1e-6), col
+    # Not bit-equality: the fits are iterative optimisations.  The point fits are solved tightly
+    # (another machine's BLAS moved one crossing level by 2e-9, relative); the bootstrap replicates
+    # are refitted stacked to ftol 1e-9, which analysis.fits promises within 0.1 % of one-by-one
+    # fits, and an AMD EPYC moved an interval end by 2e-4 from the Intel machine that wrote it.
+    for col, rel in (("eps", 1e-6), ("multiplier", 1e-6), ("multiplier_lo", 1e-3), ("multiplier_hi", 1e-3)):
+        assert result.transfer_summary[col].to_numpy() == pytest.approx(want[col].to_numpy(), rel=rel), col
     conv = pd.read_csv(ROOT / grid / "convergence.csv")
     assert result.convergence["converged"].tolist() == conv["converged"].tolist()
