@@ -277,18 +277,10 @@ def transfer_tables(result: AnalysisResult) -> tuple[pd.DataFrame, pd.DataFrame,
     for key, m in result.transfer.items():
         i = claims_mod._deciding_row(m)
         rows.append({"task": key.task, "shift": key.shift, "model": key.model, "eps": m.eps[i], "level": m.level[i],
-                     "n_scratch": m.n_scratch[i], "n_transfer": m.n_transfer[i], "multiplier": m.multiplier[i],
-                     "multiplier_lo": m.multiplier_lo[i], "multiplier_hi": m.multiplier_hi[i],
-                     "multiplier_undefined": m.multiplier_undefined[i],
-                     "multiplier_censored": m.multiplier_censored[i], "multiplier_bound": int(m.multiplier_bound[i]),
-                     "multiplier_lo_bound": int(m.multiplier_lo_bound[i]),
-                     "multiplier_hi_bound": int(m.multiplier_hi_bound[i]),
-                     "extrapolated": bool(m.transfer_extrapolated[i]),
-                     "zero_shot_reaches": bool(m.zero_shot_reaches[i]), "d_t_nmin": m.d_t[0], "d_t_nmin_lo": m.d_t_lo[0],
-                     "d_t_nmin_hi": m.d_t_hi[0], "d_t_nmin_bound": int(m.d_t_bound[0]),
-                     "d_t_nmin_lo_bound": int(m.d_t_lo_bound[0]), "d_t_nmin_hi_bound": int(m.d_t_hi_bound[0]),
-                     "n_min": m.n_range[0], "n_max": m.n_range[1], "horizon": m.horizon[1], "catch_up": m.catch_up,
-                     "catch_up_lo": m.catch_up_lo, "catch_up_hi": m.catch_up_hi})
+                     "n_scratch": m.n_scratch[i], "n_transfer": m.n_transfer[i], **m.multiplier.columns("multiplier", i),
+                     "extrapolated": bool(m.transfer_extrapolated[i]), "zero_shot_reaches": bool(m.zero_shot_reaches[i]),
+                     **m.d_t.columns("d_t_nmin", 0), "n_min": m.n_range[0], "n_max": m.n_range[1],
+                     "horizon": m.horizon[1], **m.catch_up.columns("catch_up")})
     return eps, dts, pd.DataFrame(rows)
 
 

@@ -41,7 +41,7 @@ from scipy.stats import spearmanr
 
 from analysis.collect import system_of
 from analysis.fits import PowerLawFit
-from analysis.numbers import format_bound, format_interval, format_number
+from analysis.numbers import format_estimate, format_number
 from analysis.transfer import (EITHER, EXACT, LEVEL_INSIDE, LEVEL_PAPER, LEVEL_STAR, UPPER_BOUND,
                                TransferMetrics)
 
@@ -217,8 +217,8 @@ def _deciding_row(m: TransferMetrics) -> int:
     levels = list(m.level)
     paper = levels.index(LEVEL_PAPER) if LEVEL_PAPER in levels else -1
     tail = (1 - m.confidence) / 2
-    if paper >= 0 and m.multiplier_bound[paper] == EXACT and np.isfinite(m.multiplier[paper]) \
-            and m.multiplier_undefined[paper] <= tail and m.multiplier_censored[paper] <= tail:
+    if paper >= 0 and m.multiplier.bound[paper] == EXACT and np.isfinite(m.multiplier.value[paper]) \
+            and m.multiplier.undefined[paper] <= tail and m.multiplier.censored[paper] <= tail:
         return paper
     inside = [i for i, lv in enumerate(levels) if lv == LEVEL_INSIDE]
     if inside:
@@ -252,21 +252,21 @@ def claim_data_efficiency(pairs: Sequence[Pair]) -> Claim:
         m = p.metrics
         i = _deciding_row(m)
         tail = (1 - m.confidence) / 2
-        ok = _firm_lower_end(float(m.multiplier_lo[i]), int(m.multiplier_lo_bound[i]),
-                             float(m.multiplier_undefined[i]), tail) and m.multiplier_lo[i] >= MULTIPLIER_THRESHOLD
+        ok = _firm_lower_end(float(m.multiplier.lo[i]), int(m.multiplier.lo_bound[i]),
+                             float(m.multiplier.undefined[i]), tail) and m.multiplier.lo[i] >= MULTIPLIER_THRESHOLD
         passes.append(ok)
-        firm = [j for j in range(len(m.eps)) if _firm_lower_end(float(m.multiplier_lo[j]), int(m.multiplier_lo_bound[j]),
-                                                                 float(m.multiplier_undefined[j]), tail)]
-        orders += any(m.multiplier_lo[j] >= ORDERS_THRESHOLD for j in firm)
-        r = m.multiplier_replicates[:, i]
+        firm = [j for j in range(len(m.eps)) if _firm_lower_end(float(m.multiplier.lo[j]), int(m.multiplier.lo_bound[j]),
+                                                                 float(m.multiplier.undefined[j]), tail)]
+        orders += any(m.multiplier.lo[j] >= ORDERS_THRESHOLD for j in firm)
+        r = m.multiplier.replicates[:, i]
         reps.append(r if r.size else None)
         zs = " (zero-shot already reaches it)" if m.zero_shot_reaches[i] else ""
-        texts.append(f"{p.key.shift} {p.key.model}: {format_bound(m.multiplier[i], m.multiplier_bound[i])} "
-                     f"{format_interval(m.multiplier_lo[i], m.multiplier_hi[i], m.multiplier_lo_bound[i], m.multiplier_hi_bound[i])}"
+        point, interval = format_estimate(m.multiplier.columns("multiplier", i), "multiplier")
+        texts.append(f"{p.key.shift} {p.key.model}: {point} {interval}"
                      f" at eps={format_number(m.eps[i])} ({m.level[i] or 'given'}){zs}")
         rows.append({"pair": f"{p.key.shift} | {p.key.model}", "eps": float(m.eps[i]), "level": str(m.level[i]),
-                     "multiplier": float(m.multiplier[i]), "lo": float(m.multiplier_lo[i]),
-                     "hi": float(m.multiplier_hi[i]), "bound": int(m.multiplier_bound[i]), "passes": bool(ok),
+                     "multiplier": float(m.multiplier.value[i]), "lo": float(m.multiplier.lo[i]),
+                     "hi": float(m.multiplier.hi[i]), "bound": int(m.multiplier.bound[i]), "passes": bool(ok),
                      "zero_shot_reaches": bool(m.zero_shot_reaches[i])})
     n_pass = int(sum(passes))
     verdict = PASS if n_pass > len(pairs) / 2 else FAIL

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from analysis.analyze import AnalysisResult, analyze, write_outputs
 from analysis.claims import FAIL, NOT_ENOUGH, PASS
-from analysis.numbers import format_bound, format_interval, format_number, format_percent
+from analysis.numbers import format_estimate, format_interval, format_number, format_percent
 from analysis.collect import OUTSIDE_PLAN, collect_runs
 from analysis.fits import N_BOOT
 from analysis.report import render_report
@@ -97,12 +97,10 @@ def print_result(result: AnalysisResult, console: Console) -> None:
         keep = 5 if narrow else len(cols)
         for col in cols[:keep]:
             tm.add_column(col, overflow="fold")
-        for row in summary.itertuples(index=False):
-            cells = (row.shift, row.model, format_number(row.eps), format_bound(row.multiplier, row.multiplier_bound),
-                     format_interval(row.multiplier_lo, row.multiplier_hi, row.multiplier_lo_bound,
-                                     row.multiplier_hi_bound),
-                     str(row.level), "yes" if row.zero_shot_reaches else "no",
-                     format_bound(row.d_t_nmin, row.d_t_nmin_bound), format_number(row.catch_up))
+        for row in summary.to_dict("records"):
+            cells = (row["shift"], row["model"], format_number(row["eps"]), *format_estimate(row, "multiplier"),
+                     str(row["level"]), "yes" if row["zero_shot_reaches"] else "no",
+                     format_estimate(row, "d_t_nmin")[0], format_number(row["catch_up"]))
             tm.add_row(*cells[:keep])
         console.print(tm)
     console.print("[bold]The paper's findings on these runs[/] (decided on 95% intervals; stability = share of "

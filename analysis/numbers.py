@@ -5,7 +5,7 @@ One module, so the report, the console and the claims never disagree on a number
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -51,6 +51,14 @@ def format_bound(x: object, direction: int) -> str:
 def format_interval(lo: object, hi: object, lo_direction: int = EXACT, hi_direction: int = EXACT) -> str:
     """``[lo, hi]`` with each end as :func:`format_bound` shows it."""
     return f"[{format_bound(lo, lo_direction)}, {format_bound(hi, hi_direction)}]"
+
+
+def format_estimate(columns: Mapping[str, Any], name: str) -> tuple[str, str]:
+    """(point, interval) texts of the bounded estimate ``name``, read from columns named as
+    :meth:`analysis.transfer.Estimate.columns` names them (a table row or one column's scalars)."""
+    return (format_bound(columns[name], columns[f"{name}_bound"]),
+            format_interval(columns[f"{name}_lo"], columns[f"{name}_hi"], columns[f"{name}_lo_bound"],
+                            columns[f"{name}_hi_bound"]))
 
 
 def table_number(x: Any, digits: int = 3) -> str:

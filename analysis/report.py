@@ -27,7 +27,7 @@ import pandas as pd
 from repro import schema
 from analysis import figures
 from analysis.claims import FAIL, NOT_ENOUGH, PASS
-from analysis.numbers import format_bound, format_interval, format_percent, table_number
+from analysis.numbers import format_estimate, format_percent, table_number
 from analysis.claims import PAPER_REGIME
 from analysis.transfer import EXTRAPOLATION_ABOVE
 
@@ -156,12 +156,9 @@ def _context(result: "AnalysisResult", workers: int, ui_url: str | None = None) 
             joint[f"{p}_ci"] = [_interval(lo, hi) for lo, hi in zip(joint[f"{p}_lo"], joint[f"{p}_hi"])]
     summary = result.transfer_summary.copy()  # columns are added below
     if len(summary):
-        summary["multiplier"] = [format_bound(v, b) for v, b in zip(summary["multiplier"], summary["multiplier_bound"])]
-        summary["multiplier_ci"] = list(map(format_interval, summary["multiplier_lo"], summary["multiplier_hi"],
-                                            summary["multiplier_lo_bound"], summary["multiplier_hi_bound"]))
-        summary["d_t_nmin"] = [format_bound(v, b) for v, b in zip(summary["d_t_nmin"], summary["d_t_nmin_bound"])]
-        summary["d_t_ci"] = list(map(format_interval, summary["d_t_nmin_lo"], summary["d_t_nmin_hi"],
-                                     summary["d_t_nmin_lo_bound"], summary["d_t_nmin_hi_bound"]))
+        rows = summary.to_dict("records")
+        for name, ci in (("multiplier", "multiplier_ci"), ("d_t_nmin", "d_t_ci")):
+            summary[name], summary[ci] = zip(*(format_estimate(row, name) for row in rows))
         summary["catch_up_ci"] = [_interval(a, b) for a, b in zip(summary["catch_up_lo"], summary["catch_up_hi"])]
     runs = result.selected[[c for c in SELECTED_COLUMNS if c in result.selected]]
     filters = [{"name": r.name, "description": r.description, "before": r.before, "after": r.after,

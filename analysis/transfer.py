@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -210,12 +210,48 @@ def catch_up(scratch: Sequence[ArrayLike], transfer: Sequence[ArrayLike], n_min:
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
+class Estimate(CensoredInterval):
+    """A point estimate per column (eps or N) with its censored bootstrap interval.
+
+    The one place the column names of a bounded quantity are made: ``columns("multiplier")`` gives
+    ``multiplier``, ``multiplier_lo``, ``multiplier_hi``, ``multiplier_undefined``,
+    ``multiplier_censored``, ``multiplier_bound``, ``multiplier_lo_bound``, ``multiplier_hi_bound``.
+    """
+
+    value: np.ndarray
+    bound: np.ndarray  # direction of the point estimate: EXACT, LOWER_BOUND, UPPER_BOUND or EITHER
+    replicates: np.ndarray  # (B, columns) the paired bootstrap replicates, clipped to the horizon
+
+    def columns(self, name: str, at: int | None = None) -> dict[str, Any]:
+        """The estimate as named columns: arrays, or the scalars of column ``at``."""
+        parts = {"": self.value, "_lo": self.lo, "_hi": self.hi, "_undefined": self.undefined,
+                 "_censored": self.censored, "_bound": self.bound, "_lo_bound": self.lo_bound,
+                 "_hi_bound": self.hi_bound}
+        if at is None:
+            return {name + suffix: v for suffix, v in parts.items()}
+        return {name + suffix: (int(v[at]) if suffix.endswith("bound") else float(v[at]))
+                for suffix, v in parts.items()}
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A scalar with a plain percentile interval (nothing clipped)."""
+
+    value: float
+    lo: float
+    hi: float
+
+    def columns(self, name: str) -> dict[str, float]:
+        return {name: self.value, f"{name}_lo": self.lo, f"{name}_hi": self.hi}
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
 class TransferMetrics:
     """Transfer vs scratch for one (task, shift, model size), with bootstrap intervals.
 
     Arrays over ``eps``: the errors scratch reaches at its observed N (so N_scratch is an
-    interpolation, never an extrapolation); arrays over ``n``: the observed N.
-    ``*_lo`` / ``*_hi`` are percentile intervals over paired bootstrap replicates.
+    interpolation, never an extrapolation); arrays over ``n``: the observed N.  Intervals are
+    percentile intervals over paired bootstrap replicates.
     """
 
     task: str
@@ -226,30 +262,14 @@ class TransferMetrics:
     zero_shot_reaches: np.ndarray  # the zero-shot model's error is already <= eps (the N = 0 anchor)
     n_scratch: np.ndarray
     n_transfer: np.ndarray
-    multiplier: np.ndarray
-    multiplier_lo: np.ndarray
-    multiplier_hi: np.ndarray
-    multiplier_undefined: np.ndarray  # fraction of bootstrap replicates where neither arm reaches eps
-    multiplier_censored: np.ndarray  # fraction of replicates clipped to the extrapolation horizon
-    # Directions (EXACT, LOWER_BOUND, UPPER_BOUND, EITHER) of the point estimate and the ends.
-    multiplier_bound: np.ndarray
-    multiplier_lo_bound: np.ndarray
-    multiplier_hi_bound: np.ndarray
-    multiplier_replicates: np.ndarray  # (B, len(eps)) the paired replicates' clipped multipliers
+    multiplier: Estimate  # over eps
     transfer_extrapolated: np.ndarray  # N_transfer(eps) below the smallest observed N
     n: np.ndarray
-    d_t: np.ndarray
-    d_t_lo: np.ndarray
-    d_t_hi: np.ndarray
-    d_t_bound: np.ndarray  # directions, as for the multiplier
-    d_t_lo_bound: np.ndarray
-    d_t_hi_bound: np.ndarray
+    d_t: Estimate  # over n
     horizon: tuple[float, float]  # the N range laws are inverted in (and catch-up searched)
     n_range: tuple[float, float]  # the N range both arms were run at
     zero_shot: float  # the zero-shot error on this task (nan if not run)
-    catch_up: float
-    catch_up_lo: float
-    catch_up_hi: float
+    catch_up: Interval
     confidence: float
 
     def eps_frame(self) -> pd.DataFrame:
@@ -257,19 +277,12 @@ class TransferMetrics:
         return pd.DataFrame({"task": self.task, "shift": self.shift, "model": self.model, "eps": self.eps,
                              "level": self.level, "zero_shot_reaches": self.zero_shot_reaches,
                              "n_scratch": self.n_scratch, "n_transfer": self.n_transfer,
-                             "multiplier": self.multiplier, "multiplier_lo": self.multiplier_lo,
-                             "multiplier_hi": self.multiplier_hi, "multiplier_undefined": self.multiplier_undefined,
-                             "multiplier_censored": self.multiplier_censored, "multiplier_bound": self.multiplier_bound,
-                             "multiplier_lo_bound": self.multiplier_lo_bound,
-                             "multiplier_hi_bound": self.multiplier_hi_bound,
-                             "extrapolated": self.transfer_extrapolated})
+                             **self.multiplier.columns("multiplier"), "extrapolated": self.transfer_extrapolated})
 
     def n_frame(self) -> pd.DataFrame:
         """One row per observed N: D_T(N) and its interval."""
         return pd.DataFrame({"task": self.task, "shift": self.shift, "model": self.model, "n_train": self.n,
-                             "d_t": self.d_t, "d_t_lo": self.d_t_lo, "d_t_hi": self.d_t_hi,
-                             "d_t_bound": self.d_t_bound, "d_t_lo_bound": self.d_t_lo_bound,
-                             "d_t_hi_bound": self.d_t_hi_bound})
+                             **self.d_t.columns("d_t")})
 
 
 def _columns(params: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -352,20 +365,21 @@ def transfer_metrics(scratch: PowerLawFit, transfer: PowerLawFit, *, task: str, 
     else:
         m_iv, d_iv = _no_interval(eps.shape), _no_interval(n.shape)
         c_lo = c_hi = math.nan
-        m_boot = np.empty((0, eps.size))
+        m_boot, d_boot = np.empty((0, eps.size)), np.empty((0, n.size))
     n_t = laws.n_at_error(eps, *t)
     with np.errstate(invalid="ignore"):
         zs_reaches = np.isfinite(zero_shot) & (zero_shot <= eps)
     return TransferMetrics(task=task, shift=shift, model=model, eps=eps, level=level, zero_shot_reaches=zs_reaches,
-                           n_scratch=laws.n_at_error(eps, *s),
-                           n_transfer=n_t, multiplier=m, multiplier_lo=m_iv.lo, multiplier_hi=m_iv.hi,
-                           multiplier_undefined=m_iv.undefined, multiplier_censored=m_iv.censored,
-                           multiplier_bound=m_bound, multiplier_lo_bound=m_iv.lo_bound,
-                           multiplier_hi_bound=m_iv.hi_bound, multiplier_replicates=m_boot,
+                           n_scratch=laws.n_at_error(eps, *s), n_transfer=n_t,
+                           multiplier=_estimate(m, m_bound, m_iv, m_boot),
                            transfer_extrapolated=n_t < transfer.n_range[0], n=n,
-                           d_t=d, d_t_lo=d_iv.lo, d_t_hi=d_iv.hi, d_t_bound=d_bound, d_t_lo_bound=d_iv.lo_bound,
-                           d_t_hi_bound=d_iv.hi_bound, horizon=horizon, n_range=(lo_n, hi_n), zero_shot=float(zero_shot),
-                           catch_up=c, catch_up_lo=c_lo, catch_up_hi=c_hi, confidence=conf)
+                           d_t=_estimate(d, d_bound, d_iv, d_boot), horizon=horizon, n_range=(lo_n, hi_n),
+                           zero_shot=float(zero_shot), catch_up=Interval(c, c_lo, c_hi), confidence=conf)
+
+
+def _estimate(value: np.ndarray, bound: np.ndarray, interval: CensoredInterval, replicates: np.ndarray) -> Estimate:
+    return Estimate(value=value, bound=bound, replicates=replicates,
+                    **{f.name: getattr(interval, f.name) for f in fields(interval)})
 
 
 def _no_interval(shape: tuple[int, ...]) -> CensoredInterval:

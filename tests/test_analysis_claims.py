@@ -57,9 +57,9 @@ def test_transfer_beating_eps_at_the_smallest_n_gives_a_lower_bound_never_an_inv
     pair = _pair(SCRATCH, (0.02, 0.05 * math.sqrt(8), 0.5), 2)
     m = pair.metrics
     star = list(m.level).index(LEVEL_STAR)
-    assert m.multiplier_bound[star] == LOWER_BOUND and m.multiplier_lo_bound[star] == LOWER_BOUND
+    assert m.multiplier.bound[star] == LOWER_BOUND and m.multiplier.lo_bound[star] == LOWER_BOUND
     # the value is N_scratch(eps) / N_min, not N_scratch / N_transfer with N_transfer < 8
-    assert m.multiplier[star] == pytest.approx(m.n_scratch[star] / 8.0, rel=1e-6)
+    assert m.multiplier.value[star] == pytest.approx(m.n_scratch[star] / 8.0, rel=1e-6)
     assert m.n_transfer[star] < 8.0
     row = claim_data_efficiency([pair]).numbers["deciding"][0]
     assert row["level"] == LEVEL_STAR and row["bound"] == LOWER_BOUND

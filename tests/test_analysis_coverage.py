@@ -55,7 +55,7 @@ def test_intervals_cover_with_persistent_seed_effects(design: str) -> None:
         n, err, unit = _sample(TRANSFER, sizes, seeds_at, rng)
         t = fit_curve(n, err, unit=unit, n_boot=100, seed=2 * i + 1, heldout=False)
         m = transfer_metrics(s, t, task="a", shift="b -> a", model="xs", eps=[eps])
-        hit_m += int(m.multiplier_lo[0] <= TRUE_MULTIPLIER <= m.multiplier_hi[0])
+        hit_m += int(m.multiplier.lo[0] <= TRUE_MULTIPLIER <= m.multiplier.hi[0])
         lo, hi = s.band(np.array([n_check]))
         hit_err += int(lo[0] <= laws.saturating(n_check, *SCRATCH) <= hi[0])
     assert hit_m / trials >= 0.9, f"multiplier coverage {hit_m}/{trials}"

@@ -106,8 +106,8 @@ def test_analysis_recovers_the_planted_truth(runs) -> None:
     metrics = next(m for k, m in result.transfer.items() if k.model == "xs" and k.task == "poisson(5,10)")
     inside = metrics.level == "inside both ranges"
     assert inside.any()
-    assert np.all(metrics.multiplier_lo[inside] <= b ** (1 / QUICK.alpha))
-    assert np.all(b ** (1 / QUICK.alpha) <= metrics.multiplier_hi[inside])
+    assert np.all(metrics.multiplier.lo[inside] <= b ** (1 / QUICK.alpha))
+    assert np.all(b ** (1 / QUICK.alpha) <= metrics.multiplier.hi[inside])
     # one LR per (cell, N) for all seeds, chosen on their mean validation error
     transfer = result.selected[result.selected[schema.P_ARM] == "transfer"]
     assert transfer.groupby([schema.C_SHIFT, schema.P_MODEL, schema.P_N_TRAIN])[schema.P_LR].nunique().max() == 1
@@ -242,7 +242,7 @@ def test_report_figures_say_what_they_cannot_show(store: str, runs, monkeypatch:
     html = report.render_html(result, workers=1)
     assert "2 sizes: no trend" in html and 'id="d-t-clipped"' not in html and "<a href" not in html
 
-    clipped = {k: dataclasses.replace(m, d_t_bound=np.full_like(m.d_t_bound, LOWER_BOUND)) for k, m in
+    clipped = {k: dataclasses.replace(m, d_t=dataclasses.replace(m.d_t, bound=np.full_like(m.d_t.bound, LOWER_BOUND))) for k, m in
                result.transfer.items()}
     all_clipped = dataclasses.replace(result, transfer=clipped)
     assert len(figures.d_t_all_clipped(all_clipped)) == len(clipped)

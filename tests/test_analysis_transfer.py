@@ -54,10 +54,10 @@ def test_transfer_metrics_propagate_bootstrap_intervals() -> None:
     s = fit_saturating(n, laws.saturating(n, *SCRATCH) * noise[0], n_boot=100)
     t = fit_saturating(n, laws.saturating(n, *TRANSFER) * noise[1], n_boot=100)
     m = transfer_metrics(s, t, task="poisson(5,10)", shift="poisson(1,5) -> poisson(5,10)", model="xs")
-    defined = np.isfinite(m.multiplier)  # the paper's 1e-2 equals both floors: never reached
-    inside = (m.multiplier_lo <= m.multiplier) & (m.multiplier <= m.multiplier_hi)
+    defined = np.isfinite(m.multiplier.value)  # the paper's 1e-2 equals both floors: never reached
+    inside = (m.multiplier.lo <= m.multiplier.value) & (m.multiplier.value <= m.multiplier.hi)
     assert defined.sum() >= 3 and inside[defined].all()
-    assert np.median(m.multiplier[defined]) == pytest.approx(81.0, rel=0.3)
+    assert np.median(m.multiplier.value[defined]) == pytest.approx(81.0, rel=0.3)
     assert len(m.eps_frame()) == len(m.eps) and len(m.n_frame()) == len(m.n)
 
 
@@ -87,8 +87,8 @@ def test_transfer_metrics_report_the_undefined_share() -> None:
     s = fit_saturating(n, laws.saturating(n, *SCRATCH) * noise[0], n_boot=50)
     t = fit_saturating(n, laws.saturating(n, *TRANSFER) * noise[1], n_boot=50)
     m = transfer_metrics(s, t, task="a", shift="b -> a", model="xs", eps=[0.001, 0.05])  # 0.001: below both E
-    assert m.multiplier_undefined[0] == 1.0 and np.isnan(m.multiplier_lo[0])
-    assert m.multiplier_undefined[1] == 0.0 and m.multiplier_lo[1] > 0
+    assert m.multiplier.undefined[0] == 1.0 and np.isnan(m.multiplier.lo[0])
+    assert m.multiplier.undefined[1] == 0.0 and m.multiplier.lo[1] > 0
     assert "multiplier_undefined" in m.eps_frame()
 
 
@@ -140,14 +140,14 @@ def test_flat_scratch_curve_gives_a_bounded_interval() -> None:
     s = fit_saturating(n, laws.saturating(n, 0.3, 0.1, 0.3) * np.exp(0.05 * rng.standard_normal(n.size)), n_boot=200)
     t = fit_saturating(n, laws.saturating(n, 0.05, 0.8, 0.5) * np.exp(0.05 * rng.standard_normal(n.size)), n_boot=200)
     unbounded = transfer_metrics(s, t, task="a", shift="b -> a", model="xs", below=math.inf, above=math.inf)
-    assert np.nanmax(unbounded.multiplier_hi) > 1e6  # the failure this guards against
+    assert np.nanmax(unbounded.multiplier.hi) > 1e6  # the failure this guards against
     m = transfer_metrics(s, t, task="a", shift="b -> a", model="xs")
     # never below N_min = 8, at most 2x above N_max = 128
-    assert np.all(m.multiplier_hi <= 256 / 8) and np.all(m.multiplier_lo >= 8 / 256)
-    assert np.nanmin(unbounded.multiplier_lo) < 1e-6  # the lower end extrapolated as wildly, before
-    assert m.multiplier_hi_bound.any() and m.multiplier_censored.max() > 0
-    assert np.array_equal(m.multiplier_hi_bound == 1, m.multiplier_hi < unbounded.multiplier_hi)
-    assert np.all(m.d_t_hi <= 256) and np.all(m.d_t_hi_bound == (m.d_t_hi < unbounded.d_t_hi))
+    assert np.all(m.multiplier.hi <= 256 / 8) and np.all(m.multiplier.lo >= 8 / 256)
+    assert np.nanmin(unbounded.multiplier.lo) < 1e-6  # the lower end extrapolated as wildly, before
+    assert m.multiplier.hi_bound.any() and m.multiplier.censored.max() > 0
+    assert np.array_equal(m.multiplier.hi_bound == 1, m.multiplier.hi < unbounded.multiplier.hi)
+    assert np.all(m.d_t.hi <= 256) and np.all(m.d_t.hi_bound == (m.d_t.hi < unbounded.d_t.hi))
     assert m.horizon == (8.0, 256.0) and unbounded.horizon == (0.0, math.inf)
 
 
@@ -165,5 +165,5 @@ def test_default_levels_are_the_paper_level_levels_inside_both_ranges_and_eps_st
     assert m.eps[0] == PAPER_EPS and m.eps[-1] == pytest.approx(float(s.predict(np.array([2048.0]))[0]))
     inside = m.eps[1:4]
     assert np.all(inside >= t.predict(np.array([2048.0]))[0]) and np.all(inside <= s.predict(np.array([8.0]))[0])
-    assert np.all(m.n_transfer[1:4] >= 8) and np.all(m.multiplier_bound[1:4] == 0)  # inside: exact inversions
+    assert np.all(m.n_transfer[1:4] >= 8) and np.all(m.multiplier.bound[1:4] == 0)  # inside: exact inversions
     assert m.zero_shot_reaches.tolist() == [False] + [bool(e >= 0.05) for e in m.eps[1:]]
