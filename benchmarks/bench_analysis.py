@@ -4,7 +4,7 @@ Budgets (issue 5 §7, 2 CPU cores): fit-laws <= 30 s (bootstrap included), repor
 
 The store (E3 ladder: 8 shifts, 3 model sizes, N = 8 .. 32768, 5 LRs, 3 seeds up to N = 1024,
 plus E4 mixed pre-training and a few failed/killed runs) is written once through
-``MlflowClient.log_batch`` and cached in ``$REPRO_BENCH_DIR`` (default: a folder under the
+the engine's ``RunRecorder`` and cached in ``$REPRO_BENCH_DIR`` (default: a folder under the
 system temp dir), because writing 10k runs takes a few minutes.
 
     python benchmarks/bench_analysis.py            # build (or reuse) the store, time both commands
@@ -22,10 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from analysis.synthetic import E3_SHIFTS, SyntheticGrid, plan, write_store
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic-store fixture lives there
+from synthetic_store import E3_SHIFTS, SyntheticGrid, plan, write_store  # noqa: E402
 
 #: Bump when the synthetic layout changes, so a stale cached store is not reused.
-STORE_VERSION = 1
+STORE_VERSION = 2
 BUDGETS = {"fit-laws": 30.0, "report": 60.0}
 
 GRID = SyntheticGrid(

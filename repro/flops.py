@@ -71,3 +71,12 @@ def forward_flops(spec: ModelSpec, resolution: int, spectral: str) -> float:
     pixels = float(resolution * resolution)
     pointwise = pixels * (2.0 * c * w + n_layers * 2.0 * w * w + 2.0 * w * 2 * w + 2.0 * 2 * w)
     return pointwise + n_layers * spectral_flops(w, w, spec.n_modes, resolution, spectral)
+
+
+def training_flops(spec: ModelSpec, resolution: int, spectral: str, *, samples_seen: float, n_val: int,
+                   evaluations: int) -> float:
+    """FLOPs a training run spends: 3 forward passes' worth (forward + backward) per sample processed,
+    plus one forward pass per validation sample and evaluation.  The final test evaluation is
+    measurement, not training, and is not counted."""
+    per_sample = forward_flops(spec, resolution, spectral)
+    return 3.0 * per_sample * samples_seen + per_sample * n_val * evaluations

@@ -3,8 +3,8 @@
 Client, experiment, the run recorder, failed-run records, run copies for export, searches and
 the one :class:`StoreError`; the grid's liveness and claim rules (:mod:`repro.grid.store`) and
 the analysis reader (:mod:`analysis.collect`, whose SQL fast path reads the database with
-sqlite3 / SQLAlchemy directly) use it.  An import-linter contract keeps ``mlflow`` imports here
-(and in the synthetic-store fixture, which writes with MLflow's entities).  Torch-free.
+sqlite3 / SQLAlchemy directly) use it, and so does the tests' synthetic-store fixture.  An
+import-linter contract keeps ``mlflow`` imports here.  Torch-free.
 
 Store: a SQLite database ``<REPRO_HOME or ./.repro>/mlflow.db`` by default, or any tracking URI
 (``--tracking-uri`` / ``REPRO_TRACKING_URI``), e.g. an ``mlflow server`` for many hosts.  The

@@ -21,7 +21,7 @@ from repro import schema
 from repro.cli import app
 from analysis.analyze import CurveKey, analyze
 from analysis.collect import COLUMNS, StoreError, collect_runs, default_tracking_uri, list_grids
-from analysis.synthetic import QUICK_SHIFTS, SyntheticGrid, plan, write_store
+from synthetic_store import QUICK_SHIFTS, SyntheticGrid, plan, write_store
 
 QUICK = SyntheticGrid(name="synthetic")  # quick-grid shape, under its own label
 TINY = SyntheticGrid(name="tiny", shifts=QUICK_SHIFTS[:1], models=("xxs",), n_values=(8, 16), lrs=(1e-3,),

@@ -9,7 +9,7 @@ import pytest
 
 from analysis import laws
 from analysis.fits import fit_saturating
-from analysis.synthetic import E3_SHIFTS
+from synthetic_store import E3_SHIFTS
 from analysis.transfer import catch_up, data_transferred, multiplier, shift_magnitude, transfer_metrics
 
 # Same exponent and floor, transfer's coefficient 9x smaller: N_t(eps) = N_s(eps) / 9^(1/alpha).

@@ -30,7 +30,7 @@ import torch
 from repro import schema
 from repro.config import DatasetSpec, RunSpec, to_dict
 from repro.ensembles import group_specs
-from repro.flops import forward_flops
+from repro.flops import training_flops
 from repro.outcome import RunOutcome
 from repro.progress import Bar
 from repro.data import SplitData, default_data_dir, load_split, to_layout
@@ -381,15 +381,13 @@ def device_name(device: str) -> str:
 
 def compute_metrics(spec: RunSpec, results: EnsembleResult, spectral: str,
                     source: Checkpoint | None = None) -> dict[str, float]:
-    """Compute spent by one member: samples processed and analytic FLOPs (repro.flops).
+    """Compute spent by one member: samples processed and analytic FLOPs (:func:`repro.flops.training_flops`).
 
-    Training: 3 forward FLOPs (forward + backward) per sample processed, plus one forward pass
-    per validation sample and evaluation; the final test evaluation is measurement, not
-    training, and not counted.  A run started from a checkpoint also gets the pre-training run's
-    FLOPs from the checkpoint's meta (NaN for checkpoints written before it was recorded).
+    A run started from a checkpoint also gets the pre-training run's FLOPs from the checkpoint's
+    meta (NaN for checkpoints written before it was recorded).
     """
-    per_sample = forward_flops(spec.model_spec, spec.data.resolution, spectral)
-    flops = 3.0 * per_sample * results.samples_seen + per_sample * spec.data.n_val * results.evaluations
+    flops = training_flops(spec.model_spec, spec.data.resolution, spectral, samples_seen=results.samples_seen,
+                           n_val=spec.data.n_val, evaluations=results.evaluations)
     out = {schema.M_SAMPLE_STEPS: float(results.samples_seen), schema.M_FLOPS: flops}
     if source is not None:
         out[schema.M_PRETRAIN_FLOPS] = float(source.meta.get(schema.M_FLOPS, math.nan))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from analysis.synthetic import QUICK_SHIFTS, SyntheticGrid, write_store
+from synthetic_store import QUICK_SHIFTS, SyntheticGrid, write_store
 from repro.cli import app
 from repro.grid import store
 

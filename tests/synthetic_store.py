@@ -1,9 +1,10 @@
 """Synthetic MLflow stores laid out exactly like the training engine's, for tests and benchmarks.
 
-The analysis layer only *reads* MLflow; this module is its test fixture.  It writes runs with
-the same params, tags and metrics as :mod:`repro.tracking` (one parent run per grid, one
-child per :class:`~repro.config.RunSpec`), but with test errors drawn from planted scaling laws,
-so that fits, transfer metrics and claims can be checked against known truth:
+The analysis layer only *reads* MLflow; this is its test fixture (imported by the tests and by
+``benchmarks/bench_analysis.py``).  It writes through the engine's own writer,
+:class:`repro.tracking.RunRecorder` (one parent run per grid, one child per
+:class:`~repro.config.RunSpec`, the same params, tags and metrics), but with test errors drawn
+from planted scaling laws, so that fits, transfer metrics and claims can be checked against known truth:
 
 - scratch:   err(N) = E_m + A * N^-alpha                       (E_m shrinks with model size)
 - transfer:  err(N) = E_m + (A / b) * N^-alpha,  b = benefit * growth^size / (1 + 2 * shift)
@@ -14,21 +15,21 @@ so that fits, transfer metrics and claims can be checked against known truth:
 - trained runs are converged (``convergence/late_improvement`` 0.1-0.5 %) except a planted fraction
   ``unconverged`` of the downstream runs of ``unconverged_arms`` (late improvement 5-25 %, error
   inflated by 1 + 4 x that: an under-trained run is worse, as measured in issue 9 §1);
-- compute: ``compute/sample_steps`` = N x epochs, ``compute/flops`` from a rough forward count,
+- compute: ``compute/sample_steps`` = N x epochs, ``compute/flops`` from :func:`repro.flops.training_flops`,
   ``compute/pretrain_flops`` = the pre-training run's flops for transfer and zero-shot runs.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from repro import schema
-from repro.config import MODEL_LADDER, DatasetSpec, ModelSpec, RunSpec, flatten, in_channels, run_name
+from repro import schema, tracking
+from repro.config import MODEL_LADDER, DatasetSpec, RunSpec, in_channels
+from repro.flops import training_flops
 from analysis.transfer import shift_magnitude
 
 #: Upstream ranges of the E3 ladder (docs/protocol.md §3.3), used by the benchmark store.
@@ -95,15 +96,10 @@ class SyntheticRun:
 
 
 def synthetic_flops(spec: RunSpec) -> float:
-    """Plausible training FLOPs of ``spec``: 3 x a rough forward count x samples, plus validation.
-
-    Forward per sample ~ n^2 (2 L w^2 + 4 w^2) + L 16 w^2 m^2 (1x1 convs, projection, mode mixing;
-    cheaper than repro.flops' full count, and enough for a synthetic store).
-    """
-    width, n_modes = MODEL_LADDER[spec.model]
-    n, n_layers = spec.data.resolution, 4
-    forward = n * n * (2 * n_layers * width ** 2 + 4 * width ** 2) + n_layers * 16 * width ** 2 * n_modes ** 2
-    return float(forward * (3 * spec.n_train * spec.epochs + spec.data.n_val * max(spec.epochs, 1)))
+    """The FLOPs the engine would record for ``spec`` trained ``epochs`` full passes (fast spectral path),
+    validated once per epoch (a zero-shot run: validated once, as the engine does)."""
+    return training_flops(spec.model_spec, spec.data.resolution, "fast", samples_seen=spec.n_train * spec.epochs,
+                          n_val=spec.data.n_val, evaluations=max(spec.epochs, 1))
 
 
 def _hash_unit(key: str) -> float:
@@ -194,9 +190,8 @@ def _make(grid: SyntheticGrid, spec: RunSpec, role: str, upstream: DatasetSpec |
     c_in = in_channels(spec.data.pde, spec.layout)
     params: dict[str, Any] = {schema.P_WIDTH: width, schema.P_N_MODES: n_modes, schema.P_IN_CHANNELS: c_in,
                               schema.P_FAST: False, schema.P_PRECISION: "fp32"}
-    tags = {schema.T_RUN_KEY: spec.run_key, schema.T_GRID: grid.name, schema.T_ROLE: role,
-            schema.T_GIT_SHA: "0" * 40, schema.T_GIT_DIRTY: "false", schema.T_DEVICE: "synthetic",
-            f"{schema.T_DATA_HASH_PREFIX}train": spec.data.label, f"{schema.T_VERSION_PREFIX}repro": "0.1.0"}
+    tags = {schema.T_GRID: grid.name, schema.T_ROLE: role, schema.T_DEVICE: "synthetic",
+            f"{schema.T_DATA_HASH_PREFIX}train": spec.data.label}
     if upstream is not None:
         params.update({schema.P_UPSTREAM_PDE: upstream.pde, schema.P_UPSTREAM_LOW: upstream.low,
                        schema.P_UPSTREAM_HIGH: upstream.high})
@@ -210,7 +205,7 @@ def _make(grid: SyntheticGrid, spec: RunSpec, role: str, upstream: DatasetSpec |
     metrics = {schema.M_TEST_REL_L2: test, schema.M_BEST_VAL_REL_L2: val, schema.M_BEST_EPOCH: max(epochs - 1, 0),
                schema.M_WALL_SECONDS: 0.01 * (spec.n_train + 1) * max(epochs, 1),
                schema.M_SAMPLES_PER_SECOND: 1000.0, schema.M_GPU_SECONDS: 0.0,
-               schema.M_N_PARAMS: ModelSpec(in_channels=c_in, width=width, n_modes=n_modes).n_params,
+               schema.M_N_PARAMS: spec.model_spec.n_params,
                schema.M_SAMPLE_STEPS: float(spec.n_train * epochs), schema.M_FLOPS: synthetic_flops(spec)}
     if trained:
         metrics.update({schema.M_LATE_IMPROVEMENT: late, schema.M_CONVERGED: 0.0 if unconverged else 1.0})
@@ -235,28 +230,20 @@ def _add_failures(grid: SyntheticGrid, runs: list[SyntheticRun], rng: np.random.
 
 
 def write_store(tracking_uri: str, grid: SyntheticGrid, runs: list[SyntheticRun] | None = None) -> str:
-    """Write ``grid``'s runs into the MLflow store at ``tracking_uri``; return the parent run id.
-
-    Three client calls per run (create, one ``log_batch``, terminate), as the tracker does.
-    """
-    from mlflow.entities import Metric, Param
-
-    from repro import tracking
-
-    client = tracking.client(tracking_uri)
-    exp_id = tracking.init_store(tracking_uri)
-    parent = client.create_run(exp_id, run_name=f"grid:{grid.name}", tags={schema.T_GRID: grid.name, schema.T_ROLE: "grid"})
-    parent_id = parent.info.run_id
+    """Write ``grid``'s runs into the MLflow store at ``tracking_uri``; return the parent run id."""
+    tracking.init_store(tracking_uri)
+    parent_id = tracking.start_parent_run(tracking_uri, grid=grid.name)
     for run in plan(grid) if runs is None else runs:
-        spec = run.spec
-        child = client.create_run(exp_id, run_name=run_name(spec),
-                                  tags={**run.tags, schema.T_PARENT_RUN_ID: parent_id})
-        now = int(time.time() * 1000)
-        params = [Param(k, str(v)) for k, v in {**flatten(spec), **run.params}.items()]
-        metrics = [Metric(k, float(v), now, step) for k, vs in run.history.items() for step, v in enumerate(vs)]
-        metrics += [Metric(k, float(v), now, 0) for k, v in run.metrics.items()]
-        client.log_batch(child.info.run_id, metrics=metrics, params=params, tags=[])
-        client.set_terminated(child.info.run_id, status=run.status)
-    client.set_terminated(parent_id, status=schema.FINISHED)
+        recorder = tracking.RunRecorder.start(tracking_uri, run.spec, extra_params=run.params, tags=run.tags,
+                                              parent_run_id=parent_id)
+        for step, metrics in enumerate(zip(*run.history.values())):
+            recorder.log_epoch(step, dict(zip(run.history, metrics)))
+        if run.status == schema.FINISHED:
+            recorder.log_final(run.metrics)
+            recorder.finish()
+        elif run.status == schema.FAILED:
+            recorder.fail(run.tags[schema.T_FAILURE_REASON])
+        else:
+            tracking.end_run(tracking_uri, recorder.run_id, run.status)
+    tracking.end_run(tracking_uri, parent_id, schema.FINISHED)
     return parent_id
-
