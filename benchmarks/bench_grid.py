@@ -55,6 +55,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from repro.grid.launcher import Options, run_grid
+    from repro.execution import RunContext
     from repro.grid.local import cpu_count
     from repro.grid.plan import load_plan
     from repro.grid.worker import prepare_dataset
@@ -74,7 +75,7 @@ def main() -> None:
                                     (f"batched + slot pool ({workers or 'all GPU'} workers, max_members=16)", 16,
                                      workers)):
             uri = f"sqlite:///{root / (str(members) + '.db')}"
-            opts = Options(tracking_uri=uri, data_dir=data, device=args.device, workers=pool, max_members=members)
+            opts = Options(RunContext(tracking_uri=uri, data_dir=data, device=args.device, max_members=members), workers=pool)
             t0 = time.perf_counter()
             out = run_grid(plan, opts, live=False, console=_quiet())
             wall = time.perf_counter() - t0

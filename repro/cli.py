@@ -293,14 +293,16 @@ def train(
         fail(f"checkpoint {from_} takes {checkpoint.model_spec.in_channels} input channels but {data.label} "
              f"in layout {layout} gives {spec.model_spec.in_channels}")
     from repro.data import default_data_dir, ensure_split
+    from repro.execution import RunContext
     from repro.train.engine import execute
 
     typer.echo(_cost_line(spec, device), err=True)
     root = Path(data_dir) if data_dir else default_data_dir()
     for split in ("train", "val", "test"):  # generated here, with a progress bar, if not cached
         ensure_split(data, split, root, progress=True)
-    (outcome,) = execute([spec], tracking_uri=uri, data_dir=Path(data_dir) if data_dir else None,
-                         device=device, fast=fast, precision=precision, progress=True)
+    context = RunContext(tracking_uri=uri, data_dir=Path(data_dir) if data_dir else None, device=device, fast=fast,
+                         precision=precision)
+    (outcome,) = execute([spec], context, progress=True)
     if outcome.status != "FINISHED":
         fail(f"run {outcome.run_key} FAILED: {outcome.failure_reason}", code=1)
     typer.echo(f"run_key {outcome.run_key}  mlflow run {outcome.run_id}  test rel L2 {outcome.test_rel_l2:.4g}"
@@ -473,6 +475,7 @@ def run_grid_cmd(
     from pathlib import Path
 
     from repro import tracking
+    from repro.execution import RunContext
     from repro.grid import console, launcher, resources
 
     plan = _load_plan(grid)
@@ -502,9 +505,10 @@ def run_grid_cmd(
             slurm = SlurmOptions(partition=partition, time_min=time_limit, gpus_per_task=where.gpus_per_task,
                                  array_parallelism=array_parallelism, tasks=slurm_tasks,
                                  folder=Path(slurm_folder) if slurm_folder else tracking.repro_home() / "slurm")
-        opts = launcher.Options(tracking_uri=uri, data_dir=Path(data_dir) if data_dir else None, device=device,
-                                fast=fast, precision=precision, workers=slots, runs_per_gpu=runs_per_gpu, max_members=max_members,
-                                executor=executor, slurm=slurm, stale_after=stale_after)
+        context = RunContext(tracking_uri=uri, data_dir=Path(data_dir) if data_dir else None, device=device,
+                             fast=fast, precision=precision, max_members=max_members)
+        opts = launcher.Options(context, workers=slots, runs_per_gpu=runs_per_gpu, executor=executor, slurm=slurm,
+                                stale_after=stale_after)
         from repro.grid.estimate import estimate_units
 
         def costs(units):  # per-unit weights for the live ETA

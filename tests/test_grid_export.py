@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from repro import schema, tracking
 from repro.cli import app
 from repro.grid.launcher import Options, run_grid
+from repro.execution import RunContext
 from repro.grid.plan import expand
 from repro.grid.plan import load_grid
 
@@ -25,7 +26,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, object, Path]
     grid = write_grid(root / "g.toml", "export-me", lrs="[3e-3, 1e6]")
     plan = expand(load_grid(grid))
     uri = f"sqlite:///{root / 'src' / 'mlflow.db'}"
-    opts = Options(tracking_uri=uri, data_dir=root / "data", workers=2)
+    opts = Options(RunContext(tracking_uri=uri, data_dir=root / "data"), workers=2)
     assert not run_grid(plan, opts, live=False).ok  # the 1e6 runs fail
     run_grid(plan, opts, live=False)  # and fail again under a second parent
     return uri, plan, grid

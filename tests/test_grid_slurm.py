@@ -32,11 +32,12 @@ def test_sbatch_script_has_the_options(tmp_path):
 def test_grid_through_submitit_debug_executor(tmp_path):
     from repro.grid import store
     from repro.grid.launcher import Options, run_grid
+    from repro.execution import RunContext
 
     grid = write_grid(tmp_path / "g.toml", "slurm-debug", n_train="[8]", up="32", pre_epochs=2, ft_epochs=2)
     plan = expand(load_grid(grid))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    opts = Options(tracking_uri=uri, data_dir=tmp_path / "data", executor="slurm",
+    opts = Options(RunContext(tracking_uri=uri, data_dir=tmp_path / "data"), executor="slurm",
                    slurm=SlurmOptions(cluster="debug", folder=tmp_path / "slurm"))
     out = run_grid(plan, opts, live=False)
     assert out.ok and len(out.finished) == len(plan) == 4, out
@@ -61,7 +62,7 @@ def test_slurm_from_a_login_node_without_gpus_targets_the_compute_nodes(tmp_path
     seen = {}
 
     def fake_run_grid(plan, opts, costs=None):
-        seen.update(device=opts.device, workers=opts.workers, slurm=opts.slurm)
+        seen.update(device=opts.context.device, workers=opts.workers, slurm=opts.slurm)
         raise KeyboardInterrupt  # stop before submitting anything
 
     monkeypatch.setattr(launcher, "run_grid", fake_run_grid)
@@ -92,19 +93,20 @@ def test_an_array_task_with_several_devices_runs_a_worker_per_device(tmp_path, m
     import repro.grid.slurm as slurm_mod
     from repro.grid import store
     from repro.grid.launcher import Options, run_grid
+    from repro.execution import RunContext
     from repro.grid.local import make_slots
 
     pools = []
 
     def two_slots(settings):
-        pools.append(settings.device)
+        pools.append(settings.context.device)
         return make_slots(device="cpu", workers=2)
 
     monkeypatch.setattr(slurm_mod, "_allocation_slots", two_slots)
     grid = write_grid(tmp_path / "g.toml", "slurm-pool", n_train="[8, 16]", up="32", pre_epochs=2, ft_epochs=2)
     plan = expand(load_grid(grid))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    opts = Options(tracking_uri=uri, data_dir=tmp_path / "data", executor="slurm",
+    opts = Options(RunContext(tracking_uri=uri, data_dir=tmp_path / "data"), executor="slurm",
                    slurm=SlurmOptions(cluster="debug", folder=tmp_path / "slurm", tasks=1))
     out = run_grid(plan, opts, live=False)
     assert out.ok and len(out.finished) == len(plan), out

@@ -16,6 +16,7 @@ import pytest
 
 from repro import schema
 from repro.grid.launcher import Options, run_grid
+from repro.execution import RunContext
 from repro.grid.plan import expand
 from repro.grid.plan import parse_grid
 from repro.grid.spec import grid_path
@@ -47,7 +48,7 @@ def mini_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
     plans = {}
     for name in PAPER_GRIDS:
         plan = expand(parse_grid(miniature(name), where=f"{name} (miniature)"))
-        out = run_grid(plan, Options(tracking_uri=uri, data_dir=root / "data", workers=2), live=False)
+        out = run_grid(plan, Options(RunContext(tracking_uri=uri, data_dir=root / "data"), workers=2), live=False)
         assert out.ok, (name, out.failed)
         plans[name] = plan
     return uri, plans

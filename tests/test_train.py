@@ -23,6 +23,7 @@ from repro import tracking
 from repro.ensembles import batch_key, ensemble_cap, group_specs
 from repro.train import pretrained
 from repro.train.engine import execute
+from repro.execution import RunContext
 from repro.train.loop import EnsembleData, Schedule, evaluate, train_ensemble
 from repro.train.optim import EnsembleAdam, cosine_factor
 
@@ -36,7 +37,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     data_dir = root / "data"
     pretrain = RunSpec(arm="scratch", data=UP, model="xxs", n_train=96, lr=3e-3, epochs=6, seed=0)
-    (outcome,) = execute([pretrain], tracking_uri=uri, data_dir=data_dir, progress=False)
+    (outcome,) = execute([pretrain], RunContext(tracking_uri=uri, data_dir=data_dir), progress=False)
     assert outcome.status == schema.FINISHED, outcome.failure_reason
     return {"uri": uri, "data_dir": data_dir, "pretrain": pretrain, "outcome": outcome}
 
@@ -156,7 +157,7 @@ def test_mlflow_round_trip_params_metrics_artifacts(store) -> None:
 def test_zero_shot_equals_evaluating_the_loaded_model(store) -> None:
     spec = RunSpec(arm="zero_shot", data=DOWN, model="xxs", n_train=0, lr=0.0, epochs=0,
                    init_from=store["pretrain"].run_key)
-    (outcome,) = execute([spec], tracking_uri=store["uri"], data_dir=store["data_dir"], progress=False)
+    (outcome,) = execute([spec], RunContext(tracking_uri=store["uri"], data_dir=store["data_dir"]), progress=False)
     assert outcome.status == schema.FINISHED, outcome.failure_reason
     checkpoint = load_checkpoint(pretrained.resolve_checkpoint(store["pretrain"].run_key, store["uri"]))
     from repro.data.normalise import Normaliser
@@ -188,7 +189,7 @@ def test_transfer_beats_scratch_and_batched_runs_are_recorded_separately(store) 
     common = dict(data=DOWN, model="xxs", n_train=8, epochs=8)
     transfer = [RunSpec(arm="transfer", lr=lr, seed=0, init_from=store["pretrain"].run_key, **common)
                 for lr in (1e-3, 3e-3)]
-    outcomes = execute(transfer, tracking_uri=store["uri"], data_dir=store["data_dir"], progress=False)
+    outcomes = execute(transfer, RunContext(tracking_uri=store["uri"], data_dir=store["data_dir"]), progress=False)
     assert [o.status for o in outcomes] == [schema.FINISHED] * 2
     assert len({o.run_id for o in outcomes}) == 2
     assert len(group_specs(transfer)) == 1 and batch_key(transfer[0]) == batch_key(transfer[1])
@@ -197,7 +198,7 @@ def test_transfer_beats_scratch_and_batched_runs_are_recorded_separately(store) 
 def test_diverging_run_fails_with_reason_and_others_finish(store) -> None:
     good = RunSpec(arm="scratch", data=DOWN, model="xxs", n_train=8, lr=1e-3, epochs=3, seed=1)
     bad = RunSpec(arm="scratch", data=DOWN, model="xxs", n_train=8, lr=1e12, epochs=3, seed=1)
-    out_good, out_bad = execute([good, bad], tracking_uri=store["uri"], data_dir=store["data_dir"], progress=False)
+    out_good, out_bad = execute([good, bad], RunContext(tracking_uri=store["uri"], data_dir=store["data_dir"]), progress=False)
     assert out_good.status == schema.FINISHED
     assert out_bad.status == schema.FAILED and "diverged" in out_bad.failure_reason
     run = MlflowClient(store["uri"]).get_run(out_bad.run_id)
@@ -214,7 +215,7 @@ def test_finite_blow_up_fails_as_diverged_with_the_number(store) -> None:
     assert divergence_limit(math.nan) == 10
     good = RunSpec(arm="scratch", data=DOWN, model="xxs", n_train=8, lr=1e-3, epochs=3, seed=2)
     bad = RunSpec(arm="scratch", data=DOWN, model="xxs", n_train=8, lr=10.0, epochs=3, seed=2)
-    out_good, out_bad = execute([good, bad], tracking_uri=store["uri"], data_dir=store["data_dir"], progress=False)
+    out_good, out_bad = execute([good, bad], RunContext(tracking_uri=store["uri"], data_dir=store["data_dir"]), progress=False)
     assert out_good.status == schema.FINISHED and out_good.failure_reason is None
     assert math.isfinite(out_good.test_rel_l2) and out_good.test_rel_l2 < DIVERGENCE_FACTOR
     assert out_bad.status == schema.FAILED
@@ -233,7 +234,7 @@ def _fresh_pretrain(tmp_path: Path, store) -> tuple[str, RunSpec, str]:
     """A pre-training run of its own (this test damages its checkpoint): uri, spec, run id."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = RunSpec(arm="scratch", data=UP, model="xxs", n_train=16, lr=3e-3, epochs=1, seed=5)
-    (outcome,) = execute([spec], tracking_uri=uri, data_dir=store["data_dir"], progress=False, grid="ckpt-heal")
+    (outcome,) = execute([spec], RunContext(tracking_uri=uri, data_dir=store["data_dir"], grid="ckpt-heal"), progress=False)
     assert outcome.status == schema.FINISHED, outcome.failure_reason
     return uri, spec, outcome.run_id
 
@@ -250,8 +251,7 @@ def test_a_damaged_cached_checkpoint_is_fetched_again(store, tmp_path: Path, cap
 
     cached.write_bytes(whole[: len(whole) // 2])  # truncated
     with caplog.at_level(logging.WARNING, logger="repro.train"):
-        (outcome,) = execute([RunSpec(seed=0, **transfer)], tracking_uri=uri, data_dir=store["data_dir"],
-                             progress=False)
+        (outcome,) = execute([RunSpec(seed=0, **transfer)], RunContext(tracking_uri=uri, data_dir=store["data_dir"]), progress=False)
     assert outcome.status == schema.FINISHED, outcome.failure_reason
     assert cached.read_bytes() == whole
     assert any(str(cached) in r.getMessage() and "fetched again" in r.getMessage() for r in caplog.records)
@@ -260,7 +260,7 @@ def test_a_damaged_cached_checkpoint_is_fetched_again(store, tmp_path: Path, cap
         z.writestr("junk", b"x")
     checkpoint = pretrained.load_pretrained(pre.run_key, uri)
     assert checkpoint.model_spec == pre.model_spec and cached.read_bytes() == whole
-    (outcome,) = execute([RunSpec(seed=1, **transfer)], tracking_uri=uri, data_dir=store["data_dir"], progress=False)
+    (outcome,) = execute([RunSpec(seed=1, **transfer)], RunContext(tracking_uri=uri, data_dir=store["data_dir"]), progress=False)
     assert outcome.status == schema.FINISHED, outcome.failure_reason
 
 
@@ -275,7 +275,7 @@ def test_a_lost_checkpoint_says_how_to_recreate_it(store, tmp_path: Path) -> Non
     artifact.unlink()
     cached.unlink()
     spec = RunSpec(arm="transfer", data=DOWN, model="xxs", n_train=8, lr=1e-3, epochs=1, init_from=pre.run_key)
-    (outcome,) = execute([spec], tracking_uri=uri, data_dir=store["data_dir"], progress=False, grid="down")
+    (outcome,) = execute([spec], RunContext(tracking_uri=uri, data_dir=store["data_dir"], grid="down"), progress=False)
     assert outcome.status == schema.FAILED
     reason = outcome.failure_reason
     assert pre.run_key in reason and run_id in reason and "\n" not in reason
@@ -290,16 +290,16 @@ def test_a_lost_checkpoint_says_how_to_recreate_it(store, tmp_path: Path) -> Non
     MlflowClient(uri).delete_run(run_id)
     with pytest.raises(pretrained.CheckpointNotFound, match=f"{pre.run_key}: no FINISHED run.*repro run-grid --grid"):
         pretrained.resolve_checkpoint(pre.run_key, uri)
-    (again,) = execute([pre], tracking_uri=uri, data_dir=store["data_dir"], progress=False, grid="ckpt-heal")
+    (again,) = execute([pre], RunContext(tracking_uri=uri, data_dir=store["data_dir"], grid="ckpt-heal"), progress=False)
     assert again.status == schema.FINISHED
-    (outcome,) = execute([spec], tracking_uri=uri, data_dir=store["data_dir"], progress=False, grid="down")
+    (outcome,) = execute([spec], RunContext(tracking_uri=uri, data_dir=store["data_dir"], grid="down"), progress=False)
     assert outcome.status == schema.FINISHED, outcome.failure_reason
 
 
 def test_missing_checkpoint_fails_the_run_naming_it(store) -> None:
     spec = RunSpec(arm="transfer", data=DOWN, model="xxs", n_train=8, lr=1e-3, epochs=1,
                    init_from="ffffffffffffffff")
-    (outcome,) = execute([spec], tracking_uri=store["uri"], data_dir=store["data_dir"], progress=False)
+    (outcome,) = execute([spec], RunContext(tracking_uri=store["uri"], data_dir=store["data_dir"]), progress=False)
     assert outcome.status == schema.FAILED
     assert "ffffffffffffffff" in outcome.failure_reason
 
@@ -331,7 +331,7 @@ def test_cli_errors_are_one_line_and_name_the_problem(store, tmp_path: Path) -> 
         assert "Traceback" not in result.output
     spec = RunSpec(arm="scratch", data=DOWN, model="xxs", n_train=8, lr=1e-3, epochs=1)
     with pytest.raises(ValueError, match="needs a CUDA device"):  # before any run is recorded
-        execute([spec], tracking_uri=store["uri"], data_dir=store["data_dir"], precision="bf16", progress=False)
+        execute([spec], RunContext(tracking_uri=store["uri"], data_dir=store["data_dir"], precision="bf16"), progress=False)
 
 
 def test_cli_trains_a_scratch_run(store) -> None:
@@ -364,12 +364,13 @@ resource.setrlimit(resource.RLIMIT_AS, (2500 * 2**20, resource.RLIM_INFINITY))
 from repro.config import DatasetSpec, RunSpec
 from repro import ensembles
 from repro.train.engine import execute
+from repro.execution import RunContext
 ensembles.CPU_ENSEMBLE_FLOATS = 2**24  # let the two xl runs form one ensemble on this CPU
 big = DatasetSpec(pde="poisson", low=1, high=5, resolution=64, n_train=8, n_val=4, n_test=4, seed=1)
 small = DatasetSpec(pde="poisson", low=1, high=5, resolution=16, n_train=8, n_val=4, n_test=4, seed=1)
 specs = [RunSpec(arm="scratch", data=big, model="xl", n_train=2, lr=lr, epochs=1) for lr in (1e-3, 2e-3)]
 specs.append(RunSpec(arm="scratch", data=small, model="xxs", n_train=8, lr=1e-3, epochs=1))
-out = execute(specs, tracking_uri=sys.argv[1], data_dir=sys.argv[2], device="cpu", progress=False)
+out = execute(specs, RunContext(tracking_uri=sys.argv[1], data_dir=sys.argv[2], device="cpu"), progress=False)
 print(json.dumps([[o.status, o.failure_reason] for o in out]))
 """
 
@@ -489,7 +490,7 @@ def test_runs_record_convergence_and_compute_and_collect_reads_them(store) -> No
     common = dict(data=DOWN, model="xxs", lr=3e-3, seed=0, init_from=pre.run_key)
     short = RunSpec(arm="transfer", n_train=8, epochs=3, **common)  # ceil(0.8 * 3) = 3: nothing after it
     zero = RunSpec(arm="zero_shot", n_train=0, epochs=0, **{**common, "lr": 0.0})
-    outcomes = execute([short, zero], tracking_uri=store["uri"], data_dir=store["data_dir"], progress=False)
+    outcomes = execute([short, zero], RunContext(tracking_uri=store["uri"], data_dir=store["data_dir"]), progress=False)
     assert [o.status for o in outcomes] == [schema.FINISHED] * 2, [o.failure_reason for o in outcomes]
     df = collect_runs(store["uri"]).set_index(schema.C_RUN_ID)
     row_pre, row_short, row_zero = (df.loc[o.run_id] for o in (store["outcome"], *outcomes))

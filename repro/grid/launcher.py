@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from repro import schema
 from repro import tracking
+from repro.execution import RunContext
 from repro.grid import store
 from repro.grid.console import STALE, Progress, task_phase
 from repro.grid.ledger import GridOutcome, Ledger, build_tasks, describe_run, pretrain_reason
@@ -28,16 +28,12 @@ from repro.outcome import RunOutcome
 
 @dataclass(frozen=True)
 class Options:
-    """How to execute a grid (the CLI's options, minus presentation)."""
+    """How to execute a grid (the CLI's options, minus presentation): the engine's context and
+    how the invocation spreads it over workers or a cluster."""
 
-    tracking_uri: str
-    data_dir: Path | None = None
-    device: str = "cpu"
-    fast: bool | None = None
-    precision: str = "fp32"  # "fp32" | "bf16" (CUDA only; repro.models.fno.check_precision)
+    context: RunContext
     workers: int | None = None
     runs_per_gpu: int = 1
-    max_members: int = 16
     executor: str = "local"  # "local" | "slurm"
     slurm: Any = None  # repro.grid.slurm.SlurmOptions
     stale_after: float = store.STALE_AFTER_S
@@ -101,7 +97,7 @@ def run_grid(plan: Plan, opts: Options, *, console: Any = None, live: bool | Non
     from repro.tracking import init_store, start_parent_run
 
     t0 = time.monotonic()
-    uri = opts.tracking_uri
+    uri = opts.context.tracking_uri
     init_store(uri)  # before any worker: concurrent first writers race on the schema migration
     store.prepare_sqlite(uri)
     sv = survey(plan, uri, stale_after=opts.stale_after)
@@ -118,9 +114,8 @@ def run_grid(plan: Plan, opts: Options, *, console: Any = None, live: bool | Non
         store.T_HEARTBEAT: f"{time.time():.0f}", "grid.todo": str(len(todo)), "grid.total": str(len(plan)),
         schema.T_GRID_PLAN: plan.plan_hash})
     outcome.parent_run_id = parent
-    settings = Settings(tracking_uri=uri, data_dir=opts.data_dir, device=opts.device, fast=opts.fast,
-                        grid=plan.grid.label, parent_run_id=parent, max_members=opts.max_members,
-                        heartbeat_s=opts.heartbeat_s, precision=opts.precision, stale_after=opts.stale_after)
+    settings = Settings(context=replace(opts.context, grid=plan.grid.label, parent_run_id=parent),
+                        heartbeat_s=opts.heartbeat_s, stale_after=opts.stale_after)
     status = schema.FAILED
     stopped: str | None = None  # why the invocation stopped early (its runs are then closed KILLED)
     closed = False  # its runs were closed already
@@ -174,14 +169,15 @@ def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settin
                costs: Callable[[list[Unit]], dict[str, float]] | None) -> None:
     from repro.grid.local import Scheduler, make_slots, run_local
 
-    uri = settings.tracking_uri
-    data_tasks, pairs, deps = build_tasks(plan, todo, finished=finished, max_members=opts.max_members,
-                                          device=settings.device)
+    ctx = settings.context
+    uri = ctx.tracking_uri
+    data_tasks, pairs, deps = build_tasks(plan, todo, finished=finished, max_members=ctx.max_members,
+                                          device=ctx.device)
     units = {task.task_id: unit for unit, task in pairs}
-    ledger = Ledger(plan, outcome, uri=uri, parent_run_id=settings.parent_run_id, finished=finished)
+    ledger = Ledger(plan, outcome, uri=uri, parent_run_id=ctx.parent_run_id, finished=finished)
     sched = Scheduler(tasks=[*data_tasks, *[t for _, t in pairs]], deps=deps, done_keys=ledger.done,
                       failed_keys=ledger.failed, describe=pretrain_reason(plan), waiting=ledger.waiting)
-    slots = make_slots(device=opts.device, workers=opts.workers, runs_per_gpu=opts.runs_per_gpu)
+    slots = make_slots(device=ctx.device, workers=opts.workers, runs_per_gpu=opts.runs_per_gpu)
     unit_costs: dict[str, float] = {}
     if costs:
         try:  # weights for the ETA: long pre-training units count for more than tiny fine-tunes
@@ -206,7 +202,7 @@ def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settin
                 progress.finish_elsewhere(0, 1)
             elif st.kind == "gone":
                 sched.waiting.discard(key)
-                unit = plan.units([key], max_members=1, device=settings.device)[0]
+                unit = plan.units([key], max_members=1, device=ctx.device)[0]
                 task = UnitTask(task_id=f"{unit.task_id}:again{len(units)}", specs=unit.specs,
                                 roles={key: plan[key].role})
                 units[task.task_id] = unit
@@ -243,7 +239,7 @@ def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settin
         if time.monotonic() - last_beat[0] > settings.heartbeat_s:
             last_beat[0] = time.monotonic()
             try:
-                tracking.retrying(lambda: tracking.client(uri).set_tag(settings.parent_run_id, store.T_HEARTBEAT,
+                tracking.retrying(lambda: tracking.client(uri).set_tag(ctx.parent_run_id, store.T_HEARTBEAT,
                                                                  f"{time.time():.0f}"))
             except Exception:  # noqa: BLE001 - a missed beat is harmless
                 pass

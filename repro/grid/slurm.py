@@ -88,7 +88,7 @@ def array_task(tasks: list[DataTask | UnitTask], settings: Settings) -> list[Tas
 
 def _allocation_slots(settings: Settings) -> list:
     """One slot per GPU SLURM gave this task (its CUDA_VISIBLE_DEVICES); none for one GPU or CPU."""
-    if not settings.device.startswith("cuda"):
+    if not settings.context.device.startswith("cuda"):
         return []
     from repro.grid.local import gpu_count, make_slots
 
@@ -147,11 +147,12 @@ def run_slurm(plan, todo: list[str], finished: set[str], settings: Settings, opt
               outcome: GridOutcome, *, console: Any = None) -> None:
     """Run ``todo`` keys of ``plan`` as three dependent SLURM array phases; fills ``outcome``."""
     opts = opts or SlurmOptions()
-    uri = settings.tracking_uri
-    data_tasks, pairs, deps = build_tasks(plan, todo, finished=finished, max_members=settings.max_members,
-                                          device=settings.device)
+    ctx = settings.context
+    uri = ctx.tracking_uri
+    data_tasks, pairs, deps = build_tasks(plan, todo, finished=finished, max_members=ctx.max_members,
+                                          device=ctx.device)
     describe = pretrain_reason(plan)
-    ledger = Ledger(plan, outcome, uri=uri, parent_run_id=settings.parent_run_id, finished=finished)
+    ledger = Ledger(plan, outcome, uri=uri, parent_run_id=ctx.parent_run_id, finished=finished)
     bad_data: dict[str, str] = {}
     data_results = _run_phase(list(data_tasks), settings, opts, f"{plan.grid.label}-data", console)
     for t in data_tasks:

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from repro import schema
 from repro.config import DatasetSpec, RunSpec
+from repro.execution import RunContext
 from repro.grid import store
 from repro.outcome import RunOutcome
 
@@ -50,18 +51,12 @@ class UnitTask:
 
 @dataclass(frozen=True)
 class Settings:
-    """How every task of one invocation runs."""
+    """How every task of one invocation runs: the engine's context (grid and parent run filled
+    in) and the liveness timings of :mod:`repro.grid.store`."""
 
-    tracking_uri: str
-    data_dir: Path | None
-    device: str
-    fast: bool | None
-    grid: str
-    parent_run_id: str | None
-    max_members: int = 16
+    context: RunContext
     heartbeat_s: float = store.HEARTBEAT_S
     stale_after: float = store.STALE_AFTER_S
-    precision: str = "fp32"  # forward precision, like fast an execution option (not in the run_key)
 
 
 def prepare_dataset(dataset: DatasetSpec, data_dir: Path | None) -> None:
@@ -85,7 +80,8 @@ class _Heartbeat(threading.Thread):
         wait = min(1.0, self.settings.heartbeat_s)
         while not self.stop.wait(wait):
             try:
-                store.beat_runs(self.settings.tracking_uri, self.settings.parent_run_id, self.keys, self.identity)
+                store.beat_runs(self.settings.context.tracking_uri, self.settings.context.parent_run_id, self.keys,
+                                self.identity)
             except Exception:  # noqa: BLE001 - a missed beat is harmless; the next one retries
                 pass
             wait = self.settings.heartbeat_s
@@ -95,7 +91,7 @@ def run_unit(task: UnitTask, settings: Settings) -> list[RunOutcome]:
     """Run the unfinished specs of ``task``; returns one outcome per spec of the task."""
     from repro.train.engine import execute
 
-    uri = settings.tracking_uri
+    uri = settings.context.tracking_uri
     states = store.key_states(uri, [s.run_key for s in task.specs])
     out: list[RunOutcome] = []
     todo = []
@@ -113,11 +109,7 @@ def run_unit(task: UnitTask, settings: Settings) -> list[RunOutcome]:
     beat = _Heartbeat(settings, [s.run_key for s in todo])
     beat.start()
     try:
-        outcomes = execute(todo, tracking_uri=settings.tracking_uri, data_dir=settings.data_dir,
-                           device=settings.device, fast=settings.fast, precision=settings.precision,
-                           grid=settings.grid,
-                           parent_run_id=settings.parent_run_id, roles=dict(task.roles), progress=False,
-                           max_members=settings.max_members,
+        outcomes = execute(todo, settings.context, roles=dict(task.roles), progress=False,
                            extra_tags={store.T_WORKER: store.process_identity(), store.T_HEARTBEAT: f"{time.time():.0f}"},
                            claim=lambda mine: store.claim(uri, mine, stale_after=settings.stale_after))
     finally:
@@ -128,7 +120,7 @@ def run_unit(task: UnitTask, settings: Settings) -> list[RunOutcome]:
 
 def run_task(task: DataTask | UnitTask, settings: Settings) -> list[RunOutcome]:
     if isinstance(task, DataTask):
-        prepare_dataset(task.dataset, settings.data_dir)
+        prepare_dataset(task.dataset, settings.context.data_dir)
         return []
     return run_unit(task, settings)
 

@@ -32,6 +32,7 @@ from repro.config import DatasetSpec, RunSpec, to_dict
 from repro.ensembles import group_specs
 from repro.flops import training_flops
 from repro.outcome import RunOutcome
+from repro.execution import RunContext
 from repro.progress import Bar
 from repro.data import SplitData, default_data_dir, load_split, to_layout
 from repro.data.normalise import Normaliser, build_inputs, fit_normaliser
@@ -62,11 +63,23 @@ class _Source:
     upstream: DatasetSpec
 
 
-def execute(specs: Sequence[RunSpec], *, tracking_uri: str, data_dir: Path | None = None,
-            device: str = "cpu", fast: bool | None = None, precision: str = "fp32", grid: str | None = None,
-            parent_run_id: str | None = None, roles: Mapping[str, str] | None = None,
-            progress: bool = True, max_members: int = 16,
-            extra_tags: Mapping[str, str] | None = None,
+@dataclass(frozen=True)
+class _Call:
+    """One :func:`execute` call, resolved: its context, what the engine derived from it, and the
+    per-call hooks."""
+
+    context: RunContext
+    device: torch.device
+    spectral: str
+    data_dir: Path
+    roles: Mapping[str, str]
+    progress: bool
+    extra_tags: Mapping[str, str]
+    claim: Callable[[Mapping[str, str]], Mapping[str, str]] | None
+
+
+def execute(specs: Sequence[RunSpec], context: RunContext, *, roles: Mapping[str, str] | None = None,
+            progress: bool = True, extra_tags: Mapping[str, str] | None = None,
             claim: Callable[[Mapping[str, str]], Mapping[str, str]] | None = None) -> list[RunOutcome]:
     """Train / evaluate every spec and record each as one MLflow run.
 
@@ -74,22 +87,16 @@ def execute(specs: Sequence[RunSpec], *, tracking_uri: str, data_dir: Path | Non
     ----------
     specs:
         Resolved run specifications; those sharing a :func:`repro.ensembles.batch_key` train together as one
-        ensemble of up to ``max_members`` members (``max_members=1``: one by one).
-    tracking_uri:
-        MLflow store; initialised here if new.
-    data_dir:
-        Dataset cache (default :func:`repro.data.default_data_dir`); missing splits are generated.
-    device:
-        ``"cpu"``, ``"cuda"`` or ``"cuda:K"``.  Only the CLI autodetects.
-    fast:
-        Spectral implementation: truncated-DFT fast path (``True``), plain rfft2 reference
-        (``False``) or the device's default (``None``).
-    precision:
-        Forward precision, ``"fp32"`` (default) or ``"bf16"`` (CUDA and the fast path only; its
-        accuracy against fp32 is checked by ``benchmarks/bench_train.py --sections bf16``).  Like
-        ``fast`` an execution option: logged as the ``precision`` param, not part of the run_key.
+        ensemble of up to ``context.max_members`` members (1: one by one).
+    context:
+        Store, dataset cache, device, spectral path, precision, grid and parent run
+        (:class:`repro.execution.RunContext`).  bf16's accuracy against fp32 is checked by
+        ``benchmarks/bench_train.py --sections bf16``; like ``fast`` it is logged as a param, not
+        part of the run_key.
     roles:
         run_key -> role tag (``schema.ROLE_PRETRAIN`` for runs other runs start from).
+    progress:
+        Show a training progress bar.
     extra_tags:
         Tags set on every run when it is created (e.g. the grid worker's identity, so that a
         launcher can tell a live RUNNING run from one whose process died).
@@ -108,18 +115,15 @@ def execute(specs: Sequence[RunSpec], *, tracking_uri: str, data_dir: Path | Non
     ValueError
         ``precision`` unknown, or bf16 on a CPU or with the reference path (before any run starts).
     """
-    spectral = resolve_spectral(fast, device)
-    check_precision(precision, device, spectral)
-    tracking.init_store(tracking_uri)
-    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    spectral = resolve_spectral(context.fast, context.device)
+    check_precision(context.precision, context.device, spectral)
+    tracking.init_store(context.tracking_uri)
+    call = _Call(context=context, device=torch.device(context.device), spectral=spectral,
+                 data_dir=Path(context.data_dir) if context.data_dir is not None else default_data_dir(),
+                 roles=roles or {}, progress=progress, extra_tags=extra_tags or {}, claim=claim)
     outcomes: dict[str, RunOutcome] = {}
-    for group in group_specs(specs, max_members, device):
-        for outcome in _execute_group_splitting_on_oom(group, tracking_uri=tracking_uri, data_dir=data_dir,
-                                                       device=torch.device(device), spectral=spectral,
-                                                       precision=precision, grid=grid,
-                                                       parent_run_id=parent_run_id, roles=roles or {},
-                                                       progress=progress, extra_tags=extra_tags or {},
-                                                       claim=claim):
+    for group in group_specs(specs, context.max_members, context.device):
+        for outcome in _execute_group_splitting_on_oom(group, call):
             outcomes[outcome.run_key] = outcome
     return [outcomes[s.run_key] for s in specs]
 
@@ -132,16 +136,16 @@ class _OutOfMemory(RuntimeError):
         self.finished = finished
 
 
-def _execute_group_splitting_on_oom(group: list[RunSpec], **kwargs) -> list[RunOutcome]:
+def _execute_group_splitting_on_oom(group: list[RunSpec], call: _Call) -> list[RunOutcome]:
     """Run a group; if the device runs out of memory, retry the runs that did not finish in
     halves (down to one run).  The aborted attempt stays in MLflow as FAILED with its reason."""
     try:
-        return _execute_group(group, allow_oom_retry=len(group) > 1, **kwargs)
+        return _execute_group(group, call, allow_oom_retry=len(group) > 1)
     except _OutOfMemory as oom:
         done = {o.run_key for o in oom.finished}
         rest = [spec for spec in group if spec.run_key not in done]
         halves = [part for part in (rest[:len(rest) // 2], rest[len(rest) // 2:]) if part]
-        return oom.finished + [o for part in halves for o in _execute_group_splitting_on_oom(part, **kwargs)]
+        return oom.finished + [o for part in halves for o in _execute_group_splitting_on_oom(part, call)]
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -156,20 +160,19 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}".strip()
 
 
-def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, device: torch.device,
-                   spectral: str, precision: str, grid: str | None, parent_run_id: str | None, roles: Mapping[str, str],
-                   progress: bool, allow_oom_retry: bool, extra_tags: Mapping[str, str],
-                   claim: Callable[[Mapping[str, str]], Mapping[str, str]] | None) -> list[RunOutcome]:
+def _execute_group(group: list[RunSpec], call: _Call, *, allow_oom_retry: bool) -> list[RunOutcome]:
     started = time.perf_counter()
+    ctx, device, spectral, data_dir = call.context, call.device, call.spectral, call.data_dir
+    tracking_uri, grid, precision, claim = ctx.tracking_uri, ctx.grid, ctx.precision, call.claim
     extra = _model_params(group[0], spectral, precision)
-    tags = {**extra_tags, schema.T_DEVICE: device_name(str(device))}
+    tags = {**call.extra_tags, schema.T_DEVICE: device_name(str(device))}
     if schema.T_GRID_HEARTBEAT in tags:  # fresh on every claim (an OOM retry's comes much later)
         tags[schema.T_GRID_HEARTBEAT] = f"{time.time():.0f}"
     if grid:
         tags[schema.T_GRID] = grid
     recorders = [tracking.RunRecorder.start(tracking_uri, spec, extra_params=extra,
-                                            tags={**tags, schema.T_ROLE: roles.get(spec.run_key, schema.ROLE_DOWNSTREAM)},
-                                            parent_run_id=parent_run_id) for spec in group]
+                                            tags={**tags, schema.T_ROLE: call.roles.get(spec.run_key, schema.ROLE_DOWNSTREAM)},
+                                            parent_run_id=ctx.parent_run_id) for spec in group]
     elsewhere: list[RunOutcome] = []
     if claim is not None:  # the runs just created are this process's claims on their keys
         lost = claim({spec.run_key: rec.run_id for spec, rec in zip(group, recorders)})
@@ -209,7 +212,7 @@ def _execute_group(group: list[RunSpec], *, tracking_uri: str, data_dir: Path, d
         if head.arm == "zero_shot":
             results = _zero_shot(model, splits)
         else:
-            results = _train(group, model, splits, subsets, recorders, progress=progress)
+            results = _train(group, model, splits, subsets, recorders, progress=call.progress)
         test_err = evaluate(model, splits["test"].inputs, splits["test"].targets).mean(dim=1).tolist()
         preview = _preview(model, splits["test"])
         wall = time.perf_counter() - started
