@@ -40,7 +40,7 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, ParamSpec, TypeVar
+from typing import Any, Callable, ParamSpec, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -48,6 +48,7 @@ from scipy.optimize import minimize
 from scipy.special import huber
 
 from analysis import laws
+from repro.threads import limited_threads
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -72,32 +73,10 @@ LOG_SCALE_BOUNDS = (-30.0, 30.0)
 LOG_E_RANGE = 15.0
 
 
-_BLAS_LIMITED = 0  # nesting depth of single_thread_blas in this process
-
-
-@contextlib.contextmanager
-def single_thread_blas() -> Iterator[None]:
-    """Limit BLAS to one thread while fitting (tiny vectors: threads only add latency).
-
-    Uses ``threadpoolctl`` when installed; otherwise a no-op (the CLI also calls
-    :func:`analysis.limit_blas_threads` before numpy loads).  Re-entrant and cheap when nested.
-    """
-    global _BLAS_LIMITED
-    if _BLAS_LIMITED:
-        yield
-        return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - optional
-        limiter: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    else:
-        limiter = threadpool_limits(limits=1, user_api="blas")
-    _BLAS_LIMITED += 1
-    try:
-        with limiter:
-            yield
-    finally:
-        _BLAS_LIMITED -= 1
+def single_thread_blas() -> contextlib.AbstractContextManager[None]:
+    """Limit BLAS to one thread while fitting (tiny vectors: threads only add latency); see
+    :mod:`repro.threads`.  Re-entrant and cheap when nested."""
+    return limited_threads(1)
 
 
 def _one_blas_thread(func: Callable[P, R]) -> Callable[P, R]:

@@ -46,6 +46,7 @@ from repro.models import FNO, SPECTRAL_PATHS, count_parameters
 from repro.config import DatasetSpec, RunSpec
 from repro.ensembles import ensemble_cap
 from repro.train.loop import EnsembleData, Schedule, evaluate, train_ensemble
+from repro.threads import limited_threads
 
 #: Rungs timed by default on CPU (xl at 128² needs minutes per step on 2 cores).
 CPU_DEFAULT_SIZES: tuple[str, ...] = ("xxs", "xs", "s", "m")
@@ -458,13 +459,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = sorted(set(sections) - {"ladder", "batched", "accuracy", "bf16"})
     if unknown:
         raise SystemExit(f"unknown section(s) {unknown}; allowed: ladder, batched, accuracy, bf16")
-    threads = torch.get_num_threads()
-    if args.threads is not None and not on_cuda:
-        torch.set_num_threads(args.threads)
-    try:
+    # main() is also called in-process (tests): limited_threads leaves the process as found
+    with limited_threads(None if on_cuda else args.threads):
         run_sections(args, device, sections, batch=batch, steps=steps, sizes=sizes)
-    finally:
-        torch.set_num_threads(threads)  # main() is also called in-process (tests): leave the process as found
 
 
 def run_sections(args: argparse.Namespace, device: torch.device, sections: Sequence[str], *, batch: int,

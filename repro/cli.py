@@ -663,9 +663,9 @@ _BOOT_HELP = "Bootstrap replicates per fitted curve (0: no intervals)."
 
 def _analysis_command(which: str, grid: str | None, tracking_uri: str | None, out: Path | None,
                       n_boot: int) -> None:
-    import analysis
+    from repro.threads import limit_before_import
 
-    analysis.limit_blas_threads()  # before numpy is imported: the fits are latency-bound
+    limit_before_import(1)  # before numpy is imported: the fits are latency-bound (repro.threads)
     from analysis import commands
     from analysis.collect import StoreError, default_tracking_uri
 

@@ -143,5 +143,5 @@ def test_device_slots_pin_one_gpu_each(monkeypatch: pytest.MonkeyPatch) -> None:
         make_slots(device="cuda", workers=None, n_gpus=0)
     monkeypatch.setattr("repro.grid.local.cpu_count", lambda: 8)
     cpu = make_slots(device="cpu", workers=4)
-    assert len(cpu) == 4 and all(s.env == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "CUDA_VISIBLE_DEVICES": ""}
-                                 for s in cpu)
+    assert len(cpu) == 4 and all(s.env == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2",
+                                           "CUDA_VISIBLE_DEVICES": ""} for s in cpu)

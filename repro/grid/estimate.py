@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
 from repro.config import RunSpec
+from repro.threads import limited_threads
 
 #: Fixed costs measured on the CPU machines (MLflow run records, checkpoint + figure; data load).
 RUN_OVERHEAD_S = 0.6
@@ -57,12 +58,8 @@ def calibrate(spec: RunSpec, *, device: str = "cpu", fast: bool | None = None, b
     import torch
 
     if threads is not None and not device.startswith("cuda"):
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
+        with limited_threads(threads):
             return calibrate(spec, device=device, fast=fast, batch=batch, repeats=repeats, precision=precision)
-        finally:
-            torch.set_num_threads(before)
 
     from repro.models import FNO, resolve_spectral
 

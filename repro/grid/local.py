@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from repro.grid.worker import DataTask, Settings, UnitTask, pool_worker
 from repro.outcome import RunOutcome
+from repro.threads import thread_env
 
 
 @dataclass
@@ -53,8 +54,8 @@ def make_slots(*, device: str, workers: int | None, runs_per_gpu: int = 1, n_gpu
             envs = [envs[i % len(envs)] for i in range(workers)]
         return [Slot(i, env) for i, env in enumerate(envs)]
     n = max(1, workers or 1)
-    threads = str(max(1, cpu_count() // n))
-    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "CUDA_VISIBLE_DEVICES": ""}
+    threads = max(1, cpu_count() // n)
+    env = {**thread_env(threads), "CUDA_VISIBLE_DEVICES": ""}
     return [Slot(i, dict(env)) for i in range(n)]
 
 

@@ -25,6 +25,7 @@ from repro.config import DatasetSpec, RunSpec
 from repro.execution import RunContext
 from repro.grid import store
 from repro.outcome import RunOutcome
+from repro.threads import limited_threads
 
 
 @dataclass(frozen=True)
@@ -162,11 +163,12 @@ def pool_worker(conn: Any, env: Mapping[str, str], settings: Settings) -> None:
 
     quiet_store_logs()
     _die_with_parent()
-    threads = env.get("OMP_NUM_THREADS")
-    if threads:
-        import torch
+    threads = env.get("OMP_NUM_THREADS")  # read again by torch when it loads; set here if already loaded
+    with limited_threads(int(threads) if threads else None):
+        _serve(conn, settings)
 
-        torch.set_num_threads(int(threads))
+
+def _serve(conn: Any, settings: Settings) -> None:
     while True:
         try:
             task = conn.recv()
