@@ -119,6 +119,7 @@ def run_grid(plan: Plan, opts: Options, *, console: Any = None, live: bool | Non
     status = schema.FAILED
     stopped: str | None = None  # why the invocation stopped early (its runs are then closed KILLED)
     closed = False  # its runs were closed already
+    reserve = store.SpaceReserve(uri).hold()  # given back first if the disk fills
     try:
         if executor == "slurm":
             from repro.grid.slurm import run_slurm
@@ -134,8 +135,10 @@ def run_grid(plan: Plan, opts: Options, *, console: Any = None, live: bool | Non
         if not tracking.store_is_full(err):
             raise
         status, stopped, closed = schema.KILLED, "a disk is full", True
+        reserve.release()  # the room to close this invocation's runs
         raise tracking.StoreError(_full_store_text(uri, err, _close_runs(uri, parent, todo, stopped))) from err
     finally:
+        reserve.release()
         if stopped and not closed:
             _close_runs(uri, parent, todo, stopped)
         try:

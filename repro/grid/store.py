@@ -46,6 +46,46 @@ def prepare_sqlite(uri: str) -> None:
         con.execute("PRAGMA journal_mode=WAL")
 
 
+#: Bytes kept free beside a SQLite store while a grid runs (see :class:`SpaceReserve`): closing an
+#: invocation's runs takes a few small transactions, far less than this.
+RESERVE_BYTES = 256 * 1024
+
+
+class SpaceReserve:
+    """A file of zeros beside a SQLite store, given back when the disk fills.
+
+    On a full disk SQLite cannot write even the few rows that mark an invocation's runs KILLED,
+    so they would stay RUNNING until the next invocation reaps them.  Holding a little space in
+    reserve, and freeing it first when the disk fills, lets the launcher close them itself.  No-op
+    for other stores, and when the space cannot be reserved (then the next invocation closes the
+    runs, as before).
+    """
+
+    def __init__(self, uri: str, size: int = RESERVE_BYTES) -> None:
+        self.path: Path | None = None
+        if uri.startswith("sqlite:///"):  # one file per launcher: concurrent launchers share a store
+            db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+            self.path = db.with_name(f"{db.name}.reserve-{os.getpid()}")
+        self.size = size
+
+    def hold(self) -> "SpaceReserve":
+        """Take the space (quietly nothing if it cannot be had)."""
+        if self.path is not None:
+            try:
+                with self.path.open("wb") as f:
+                    f.write(bytes(self.size))
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError:
+                self.release()
+        return self
+
+    def release(self) -> None:
+        """Give the space back (idempotent)."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
 # --- process identity and liveness ------------------------------------------------------------
 
 def _start_ticks(pid: int) -> str:

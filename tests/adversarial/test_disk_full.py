@@ -1,7 +1,7 @@
 """A store whose disk fills mid-grid (a real 1.5 MB tmpfs): run-grid stops with one clear line
-naming the store, leaves no run RUNNING that the next invocation cannot close, and once space is
-freed a re-run finishes the grid with one FINISHED run per run_key (skipped where mounting is not
-allowed)."""
+naming the store, marks its own runs KILLED (with the space it held in reserve), and once space
+is freed a re-run finishes the grid with one FINISHED run per run_key (skipped where mounting is
+not allowed)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,11 @@ def test_a_full_disk_stops_the_grid_clearly_and_a_rerun_after_freeing_space_fini
     assert "Traceback" not in text, text[-3000:]
     last = full.stderr.strip().splitlines()[-1]
     assert "full" in last and uri in last and "run the grid again" in last, last
+    # the launcher closed its own runs (with the space it held in reserve), not the next invocation
+    assert "marked KILLED" in last and "could not be closed" not in last, last
+    left = tracking.search_runs(uri, f"tags.`{schema.T_RUN_KEY}` != ''")
+    assert left and not [r for r in left if r.info.status == schema.RUNNING]
+    assert not list(small_disk.glob("*.reserve-*"))  # the reserve is given back
 
     # free space: the same store, on a disk with room
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True, capture_output=True)
