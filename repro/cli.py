@@ -580,6 +580,7 @@ def ui(
     _require_store(uri, must_exist=False)
     experiment = tracking.init_store(uri)
     tracking.mark_experiment_kind(uri)  # the UI then opens on runs, not on GenAI traces
+    view = tracking.set_runs_view(uri)  # ... with the grid's key columns shown
     exe = shutil.which("mlflow")
     cmd = [exe] if exe else [sys.executable, "-m", "mlflow"]
     cmd += ["ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
@@ -602,7 +603,8 @@ def ui(
                 time.sleep(0.5)
         if proc.poll() is not None:
             fail(f"the MLflow UI exited with status {proc.returncode} (is port {port} in use? try --port)")
-        typer.echo(f"MLflow UI ready: {base}/#/experiments/{experiment}/runs   (Ctrl-C stops it)")
+        typer.echo(f"MLflow UI ready: {base}/#/experiments/{experiment}/runs?{view}   (Ctrl-C stops it; each "
+                   "grid invocation is a parent run: expand it with + to see its runs)")
         if proc.wait() != 0:
             raise typer.Exit(proc.returncode)
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ first writers race on the schema migration.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import platform
@@ -198,6 +199,27 @@ def mark_experiment_kind(uri: str) -> None:
     exp = c.get_experiment(experiment_id(uri))
     if exp.tags.get(_T_EXPERIMENT_KIND) != _KIND_TRAINING:
         c.set_experiment_tag(exp.experiment_id, _T_EXPERIMENT_KIND, _KIND_TRAINING)
+
+
+#: The MLflow UI's shared views (MLflow >= 2.10, read off the 3.17 UI): an experiment tag
+#: ``mlflow.sharedViewState.<key>`` holding the runs table's state as JSON, opened with
+#: ``?viewStateShareKey=<key>``.  Without it the UI shows no param or metric column at all.
+_T_SHARED_VIEW = "mlflow.sharedViewState."
+RUNS_VIEW_KEY = "repro-runs"
+#: What a user of a grid compares first: the run's place in the grid, then its errors.
+RUNS_VIEW_COLUMNS = tuple(f"params.`{k}`" for k in (schema.P_ARM, schema.P_DATA_PDE, schema.P_DATA_LOW,
+                                                     schema.P_DATA_HIGH, schema.P_MODEL, schema.P_N_TRAIN,
+                                                     schema.P_LR, schema.P_SEED)) + tuple(
+    f"metrics.`{k}`" for k in (schema.M_BEST_VAL_REL_L2, schema.M_TEST_REL_L2, schema.M_CONVERGED))
+
+
+def set_runs_view(uri: str) -> str:
+    """Store the runs view repro opens the UI on (key columns shown, newest first); returns the
+    URL query that opens it."""
+    state = {"orderByKey": "attributes.start_time", "orderByAsc": False, "selectedColumns": list(RUNS_VIEW_COLUMNS)}
+    c = client(uri)
+    c.set_experiment_tag(experiment_id(uri), _T_SHARED_VIEW + RUNS_VIEW_KEY, json.dumps(state))
+    return f"viewStateShareKey={RUNS_VIEW_KEY}"
 
 
 @functools.lru_cache(maxsize=1)

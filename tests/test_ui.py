@@ -1,0 +1,62 @@
+"""`repro ui` as a user meets it: a real MLflow server over a real store, opened in headless
+Chromium on the address the command prints — the runs table of the training experiment with the
+grid's key columns (issue 12: by default MLflow 3 showed no param or metric column)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from synthetic_store import QUICK_SHIFTS, SyntheticGrid, write_store
+
+from repro import schema
+
+CHROMIUM = Path("/usr/bin/chromium")
+GRID = SyntheticGrid(name="ui", shifts=QUICK_SHIFTS[:1], models=("xxs",), n_values=(8, 16), lrs=(1e-3,), seeds=(0,),
+                     n_failed=0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed at /usr/bin/chromium")
+def test_ui_opens_on_the_runs_with_their_key_columns(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    write_store(uri, GRID)
+    env = {**os.environ, schema.ENV_HOME: str(tmp_path / "home")}
+    proc = subprocess.Popen([sys.executable, "-m", "repro.cli", "ui", "--tracking-uri", uri, "--port", str(_free_port())],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        lines = []
+        for line in proc.stdout:  # "starting ..." first, then the address once the server answers
+            lines.append(line)
+            if "ready:" in line:
+                break
+        assert lines[0].startswith("starting the MLflow UI"), lines
+        url = lines[-1].split("ready:")[1].split()[0]
+        assert "viewStateShareKey=" in url, url
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 3200, "height": 900})  # ag-grid renders only visible columns
+                page.goto(url)
+                page.get_by_text("Training runs").first.wait_for(timeout=60_000)  # not the GenAI traces page
+                header = page.locator("[role=columnheader]")
+                header.filter(has_text=schema.M_TEST_REL_L2).first.wait_for(timeout=30_000)
+                names = " ".join(header.all_inner_texts())
+            finally:
+                browser.close()
+        for column in (schema.P_ARM, schema.P_N_TRAIN, schema.M_TEST_REL_L2):
+            assert column in names, names
+    finally:
+        proc.terminate()
+        proc.wait(20)
