@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from repro import schema
-from analysis.transfer import EXACT, LOWER_BOUND, UPPER_BOUND
+from analysis.transfer import EITHER, EXACT, LOWER_BOUND, UPPER_BOUND
 
 if TYPE_CHECKING:  # pragma: no cover
     from plotnine import ggplot
@@ -250,6 +250,13 @@ def multiplier_vs_eps(result: "AnalysisResult") -> "ggplot | None":
                             extra=geom_hline(yintercept=1, linetype="dotted"))
 
 
+def unidentified_levels(result: "AnalysisResult") -> list[tuple[str, str, float]]:
+    """(shift, model, eps) levels whose multiplier is not drawn: both arms' N lie beyond the same end
+    of the horizon (:data:`analysis.transfer.EITHER`), so the multiplier there is not identified."""
+    return [(m.shift, m.model, float(e)) for m in result.transfer.values()
+            for e, b in zip(m.eps, m.multiplier.bound) if b == EITHER]
+
+
 def sizes_per_shift(result: "AnalysisResult") -> dict[str, int]:
     """Model sizes with a benefit (and a parameter count) per shift: a trend needs :data:`MIN_TREND_SIZES`."""
     df = result.benefit.dropna(subset=["n_params"])
@@ -349,7 +356,9 @@ def _banded_log_plot(result: "AnalysisResult", frames: list[pd.DataFrame], *, x:
     if not frames:
         return None
     df = pd.concat(frames, ignore_index=True)
-    df = df[np.isfinite(df[y]) & (df[y] > 0)].copy()
+    # both arms clipped at the same end of the horizon: the ratio of two clipped N says nothing
+    # about the true one (a "1" there is not "no benefit"), so it is not drawn (unidentified_levels)
+    df = df[np.isfinite(df[y]) & (df[y] > 0) & (df[f"{y}_bound"].to_numpy(int) != EITHER)].copy()
     if df.empty:
         return None
     df = _order_models(df, result)

@@ -101,6 +101,7 @@ def _figures(result: "AnalysisResult", workers: int = 1) -> dict[str, Any]:
                        for i, shift in enumerate(shifts)],
         "multiplier": svg["multiplier"], "d_t": svg["d_t"], "benefit": svg["benefit"], "ood": svg["ood"],
         "d_t_clipped": [f"{m} on {s}" for s, m in clipped],
+        "unidentified": [f"{m} on {s} at ε = {e:.3g}" for s, m, e in figures.unidentified_levels(result)],
         "no_trend": [f"{s} ({n} size{'s' if n != 1 else ''})" for s, n in sorted(sizes.items())
                      if n < figures.MIN_TREND_SIZES],
         "min_trend": figures.MIN_TREND_SIZES,
@@ -299,6 +300,10 @@ aria-label="error vs N: {{ f.shift }}">{{ f.svg }}<figcaption>Error vs downstrea
 
 <h2 id="multiplier">Data-efficiency multiplier and effective data transferred</h2>
 {% if figs.multiplier %}<figure class="fig" aria-label="multiplier vs eps">{{ figs.multiplier }}</figure>{% else %}<p>No pair of scratch and transfer fits.</p>{% endif %}
+{% if figs.unidentified %}<p class="note" id="multiplier-unidentified">Not drawn, because not identified: the
+multiplier of {{ figs.unidentified|join('; ') }}. Neither arm's fitted law reaches that error inside the horizon (both N
+lie beyond the same end), and the ratio of two clipped values says nothing about the true one (multiplier.csv keeps
+them, bound 2).</p>{% endif %}
 {% if figs.d_t %}<figure class="fig" aria-label="D_T vs N">{{ figs.d_t }}</figure>{% endif %}
 {% if figs.d_t_clipped %}<p class="note" id="d-t-clipped">Effective data transferred D_T(N) is not drawn for
 {{ figs.d_t_clipped|join('; ') }}: every point there is clipped at the horizon, so the curve would only be the bound

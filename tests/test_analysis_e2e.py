@@ -232,7 +232,7 @@ def test_report_figures_say_what_they_cannot_show(store: str, runs, monkeypatch:
     a model-size trend through 2 sizes is markers only; run ids link to the MLflow UI when it is known."""
     import analysis.report as report
     from analysis import figures
-    from analysis.transfer import LOWER_BOUND
+    from analysis.transfer import EITHER, LOWER_BOUND
     from mlflow.tracking import MlflowClient
 
     result = analyze(runs, tracking_uri=store, n_boot=20, workers=1)
@@ -247,6 +247,20 @@ def test_report_figures_say_what_they_cannot_show(store: str, runs, monkeypatch:
     all_clipped = dataclasses.replace(result, transfer=clipped)
     assert len(figures.d_t_all_clipped(all_clipped)) == len(clipped)
     assert figures.data_transferred(all_clipped) is None
+    # a level where both arms are clipped at the same end is not identified: not drawn, named in a sentence
+    drawn = len(figures.multiplier_vs_eps(result).data)
+    key, m = next(iter(result.transfer.items()))
+    i = next(j for j, (v, b) in enumerate(zip(m.multiplier.value, m.multiplier.bound))
+             if np.isfinite(v) and v > 0 and b != EITHER)  # a level that is drawn
+    either = dataclasses.replace(m, multiplier=dataclasses.replace(
+        m.multiplier, bound=np.where(np.arange(len(m.eps)) == i, EITHER, m.multiplier.bound).astype(np.int8)))
+    one_unidentified = dataclasses.replace(result, transfer={**result.transfer, key: either})
+    before = figures.unidentified_levels(result)  # e.g. the paper's 1e-2, below both floors
+    assert all(np.isclose(e, 1e-2) for _, _, e in before)
+    planted = (m.shift, m.model, float(m.eps[i]))
+    assert planted not in before and set(figures.unidentified_levels(one_unidentified)) == {*before, planted}
+    assert len(figures.multiplier_vs_eps(one_unidentified).data) == drawn - 1
+    assert 'id="multiplier-unidentified"' in report.render_html(one_unidentified, workers=1)
     monkeypatch.setenv(report.ENV_UI_URL, "http://mlflow.example:5000/")
     html = report.render_html(all_clipped, workers=1)
     assert 'id="d-t-clipped"' in html and 'aria-label="D_T vs N"' not in html
