@@ -553,6 +553,10 @@ def status(
     typer.echo(console.status_text(rep))
 
 
+#: How long `repro ui` waits for the MLflow server to answer (a first start took 88 s on a busy machine).
+_UI_START_S = 300.0
+
+
 @app.command()
 def ui(
     port: int = typer.Option(5000, min=1, max=65535, help="port on 127.0.0.1"),
@@ -566,6 +570,7 @@ def ui(
 
       repro ui --port 5000
     """
+    import os
     import shutil
     import subprocess
     import sys
@@ -579,8 +584,13 @@ def ui(
         fail(f"{uri} is already an MLflow server: open it in a browser")
     _require_store(uri, must_exist=False)
     experiment = tracking.init_store(uri)
-    tracking.mark_experiment_kind(uri)  # the UI then opens on runs, not on GenAI traces
-    view = tracking.set_runs_view(uri)  # ... with the grid's key columns shown
+    try:
+        tracking.mark_experiment_kind(uri)  # the UI then opens on runs, not on GenAI traces
+        view = "?" + tracking.set_runs_view(uri)  # ... with the grid's key columns shown
+    except Exception as err:  # noqa: BLE001 - e.g. a read-only store: the UI still shows it
+        view = ""
+        typer.echo(f"note: could not store the runs view in {uri} ({str(err).splitlines()[0][:120]}); "
+                   "the UI opens with MLflow's default columns", err=True)
     exe = shutil.which("mlflow")
     cmd = [exe] if exe else [sys.executable, "-m", "mlflow"]
     cmd += ["ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
@@ -593,23 +603,42 @@ def ui(
             fail(f"port {port} on 127.0.0.1 is in use: choose another with --port")
     base = f"http://127.0.0.1:{port}"
     typer.echo(f"starting the MLflow UI over {uri} (the first start can take a minute) ...")
-    proc = subprocess.Popen(cmd)
+    import signal
+
+    def stop(signum: int, frame: object) -> None:  # `kill` stops the server with the command
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    # its own process group: the server's workers are stopped with it (os.killpg below)
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    deadline = time.monotonic() + _UI_START_S
     try:
         while proc.poll() is None:
             try:
                 urllib.request.urlopen(f"{base}/health", timeout=2).close()
                 break
             except OSError:
+                if time.monotonic() > deadline:
+                    fail(f"the MLflow UI did not answer on {base} within {_UI_START_S:.0f} s")
                 time.sleep(0.5)
         if proc.poll() is not None:
             fail(f"the MLflow UI exited with status {proc.returncode} (is port {port} in use? try --port)")
-        typer.echo(f"MLflow UI ready: {base}/#/experiments/{experiment}/runs?{view}   (Ctrl-C stops it; each "
+        typer.echo(f"MLflow UI ready: {base}/#/experiments/{experiment}/runs{view}   (Ctrl-C stops it; each "
                    "grid invocation is a parent run: expand it with + to see its runs)")
         if proc.wait() != 0:
             raise typer.Exit(proc.returncode)
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(10)
+        pass
+    finally:  # never leave the server behind (a failed start, Ctrl-C, SIGTERM)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(10)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
 
 
 @app.command()

@@ -216,9 +216,11 @@ RUNS_VIEW_COLUMNS = tuple(f"params.`{k}`" for k in (schema.P_ARM, schema.P_DATA_
 def set_runs_view(uri: str) -> str:
     """Store the runs view repro opens the UI on (key columns shown, newest first); returns the
     URL query that opens it."""
-    state = {"orderByKey": "attributes.start_time", "orderByAsc": False, "selectedColumns": list(RUNS_VIEW_COLUMNS)}
-    c = client(uri)
-    c.set_experiment_tag(experiment_id(uri), _T_SHARED_VIEW + RUNS_VIEW_KEY, json.dumps(state))
+    state = json.dumps({"orderByKey": "attributes.start_time", "orderByAsc": False,
+                        "selectedColumns": list(RUNS_VIEW_COLUMNS)})
+    c, exp, tag = client(uri), experiment_id(uri), _T_SHARED_VIEW + RUNS_VIEW_KEY
+    if c.get_experiment(exp).tags.get(tag) != state:  # written once: opening a store stays a read
+        retrying(lambda: c.set_experiment_tag(exp, tag, state), what="storing the runs view")
     return f"viewStateShareKey={RUNS_VIEW_KEY}"
 
 

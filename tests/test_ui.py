@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.timeout(240)
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed at /usr/bin/chromium")
 def test_ui_opens_on_the_runs_with_their_key_columns(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
@@ -33,7 +35,8 @@ def test_ui_opens_on_the_runs_with_their_key_columns(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     write_store(uri, GRID)
     env = {**os.environ, schema.ENV_HOME: str(tmp_path / "home")}
-    proc = subprocess.Popen([sys.executable, "-m", "repro.cli", "ui", "--tracking-uri", uri, "--port", str(_free_port())],
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "repro.cli", "ui", "--tracking-uri", uri, "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         lines = []
@@ -41,6 +44,8 @@ def test_ui_opens_on_the_runs_with_their_key_columns(tmp_path: Path) -> None:
             lines.append(line)
             if "ready:" in line:
                 break
+        # keep reading what the server logs, or a full pipe would stall it
+        threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
         assert lines[0].startswith("starting the MLflow UI"), lines
         url = lines[-1].split("ready:")[1].split()[0]
         assert "viewStateShareKey=" in url, url
@@ -58,5 +63,7 @@ def test_ui_opens_on_the_runs_with_their_key_columns(tmp_path: Path) -> None:
         for column in (schema.P_ARM, schema.P_N_TRAIN, schema.M_TEST_REL_L2):
             assert column in names, names
     finally:
-        proc.terminate()
-        proc.wait(20)
+        proc.terminate()  # `repro ui` stops its server (and the server's workers) with it
+        proc.wait(30)
+    with socket.socket() as s:  # nothing is left listening on the port
+        s.bind(("127.0.0.1", port))
