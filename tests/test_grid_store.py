@@ -145,3 +145,28 @@ def test_device_slots_pin_one_gpu_each(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = make_slots(device="cpu", workers=4)
     assert len(cpu) == 4 and all(s.env == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2",
                                            "CUDA_VISIBLE_DEVICES": ""} for s in cpu)
+
+
+def test_space_reserve_is_held_given_back_and_a_dead_launchers_is_dropped(tmp_path) -> None:
+    """The full-disk reserve (tests/adversarial/test_disk_full.py): a real file of zeros beside a SQLite
+    store, none for a server URI; a reserve left by a killed launcher on this host is dropped."""
+    import socket
+    import subprocess
+
+    from repro.grid.store import RESERVE_BYTES, SpaceReserve
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host = socket.gethostname()
+    dead = tmp_path / f"mlflow.db.reserve-{host}-{gone.pid}"
+    alive = tmp_path / f"mlflow.db.reserve-{host}-1"  # pid 1 lives
+    elsewhere = tmp_path / "mlflow.db.reserve-another-host-7"  # not ours to judge
+    for f in (dead, alive, elsewhere):
+        f.write_bytes(b"x")
+    reserve = SpaceReserve(f"sqlite:///{tmp_path / 'mlflow.db'}").hold()
+    assert reserve.path.stat().st_size == RESERVE_BYTES
+    assert not dead.exists() and alive.exists() and elsewhere.exists()
+    reserve.release()
+    reserve.release()  # idempotent
+    assert not reserve.path.exists()
+    assert SpaceReserve("http://127.0.0.1:5000").hold().path is None

@@ -52,7 +52,7 @@ RESERVE_BYTES = 256 * 1024
 
 
 class SpaceReserve:
-    """A file of zeros beside a SQLite store, given back when the disk fills.
+    """A file of zeros beside a SQLite store, given back when the disk fills (best effort).
 
     On a full disk SQLite cannot write even the few rows that mark an invocation's runs KILLED,
     so they would stay RUNNING until the next invocation reaps them.  Holding a little space in
@@ -65,12 +65,18 @@ class SpaceReserve:
         self.path: Path | None = None
         if uri.startswith("sqlite:///"):  # one file per launcher: concurrent launchers share a store
             db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-            self.path = db.with_name(f"{db.name}.reserve-{os.getpid()}")
+            self.path = db.with_name(f"{db.name}.reserve-{socket.gethostname()}-{os.getpid()}")
         self.size = size
 
     def hold(self) -> "SpaceReserve":
-        """Take the space (quietly nothing if it cannot be had)."""
+        """Take the space (quietly nothing if it cannot be had), after dropping the reserves of
+        this host's launchers that died without giving theirs back (kill -9)."""
         if self.path is not None:
+            prefix = self.path.name.rsplit("-", 1)[0] + "-"
+            for old in self.path.parent.glob(prefix + "*"):
+                pid = old.name[len(prefix):]
+                if pid.isdigit() and not _start_ticks(int(pid)):
+                    old.unlink(missing_ok=True)
             try:
                 with self.path.open("wb") as f:
                     f.write(bytes(self.size))
