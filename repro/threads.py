@@ -25,7 +25,9 @@ __all__ = ["ENV_VARS", "limit_before_import", "limited_threads", "thread_env"]
 #: The variables the OpenMP runtime (torch's intra-op pool), MKL and OpenBLAS read at load time.
 ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
-_active: list[int] = []  # the limits currently entered in this process, innermost last
+#: The limits entered in this process, innermost last: (n, whether torch was loaded then).  Not
+#: thread-safe: entered from one thread (a worker's main loop, the fits, the calibration).
+_active: list[tuple[int, bool]] = []
 
 
 def thread_env(n: int) -> dict[str, str]:
@@ -45,13 +47,14 @@ def limit_before_import(n: int) -> bool:
 
 @contextlib.contextmanager
 def limited_threads(n: int | None) -> Iterator[None]:
-    """Within the block, BLAS (via threadpoolctl, when installed) and torch (when imported) use at
-    most ``n`` threads; both are restored after.  ``None`` changes nothing; re-entering the limit
-    already in force is free (the fits nest it per curve)."""
-    if n is None or (_active and _active[-1] == n):
+    """Within the block, BLAS (via threadpoolctl, when installed) and torch (when imported) use
+    ``n`` threads; both are restored after.  ``None`` changes nothing; re-entering the limit already
+    in force is free (the fits nest it per curve)."""
+    torch = sys.modules.get("torch")
+    key = (n, torch is not None)
+    if n is None or (_active and _active[-1] == key):
         yield
         return
-    torch = sys.modules.get("torch")
     before = torch.get_num_threads() if torch is not None else None
     try:
         from threadpoolctl import threadpool_limits
@@ -59,7 +62,7 @@ def limited_threads(n: int | None) -> Iterator[None]:
         blas: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     else:
         blas = threadpool_limits(limits=n, user_api="blas")
-    _active.append(n)
+    _active.append(key)
     try:
         with blas:
             if torch is not None:
