@@ -96,9 +96,10 @@ class SyntheticRun:
 
 
 def synthetic_flops(spec: RunSpec) -> float:
-    """The FLOPs the engine would record for ``spec`` trained ``epochs`` full passes (fast spectral path),
-    validated once per epoch (a zero-shot run: validated once, as the engine does)."""
-    return training_flops(spec.model_spec, spec.data.resolution, "fast", samples_seen=spec.n_train * spec.epochs,
+    """The FLOPs the engine would record for ``spec`` trained ``epochs`` full passes on the reference
+    spectral path (as the runs' ``fast = False`` param says), validated once per epoch (a zero-shot
+    run: validated once, as the engine does)."""
+    return training_flops(spec.model_spec, spec.data.resolution, "reference", samples_seen=spec.n_train * spec.epochs,
                           n_val=spec.data.n_val, evaluations=max(spec.epochs, 1))
 
 

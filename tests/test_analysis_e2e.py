@@ -1,7 +1,7 @@
 """End to end on a real SQLite MLflow store of quick-grid shape: collect -> fit-laws -> report.
 
-The store is written once per module through ``MlflowClient`` with the training engine's
-layout (:mod:`analysis.synthetic`): scratch / transfer / zero-shot, 2 shifts, 2 model sizes,
+The store is written once per module through the training engine's run recorder, in its
+layout (``tests/synthetic_store.py``): scratch / transfer / zero-shot, 2 shifts, 2 model sizes,
 N = 8 .. 256, 3 LRs, 2 seeds, pre-training runs, one FAILED run (re-run FINISHED), plus a
 tiny second grid whose curves have too few N to fit.
 """
