@@ -489,13 +489,14 @@ def run_grid_cmd(
         fail(str(err))
     device, slots = where.device, where.slots
     _check_precision(precision, device, fast)
+    context = RunContext(tracking_uri=uri, data_dir=Path(data_dir) if data_dir else None, device=device,
+                         fast=fast, precision=precision, max_members=max_members)
     try:
         if dry_run:
             from repro.grid.dryrun import DryRunOptions, dry_run as print_dry_run
 
-            print_dry_run(plan, uri, DryRunOptions(
-                device=device, fast=fast, precision=precision, slots=slots, threads=where.threads,
-                max_members=max_members, calibrate=calibrate, device_here=where.device_here,
+            print_dry_run(plan, DryRunOptions(
+                context, slots=slots, threads=where.threads, calibrate=calibrate, device_here=where.device_here,
                 remote=where.remote, stale_after=stale_after), echo=typer.echo, warn=lambda line: typer.echo(line, err=True))
             return
         slurm = None
@@ -505,8 +506,6 @@ def run_grid_cmd(
             slurm = SlurmOptions(partition=partition, time_min=time_limit, gpus_per_task=where.gpus_per_task,
                                  array_parallelism=array_parallelism, tasks=slurm_tasks,
                                  folder=Path(slurm_folder) if slurm_folder else tracking.repro_home() / "slurm")
-        context = RunContext(tracking_uri=uri, data_dir=Path(data_dir) if data_dir else None, device=device,
-                             fast=fast, precision=precision, max_members=max_members)
         opts = launcher.Options(context, workers=slots, runs_per_gpu=runs_per_gpu, executor=executor, slurm=slurm,
                                 stale_after=stale_after)
         from repro.grid.estimate import estimate_units

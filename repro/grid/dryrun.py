@@ -12,31 +12,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from repro.execution import RunContext
 from repro.grid import console, estimate, launcher
 from repro.grid.plan import Plan
 
 
 @dataclass(frozen=True)
 class DryRunOptions:
-    """Where the grid would run: device, parallel slots, grouping, and whether to time it."""
+    """Where the grid would run (the context it would run with, parallel slots) and whether to time it."""
 
-    device: str = "cpu"
-    fast: bool | None = None
-    precision: str = "fp32"
+    context: RunContext
     slots: int = 1
     threads: int = 1  # CPU threads each worker would use (calibration times at that)
-    max_members: int = 16
     calibrate: bool = True
     device_here: bool = True  # can the runs' device be timed on this machine?
     remote: bool = False  # SLURM: the compute nodes may differ from this machine
     stale_after: float = 600.0
 
 
-def dry_run(plan: Plan, uri: str, opts: DryRunOptions, *, echo: Callable[[str], None],
+def dry_run(plan: Plan, opts: DryRunOptions, *, echo: Callable[[str], None],
             warn: Callable[[str], None], progress: bool = True) -> None:
-    """Print ``plan``'s summary against ``uri``, then its estimated cost (or why there is none)."""
-    sv = launcher.survey(plan, uri, reap=False, stale_after=opts.stale_after)
-    echo(console.plan_text(plan, sv, device=opts.device, max_members=opts.max_members))
+    """Print ``plan``'s summary against the context's store, then its estimated cost (or why there is none)."""
+    ctx = opts.context
+    sv = launcher.survey(plan, ctx.tracking_uri, reap=False, stale_after=opts.stale_after)
+    echo(console.plan_text(plan, sv, device=ctx.device, max_members=ctx.max_members))
     if not opts.calibrate:
         return
     done = set(sv.finished)
@@ -45,10 +44,10 @@ def dry_run(plan: Plan, uri: str, opts: DryRunOptions, *, echo: Callable[[str], 
              "run --dry-run on a GPU node, or once some runs finished, for the cost")
         return
     est = estimate.estimate_units(
-        plan.units(sv.todo, max_members=opts.max_members, device=opts.device), device=opts.device, fast=opts.fast,
-        precision=opts.precision, threads=opts.threads, finished=estimate.finished_walls(sv.states),
-        finished_units=plan.units(done, max_members=opts.max_members, device=opts.device) if done else None,
+        plan.units(sv.todo, max_members=ctx.max_members, device=ctx.device), device=ctx.device, fast=ctx.fast,
+        precision=ctx.precision, threads=opts.threads, finished=estimate.finished_walls(sv.states),
+        finished_units=plan.units(done, max_members=ctx.max_members, device=ctx.device) if done else None,
         calibrate_here=opts.device_here, progress=progress)
     if opts.remote and opts.device_here and not done:
         est.source += ", timed on this machine: the compute nodes may differ"
-    echo(console.cost_text(est, slots=opts.slots, device=opts.device))
+    echo(console.cost_text(est, slots=opts.slots, device=ctx.device))
