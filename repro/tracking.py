@@ -142,14 +142,19 @@ def record_failed(uri: str, spec: RunSpec, reason: str, *, grid: str, role: str,
     return rid
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (``None`` for any other store)."""
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0]) if uri.startswith("sqlite:///") else None
+
+
 def init_store(uri: str) -> str:
     """Create the store (schema migration) and the experiment; return the experiment id.
 
     Idempotent and cheap when the store exists.  Call once in the launcher before workers.
     """
-    if not uri.startswith("sqlite:///"):
+    db = sqlite_path(uri)
+    if db is None:
         return experiment_id(uri)  # a tracking server migrates its own database once, at start
-    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
     db.parent.mkdir(parents=True, exist_ok=True)
     # MLflow migrates a new SQLite file on first contact; two processes doing so at once race
     # (alembic: "table ... already exists").  A lock file beside the database serialises them.

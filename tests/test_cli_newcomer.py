@@ -99,6 +99,7 @@ def test_paper_grid_dry_run_prints_its_plan_without_torch_and_bounds_its_calibra
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
     assert "grid paper-e2: 2920 runs" in out.stdout, out.stdout + out.stderr
     assert "torch imported: False" in out.stdout
+    assert not (tmp_path / "mlflow.db").exists()  # a dry run on a new home writes no store
 
     from repro.grid import estimate
     from repro.grid.plan import expand

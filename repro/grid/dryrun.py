@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from repro.execution import RunContext
-from repro.grid import console, estimate, launcher
+from repro import tracking
+from repro.grid import console, estimate, launcher, store
 from repro.grid.plan import Plan
 
 
@@ -30,11 +31,20 @@ class DryRunOptions:
     stale_after: float = 600.0
 
 
+def _survey(plan: Plan, uri: str, stale_after: float) -> launcher.Survey:
+    """What the store holds of ``plan``.  A SQLite store that does not exist yet holds nothing: a
+    dry run neither creates it nor pays MLflow's schema migration (about 3 s) to learn that."""
+    db = tracking.sqlite_path(uri)
+    if db is not None and not db.exists():
+        return launcher.Survey(plan=plan, states={key: store.KeyState(key) for key in plan.keys})
+    return launcher.survey(plan, uri, reap=False, stale_after=stale_after)
+
+
 def dry_run(plan: Plan, opts: DryRunOptions, *, echo: Callable[[str], None],
             warn: Callable[[str], None], progress: bool = True) -> None:
     """Print ``plan``'s summary against the context's store, then its estimated cost (or why there is none)."""
     ctx = opts.context
-    sv = launcher.survey(plan, ctx.tracking_uri, reap=False, stale_after=opts.stale_after)
+    sv = _survey(plan, ctx.tracking_uri, opts.stale_after)
     echo(console.plan_text(plan, sv, device=ctx.device, max_members=ctx.max_members))
     if not opts.calibrate:
         return
