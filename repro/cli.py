@@ -356,9 +356,11 @@ def _require_store(uri: str, *, must_exist: bool = True) -> str:
     if uri.startswith(("http://", "https://")):
         _probe_server(uri)
         return uri
-    if not uri.startswith("sqlite:///"):
+    from repro.tracking import sqlite_path
+
+    path = sqlite_path(uri)
+    if path is None:
         return uri
-    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
     if must_exist and not path.exists():
         fail(f"no MLflow store at {path} (nothing has run with this store yet): pass --tracking-uri, set "
              f"REPRO_HOME or REPRO_TRACKING_URI, or run `repro run-grid` first")

@@ -180,9 +180,8 @@ def experiment_id(uri: str) -> str:
         return exp.experiment_id
     # With a SQLite store, keep artifacts (checkpoints) beside the database instead of
     # MLflow's default ./mlruns under whatever directory the process happens to run in.
-    location = None
-    if uri.startswith("sqlite:///"):
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    db = sqlite_path(uri)
+    location = (db.parent / "artifacts").resolve().as_uri() if db is not None else None
     try:
         return c.create_experiment(schema.EXPERIMENT, artifact_location=location,
                                         tags={_T_EXPERIMENT_KIND: _KIND_TRAINING})

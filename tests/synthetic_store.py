@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from repro import schema, tracking
-from repro.config import MODEL_LADDER, DatasetSpec, RunSpec, in_channels
+from repro.config import DatasetSpec, RunSpec
 from repro.flops import training_flops
 from analysis.transfer import shift_magnitude
 
@@ -187,9 +187,9 @@ def _make(grid: SyntheticGrid, spec: RunSpec, role: str, upstream: DatasetSpec |
         err *= 1.0 + 4.0 * late
     test = float(err * math.exp(grid.noise * rng.standard_normal()))
     val = float(test * math.exp(0.02 * rng.standard_normal()))  # val tracks test closely
-    width, n_modes = MODEL_LADDER[spec.model]
-    c_in = in_channels(spec.data.pde, spec.layout)
-    params: dict[str, Any] = {schema.P_WIDTH: width, schema.P_N_MODES: n_modes, schema.P_IN_CHANNELS: c_in,
+    model = spec.model_spec
+    params: dict[str, Any] = {schema.P_WIDTH: model.width, schema.P_N_MODES: model.n_modes,
+                              schema.P_IN_CHANNELS: model.in_channels,
                               schema.P_FAST: False, schema.P_PRECISION: "fp32"}
     tags = {schema.T_GRID: grid.name, schema.T_ROLE: role, schema.T_DEVICE: "synthetic",
             f"{schema.T_DATA_HASH_PREFIX}train": spec.data.label}
@@ -206,7 +206,7 @@ def _make(grid: SyntheticGrid, spec: RunSpec, role: str, upstream: DatasetSpec |
     metrics = {schema.M_TEST_REL_L2: test, schema.M_BEST_VAL_REL_L2: val, schema.M_BEST_EPOCH: max(epochs - 1, 0),
                schema.M_WALL_SECONDS: 0.01 * (spec.n_train + 1) * max(epochs, 1),
                schema.M_SAMPLES_PER_SECOND: 1000.0, schema.M_GPU_SECONDS: 0.0,
-               schema.M_N_PARAMS: spec.model_spec.n_params,
+               schema.M_N_PARAMS: model.n_params,
                schema.M_SAMPLE_STEPS: float(spec.n_train * epochs), schema.M_FLOPS: synthetic_flops(spec)}
     if trained:
         metrics.update({schema.M_LATE_IMPROVEMENT: late, schema.M_CONVERGED: 0.0 if unconverged else 1.0})

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from repro import schema
-from repro.tracking import client, retrying, search_runs, set_tags
+from repro.tracking import client, retrying, search_runs, set_tags, sqlite_path
 
 T_WORKER = schema.T_GRID_WORKER
 T_LAUNCHER = schema.T_GRID_LAUNCHER
@@ -37,11 +37,11 @@ HEARTBEAT_S = 20.0
 
 def prepare_sqlite(uri: str) -> None:
     """Put a SQLite store in WAL mode (readers never block the writer; persists in the file)."""
-    if not uri.startswith("sqlite:///"):
+    path = sqlite_path(uri)
+    if path is None:
         return
     import sqlite3
 
-    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
     with sqlite3.connect(path, timeout=60) as con:
         con.execute("PRAGMA journal_mode=WAL")
 
@@ -62,10 +62,8 @@ class SpaceReserve:
     """
 
     def __init__(self, uri: str, size: int = RESERVE_BYTES) -> None:
-        self.path: Path | None = None
-        if uri.startswith("sqlite:///"):  # one file per launcher: concurrent launchers share a store
-            db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-            self.path = db.with_name(f"{db.name}.reserve-{socket.gethostname()}-{os.getpid()}")
+        db = sqlite_path(uri)  # one file per launcher: concurrent launchers share a store
+        self.path = db.with_name(f"{db.name}.reserve-{socket.gethostname()}-{os.getpid()}") if db else None
         self.size = size
 
     def hold(self) -> "SpaceReserve":

@@ -56,7 +56,8 @@ def resolve_checkpoint(init_from: str, uri: str, cache_dir: Path | None = None, 
         raise CheckpointNotFound(f"pre-trained run {init_from}: no FINISHED run with this run_key in {uri}; "
                                  + recreate_hint(init_from, uri, None, grid))
     if cache_dir is None:
-        store = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else repro_home()
+        db = tracking.sqlite_path(uri)
+        store = db.parent if db is not None else repro_home()
         cache_dir = store / "checkpoints"
     target = Path(cache_dir) / init_from / run_id
     cached = target / schema.A_CHECKPOINT
