@@ -76,10 +76,11 @@ def test_dry_run_warns_when_a_grid_is_too_big_for_the_machine() -> None:
     from repro.grid import console
     from repro.grid.estimate import Estimate
 
-    small = console.cost_text(Estimate(unit_seconds={"u": 3600.0}), slots=2)
-    big = console.cost_text(Estimate(unit_seconds={"u": 39375 * 3600.0}), slots=2)
-    assert "warning" not in small and "wall time about 30:00" in small
-    assert "warning: about 2.2 years of wall time here" in big, big
+    # two independent units on two slots run side by side: wall = start-up + one unit
+    small = console.cost_text(Estimate(unit_seconds={"u": 3600.0, "v": 3600.0}), slots=2)
+    big = console.cost_text(Estimate(unit_seconds={"u": 39375 * 3600.0, "v": 39375 * 3600.0}), slots=2)
+    assert "warning" not in small and "wall time about 1:00:10" in small, small
+    assert "warning: about 4.5 years of wall time here" in big, big
 
 
 def test_paper_grid_dry_run_prints_its_plan_without_torch_and_bounds_its_calibration(tmp_path: Path) -> None:

@@ -60,7 +60,23 @@ def test_estimate_rescaled_by_finished_runs():
                                    finished_units=units[:1])
     assert est2.scale == pytest.approx(2.0) and est2.device_seconds == pytest.approx(4 * base)
     assert "finished runs" in est2.source
-    assert est2.wall_seconds(4) == pytest.approx(est2.device_seconds / 4)
+    # two independent units on four workers: start-up, then both at once
+    assert est2.wall_seconds(4) == pytest.approx(estimate.STARTUP_S + 2 * base)
+    assert est2.wall_seconds(1) == pytest.approx(estimate.STARTUP_S + 4 * base)
+
+
+def test_wall_time_follows_the_launchers_schedule_and_its_critical_path():
+    """Two workers; pre-training P (8 s) holds back the transfer units T1, T2 (2 s each) while
+    the scratch units S1..S3 (2 s each) fill the other worker.  Dividing the work (16 s) by the
+    slots says 8 s; the launcher runs S1, S2, S3 beside P, then T1 and T2 once P ends: 10 s."""
+    seconds = {"P": 8.0, "S1": 2.0, "T1": 2.0, "S2": 2.0, "T2": 2.0, "S3": 2.0}
+    deps = {"T1": {"P"}, "T2": {"P"}}
+    order = ["P", "S1", "T1", "S2", "T2", "S3"]
+    assert estimate.schedule_seconds(order, seconds, deps, 2) == pytest.approx(10.0)
+    assert estimate.schedule_seconds(order, seconds, deps, 1) == pytest.approx(18.0)
+    assert estimate.schedule_seconds(order, seconds, deps, 6) == pytest.approx(10.0)  # P then T1 || T2
+    # a dependency not in the plan's to-do list (finished before) does not wait
+    assert estimate.schedule_seconds(["T1", "T2"], seconds, deps, 2) == pytest.approx(2.0)
 
 
 def test_finished_walls_reads_mlflow_times():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
@@ -32,6 +33,18 @@ from repro.threads import limited_threads
 #: Fixed costs measured on the CPU machines (MLflow run records, checkpoint + figure; data load).
 RUN_OVERHEAD_S = 0.6
 UNIT_OVERHEAD_S = 1.0
+#: Before the first unit trains: the launcher's start (imports, store, survey; ~3.5 s) and a
+#: spawned worker importing torch, MLflow and the engine with every core busy (~3 s), measured on
+#: the 2-core CPU machine (quick grid, fresh home: first run starts 6.5 s after the parent run).
+STARTUP_S = 10.0
+#: Timed steps per batch size are preceded by this many untimed ones (allocations, DFT bases,
+#: Adam's state); the first two steps run up to 2x slower than the rest.
+WARMUP_STEPS = 2
+#: A CPU step inside the grid costs this much more than the same step timed alone: every core is
+#: busy (shared caches and memory bandwidth) and the engine adds batching, the rel-L2 loss and the
+#: LR schedule.  Measured on the 2-core machine, quick grid: the 12 units took 1.08x and 1.18x of
+#: what two calibrations predicted (one per unit within 1.03-1.14x).
+CPU_GRID_FACTOR = 1.1
 #: An evaluation pass (no backward, no optimiser) costs about this fraction of a training step.
 EVAL_FRACTION = 0.35
 
@@ -50,7 +63,7 @@ class Throughput:
 
 
 def calibrate(spec: RunSpec, *, device: str = "cpu", fast: bool | None = None, batch: int = 32,
-              repeats: int = 3, threads: int | None = None, precision: str = "fp32") -> Throughput:
+              repeats: int = 7, threads: int | None = None, precision: str = "fp32") -> Throughput:
     """Time a few training steps of ``spec``'s model at ``spec``'s resolution (batch 1 and ``batch``).
 
     ``threads``: torch CPU threads during the measurement — the number each worker will use.
@@ -81,17 +94,20 @@ def calibrate(spec: RunSpec, *, device: str = "cpu", fast: bool | None = None, b
             loss.backward()
             opt.step()
 
-        step()  # warm-up (allocations, DFT bases)
+        for _ in range(WARMUP_STEPS):
+            step()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        best = math.inf
+        took = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             step()
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t0)
-        return best
+            took.append(time.perf_counter() - t0)
+        # the median, not the best: a grid's steps run at the typical speed, and on a 2-core
+        # machine single steps of one size vary 6-11 ms (the best of 3 gave estimates 25 % low)
+        return statistics.median(took)
 
     t1 = timed(1)
     tb = timed(batch)
@@ -105,7 +121,9 @@ def calibrate(spec: RunSpec, *, device: str = "cpu", fast: bool | None = None, b
         if device.startswith("cuda"):
             torch.cuda.synchronize()
     eval_per_sample = (time.perf_counter() - t0) / repeats / x.shape[1]
-    return Throughput(latency=max(t1 - per_sample, 0.0), per_sample=per_sample, eval_per_sample=eval_per_sample)
+    f = 1.0 if device.startswith("cuda") else CPU_GRID_FACTOR
+    return Throughput(latency=f * max(t1 - per_sample, 0.0), per_sample=f * per_sample,
+                      eval_per_sample=f * eval_per_sample)
 
 
 def unit_seconds(specs: list[RunSpec], tp: Throughput) -> float:
@@ -134,6 +152,8 @@ class Estimate:
     scale: float = 1.0
     source: str = "calibration"
     not_estimated: list[str] = field(default_factory=list)  # unit task ids without a throughput
+    #: unit task id -> the task ids it waits for (its pre-training units), in the launcher's order
+    deps: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def device_seconds(self) -> float:
@@ -144,8 +164,46 @@ class Estimate:
         return self.device_seconds / 3600.0
 
     def wall_seconds(self, slots: int) -> float:
-        """Wall time with ``slots`` parallel workers (each calibrated with its own share of the device)."""
-        return self.device_seconds / max(1, slots)
+        """Wall time with ``slots`` parallel workers (each calibrated with its own share of the
+        device): the launcher's start-up, then the units list-scheduled as the launcher runs them."""
+        if not self.unit_seconds:
+            return 0.0
+        order = [t for t in self.deps if t in self.unit_seconds] or list(self.unit_seconds)
+        return STARTUP_S + schedule_seconds(order, self.unit_seconds, self.deps, slots)
+
+
+def schedule_seconds(order: list[str], seconds: Mapping[str, float], deps: Mapping[str, Iterable[str]],
+                     slots: int) -> float:
+    """Makespan of the tasks ``order`` on ``slots`` workers, scheduled as the local launcher does:
+    a free worker takes the first task in ``order`` whose dependencies have finished (a
+    dependency outside ``order`` counts as done).  Dividing the total by the slots instead misses
+    the critical path: the quick grid's pre-training holds every transfer unit back (+12 %)."""
+    import heapq
+
+    position = {task: i for i, task in enumerate(order)}
+    waiting_on = {task: {d for d in deps.get(task, ()) if d in position} for task in order}
+    dependants: dict[str, list[str]] = {}
+    for task, needs in waiting_on.items():
+        for d in needs:
+            dependants.setdefault(d, []).append(task)
+    ready = [position[t] for t in order if not waiting_on[t]]  # a heap of order positions
+    heapq.heapify(ready)
+    running: list[tuple[float, int]] = []  # (end time, order position)
+    now, free = 0.0, max(1, slots)
+    while ready or running:
+        while ready and free:
+            i = heapq.heappop(ready)
+            heapq.heappush(running, (now + seconds.get(order[i], 0.0), i))
+            free -= 1
+        if not running:  # nothing runs and nothing is ready: a dependency cycle (never planned)
+            break
+        now, i = heapq.heappop(running)
+        free += 1
+        for task in dependants.get(order[i], ()):
+            waiting_on[task].discard(order[i])
+            if not waiting_on[task]:
+                heapq.heappush(ready, position[task])
+    return now
 
 
 def _tp_key(spec: RunSpec) -> tuple:
@@ -195,11 +253,11 @@ PRIOR_FLOPS_PER_S = {"cpu": 2e9, "cuda": 2e11}
 def _timing_forwards(batch: int, repeats: int) -> int:
     """Forward passes of one :func:`calibrate` call: warm-up + ``repeats`` steps at batch 1 and at
     ``batch`` (a step costs 3 forward passes), and as many evaluation passes at 4 x ``batch``."""
-    return (repeats + 1) * (3 * (1 + batch) + 4 * batch)
+    return (repeats + WARMUP_STEPS) * (3 * (1 + batch) + 4 * batch)
 
 
-#: What a full timing (batch 32, 3 repeats) costs, in forward passes of one sample.
-_CALIBRATION_FORWARDS = _timing_forwards(32, 3)
+#: What a full timing (batch 32, 7 repeats) costs, in forward passes of one sample.
+_CALIBRATION_FORWARDS = _timing_forwards(32, 7)
 
 
 def _forward_flops(spec: RunSpec, fast: bool | None, device: str) -> float:
@@ -245,7 +303,7 @@ def calibrate_sizes(specs: Iterable[RunSpec], *, device: str = "cpu", fast: bool
     extrapolated: list[tuple] = []
     note = ""
 
-    def time_one(spec: RunSpec, batch: int = 32, repeats: int = 3, *, probe: bool = False) -> Throughput:
+    def time_one(spec: RunSpec, batch: int = 32, repeats: int = 7, *, probe: bool = False) -> Throughput:
         nonlocal spent, rate
         t0 = time.perf_counter()
         tp = calibrate(spec, device=device, fast=fast, threads=threads, precision=precision, batch=batch,
@@ -317,7 +375,7 @@ def _proxy(spec: RunSpec, fast: bool | None, device: str, rate: float,
         res = (res // 2) & ~1  # even: a DatasetSpec resolution must be
         cost = _CALIBRATION_FORWARDS * _forward_flops(_at(spec, res), fast, device) / rate
         if cost <= budget_s / 2:
-            return _at(spec, res), 32, 3, cost
+            return _at(spec, res), 32, 7, cost
     return _at(spec, res), 4, 1, _SHORT_FORWARDS * _forward_flops(_at(spec, res), fast, device) / rate
 
 
@@ -360,7 +418,15 @@ def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = 
             est.not_estimated.append(unit.task_id)
         else:
             est.unit_seconds[unit.task_id] = est.scale * unit_seconds(list(unit.specs), tp)
+    est.deps = unit_dependencies(units)
     return est
+
+
+def unit_dependencies(units: list) -> dict[str, frozenset[str]]:
+    """Unit task id -> the task ids of the units that train its pre-training runs, in ``units``' order."""
+    trained_by = {key: unit.task_id for unit in units for key in unit.keys}
+    return {unit.task_id: frozenset(trained_by[k] for k in getattr(unit, "depends_on", ()) if k in trained_by)
+            for unit in units}
 
 
 def _estimate_from_finished(units: list, finished: Mapping[str, float], finished_units: list) -> Estimate:
@@ -372,6 +438,7 @@ def _estimate_from_finished(units: list, finished: Mapping[str, float], finished
             est.not_estimated.append(unit.task_id)
         else:
             est.unit_seconds[unit.task_id] = unit_seconds(list(unit.specs), tp)
+    est.deps = unit_dependencies(units)
     return est
 
 
