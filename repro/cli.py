@@ -624,8 +624,10 @@ def ui(
                 time.sleep(0.5)
         if proc.poll() is not None:
             fail(f"the MLflow UI exited with status {proc.returncode} (is port {port} in use? try --port)")
-        typer.echo(f"MLflow UI ready: {base}/#/experiments/{experiment}/runs{view}   (Ctrl-C stops it; each "
-                   "grid invocation is a parent run: expand it with + to see its runs)")
+        typer.echo(f"MLflow UI ready: {base}/#/experiments/{experiment}/runs{view}   (Ctrl-C stops it; the "
+                   "page lists the training runs by name; clear the search box to see each grid "
+                   "invocation's parent run too.  MLflow opens its Assistant panel on a browser's first "
+                   "visit: close it with x, it stays closed)")
         if proc.wait() != 0:
             raise typer.Exit(proc.returncode)
     except KeyboardInterrupt:

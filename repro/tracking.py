@@ -217,15 +217,27 @@ RUNS_VIEW_COLUMNS = tuple(f"params.`{k}`" for k in (schema.P_ARM, schema.P_DATA_
     f"metrics.`{k}`" for k in (schema.M_BEST_VAL_REL_L2, schema.M_TEST_REL_L2, schema.M_CONVERGED))
 
 
+#: The training runs without their grid-invocation parents.
+RUNS_VIEW_FILTER = f"tags.{schema.T_ROLE} != '{schema.ROLE_GRID}'"
+#: Sorted by run name (arm, task, model, N, lr, seed): the 3.17 UI nests child runs under a
+#: collapsed parent row whenever the table is sorted by date (or unsorted and unfiltered), and a
+#: shared view cannot keep rows expanded (3.17 drops ``runsExpanded`` from it); sorted by any
+#: other key it lists every run as a row of its own.
+RUNS_VIEW_ORDER = "tags.`mlflow.runName`"
+#: MLflow 3's UI has two modes, GenAI and model training, chosen by this URL parameter (else by
+#: the browser's last choice, GenAI on a first visit); the experiment kind alone does not switch it.
+_UI_WORKFLOW = "workflowType=machine_learning"
+
+
 def set_runs_view(uri: str) -> str:
-    """Store the runs view repro opens the UI on (key columns shown, newest first); returns the
-    URL query that opens it."""
-    state = json.dumps({"orderByKey": "attributes.start_time", "orderByAsc": False,
+    """Store the runs view repro opens the UI on (the key columns, every training run a row,
+    sorted by name); returns the URL query that opens it in the UI's model-training mode."""
+    state = json.dumps({"orderByKey": RUNS_VIEW_ORDER, "orderByAsc": True, "searchFilter": RUNS_VIEW_FILTER,
                         "selectedColumns": list(RUNS_VIEW_COLUMNS)})
     c, exp, tag = client(uri), experiment_id(uri), _T_SHARED_VIEW + RUNS_VIEW_KEY
     if c.get_experiment(exp).tags.get(tag) != state:  # written once: opening a store stays a read
         retrying(lambda: c.set_experiment_tag(exp, tag, state), what="storing the runs view")
-    return f"viewStateShareKey={RUNS_VIEW_KEY}"
+    return f"viewStateShareKey={RUNS_VIEW_KEY}&{_UI_WORKFLOW}"
 
 
 @functools.lru_cache(maxsize=1)
