@@ -510,11 +510,10 @@ def run_grid_cmd(
                                  folder=Path(slurm_folder) if slurm_folder else tracking.repro_home() / "slurm")
         opts = launcher.Options(context, workers=slots, runs_per_gpu=runs_per_gpu, executor=executor, slurm=slurm,
                                 stale_after=stale_after)
-        from repro.grid.estimate import estimate_units
+        from repro.grid.estimate import eta_weights
 
         def costs(units):  # per-unit weights for the live ETA
-            return estimate_units(units, device=device, fast=fast, precision=precision,
-                                  threads=where.threads).unit_seconds
+            return eta_weights(units, device=device, fast=fast)
 
         typer.echo(f"grid {plan.grid.label}: {len(plan)} runs; reading what {uri} holds of them ...", err=True)
         out = launcher.run_grid(plan, opts, costs=costs if executor == "local" else None)

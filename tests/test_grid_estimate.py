@@ -135,3 +135,21 @@ def test_sizes_too_costly_to_time_are_listed_not_estimated() -> None:
     est = estimate.estimate_units(units, budget_s=0.0)
     assert est.not_estimated == [units[0].task_id] and est.device_seconds == 0
     assert "none of the sizes" in est.source
+
+
+def test_eta_weights_rank_the_quick_grids_units_by_their_work_without_timing_anything() -> None:
+    """The live ETA's weights come from FLOPs at the prior rate (only their ratios matter): the
+    quick grid's pre-training outweighs each fine-tuning unit, a zero-shot unit weighs least,
+    and nothing is timed (no torch import: the grid's workers start at once)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom repro.grid.plan import load_plan\nfrom repro.grid.estimate import eta_weights\n"
+             "units = load_plan('quick').units(device='cpu')\nw = eta_weights(units)\n"
+             "roles = {u.task_id: u.runs[0].role for u in units}\narms = {u.task_id: u.specs[0].arm for u in units}\n"
+             "pre = max(w[t] for t in w if roles[t] == 'pretrain')\n"
+             "tune = [w[t] for t in w if roles[t] != 'pretrain' and arms[t] != 'zero_shot']\n"
+             "zero = [w[t] for t in w if arms[t] == 'zero_shot']\n"
+             "print(len(w) == len(units), pre > max(tune), max(zero) < min(tune), 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "True", "True", "False"], out.stdout + out.stderr

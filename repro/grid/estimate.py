@@ -56,7 +56,7 @@ class Throughput:
     latency: float  # seconds per optimiser step, independent of batch size
     per_sample: float  # seconds per (sample x member) in a training step
     eval_per_sample: float = 0.0  # seconds per (sample x member) in an evaluation pass
-    origin: str = "timed"  # "timed" here | "extrapolated by FLOPs" | "from finished runs"
+    origin: str = "timed"  # "timed" here | "extrapolated by FLOPs" | "from finished runs" | "prior"
 
     def step(self, batch: int, members: int = 1) -> float:
         return self.latency + members * batch * self.per_sample
@@ -265,6 +265,20 @@ def _forward_flops(spec: RunSpec, fast: bool | None, device: str) -> float:
 
     spectral = ("fast" if fast or fast is None else "reference")
     return forward_flops(spec.model_spec, spec.data.resolution, spectral)
+
+
+def eta_weights(units: Iterable, *, device: str = "cpu", fast: bool | None = None) -> dict[str, float]:
+    """Unit task id -> its relative weight for a running grid's live ETA: the unit's predicted
+    seconds at the prior FLOP rate, nothing timed.  Only the ratios matter (the ETA scales them by
+    the time the finished units took), and calibrating first would hold the grid's start back by
+    a torch import and a timing (4.5 s of a 22 s tiny grid on the 2-core machine)."""
+    rate = PRIOR_FLOPS_PER_S["cpu" if device == "cpu" else "cuda"]
+    weights = {}
+    for unit in units:
+        flops = _forward_flops(unit.specs[0], fast, device)
+        prior = Throughput(latency=0.0, per_sample=3 * flops / rate, eval_per_sample=flops / rate, origin="prior")
+        weights[unit.task_id] = unit_seconds(list(unit.specs), prior)
+    return weights
 
 
 def _extrapolate(tp: Throughput, flops_from: float, flops_to: float) -> Throughput:
