@@ -79,4 +79,8 @@ def test_ui_opens_on_the_runs_with_their_key_columns(tmp_path: Path) -> None:
         proc.terminate()  # `repro ui` stops its server (and the server's workers) with it
         proc.wait(30)
     with socket.socket() as s:  # nothing is left listening on the port
+        # SO_REUSEADDR: the browser's closed connections may leave the port in TIME_WAIT, which
+        # is no listener; Linux still refuses the bind while any socket listens on it
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
+        s.listen()
