@@ -153,3 +153,23 @@ def test_eta_weights_rank_the_quick_grids_units_by_their_work_without_timing_any
              "print(len(w) == len(units), pre > max(tune), max(zero) < min(tune), 'torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["True", "True", "True", "False"], out.stdout + out.stderr
+
+
+def test_the_schedule_takes_in_simultaneous_ends_together_and_slurm_waits_for_every_pretraining():
+    """Units ending at the same moment free their workers together (the launcher reads every
+    result before it hands out the next unit), and SLURM's phases start no downstream unit before
+    all pre-training has ended."""
+    seconds = {"A": 1.0, "B": 1.0, "C": 1.0, "Y": 5.0, "X": 1.0}
+    deps = {"C": {"B"}, "Y": {"B"}}
+    # A and B end together at 1; C and Y then start on both workers; X after C: max(1+5, 1+1+1) = 6
+    assert estimate.schedule_seconds(["A", "B", "C", "Y", "X"], seconds, deps, 2) == pytest.approx(6.0)
+    est = estimate.Estimate(unit_seconds={"P1": 4.0, "P2": 1.0, "T1": 1.0, "S1": 1.0},
+                            deps={"P1": frozenset(), "P2": frozenset(), "T1": frozenset({"P2"})},
+                            pretraining=frozenset({"P1", "P2"}))
+    # the local launcher runs T1, then S1 (no deps entry: still scheduled) beside P1; SLURM waits for P1
+    assert est.wall_seconds(2) == pytest.approx(estimate.STARTUP_S + 4.0)
+    assert est.wall_seconds(2, phased=True) == pytest.approx(5.0)
+    from repro.grid.plan import load_plan
+
+    quick = load_plan("quick").units(device="cpu")  # one upstream, one pre-training seed
+    assert len(estimate.pretraining_units(quick)) == 1

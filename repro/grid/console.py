@@ -185,17 +185,18 @@ def plan_text(plan: Plan, sv: Any, *, device: str = "cpu", max_members: int = 16
     return "\n".join(lines)
 
 
-def cost_text(est: Any, *, slots: int = 1, device: str = "cpu") -> str:
-    """The ``--dry-run`` cost lines: device-hours, wall time with ``slots`` workers, where the
-    throughput came from, and each size's throughput."""
+def cost_text(est: Any, *, slots: int = 1, device: str = "cpu", phased: bool = False) -> str:
+    """The ``--dry-run`` cost lines: device-hours, wall time with ``slots`` workers (``phased``:
+    SLURM's phases, queue time not included), where the throughput came from, and each size's
+    throughput."""
     lines: list[str] = []
     if est.throughput == {} and est.not_estimated:
         return f"estimated cost: not available ({est.source}); {len(est.not_estimated)} units not estimated"
     hours = est.device_hours
-    wall = est.wall_seconds(slots)
+    wall = est.wall_seconds(slots, phased=phased)
     lines.append(f"estimated cost: {hours:.3f} {device}-hours ({est.source}); "
                  f"wall time about {hms(wall)} with {slots} {'GPU slot' if device.startswith('cuda') else 'worker'}"
-                 f"{'s' if slots != 1 else ''}")
+                 f"{'s' if slots != 1 else ''}" + (" once the array tasks run (queue time not included)" if phased else ""))
     if wall > LONG_GRID_S:
         lines.append(f"  warning: about {hms(wall)} of wall time here (more than {hms(LONG_GRID_S)}): a GPU "
                      f"(--device cuda), a cluster (--executor slurm) or fewer axes would fit it better")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
 from repro.config import RunSpec
+from repro import schema
 from repro.threads import limited_threads
 
 #: Fixed costs measured on the CPU machines (MLflow run records, checkpoint + figure; data load).
@@ -154,6 +155,8 @@ class Estimate:
     not_estimated: list[str] = field(default_factory=list)  # unit task ids without a throughput
     #: unit task id -> the task ids it waits for (its pre-training units), in the launcher's order
     deps: dict[str, frozenset[str]] = field(default_factory=dict)
+    #: the task ids of the pre-training units (SLURM runs them all before any other unit)
+    pretraining: frozenset[str] = frozenset()
 
     @property
     def device_seconds(self) -> float:
@@ -163,13 +166,19 @@ class Estimate:
     def device_hours(self) -> float:
         return self.device_seconds / 3600.0
 
-    def wall_seconds(self, slots: int) -> float:
+    def wall_seconds(self, slots: int, *, phased: bool = False) -> float:
         """Wall time with ``slots`` parallel workers (each calibrated with its own share of the
-        device): the launcher's start-up, then the units list-scheduled as the launcher runs them."""
+        device): the local launcher's start-up, then the units list-scheduled as it runs them.
+        ``phased`` (SLURM): every pre-training unit ends before any other unit starts, as the
+        SLURM executor's phases do; its queue and start-up times are not in the estimate.
+        Dataset generation is not modelled (start-up covers the quick grid's, a few seconds)."""
         if not self.unit_seconds:
             return 0.0
-        order = [t for t in self.deps if t in self.unit_seconds] or list(self.unit_seconds)
-        return STARTUP_S + schedule_seconds(order, self.unit_seconds, self.deps, slots)
+        order = [t for t in self.deps if t in self.unit_seconds] + [t for t in self.unit_seconds if t not in self.deps]
+        deps: Mapping[str, Iterable[str]] = self.deps
+        if phased:
+            deps = {t: (frozenset() if t in self.pretraining else self.pretraining) for t in order}
+        return (0.0 if phased else STARTUP_S) + schedule_seconds(order, self.unit_seconds, deps, slots)
 
 
 def schedule_seconds(order: list[str], seconds: Mapping[str, float], deps: Mapping[str, Iterable[str]],
@@ -198,11 +207,15 @@ def schedule_seconds(order: list[str], seconds: Mapping[str, float], deps: Mappi
         if not running:  # nothing runs and nothing is ready: a dependency cycle (never planned)
             break
         now, i = heapq.heappop(running)
-        free += 1
-        for task in dependants.get(order[i], ()):
-            waiting_on[task].discard(order[i])
-            if not waiting_on[task]:
-                heapq.heappush(ready, position[task])
+        ended = [i]
+        while running and running[0][0] == now:  # the launcher takes every result in before refilling
+            ended.append(heapq.heappop(running)[1])
+        free += len(ended)
+        for i in ended:
+            for task in dependants.get(order[i], ()):
+                waiting_on[task].discard(order[i])
+                if not waiting_on[task]:
+                    heapq.heappush(ready, position[task])
     return now
 
 
@@ -432,7 +445,7 @@ def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = 
             est.not_estimated.append(unit.task_id)
         else:
             est.unit_seconds[unit.task_id] = est.scale * unit_seconds(list(unit.specs), tp)
-    est.deps = unit_dependencies(units)
+    est.deps, est.pretraining = unit_dependencies(units), pretraining_units(units)
     return est
 
 
@@ -441,6 +454,12 @@ def unit_dependencies(units: list) -> dict[str, frozenset[str]]:
     trained_by = {key: unit.task_id for unit in units for key in unit.keys}
     return {unit.task_id: frozenset(trained_by[k] for k in getattr(unit, "depends_on", ()) if k in trained_by)
             for unit in units}
+
+
+def pretraining_units(units: list) -> frozenset[str]:
+    """The task ids of ``units`` that train pre-training runs."""
+    return frozenset(unit.task_id for unit in units
+                     if any(getattr(r, "role", None) == schema.ROLE_PRETRAIN for r in getattr(unit, "runs", ())))
 
 
 def _estimate_from_finished(units: list, finished: Mapping[str, float], finished_units: list) -> Estimate:
@@ -452,7 +471,7 @@ def _estimate_from_finished(units: list, finished: Mapping[str, float], finished
             est.not_estimated.append(unit.task_id)
         else:
             est.unit_seconds[unit.task_id] = unit_seconds(list(unit.specs), tp)
-    est.deps = unit_dependencies(units)
+    est.deps, est.pretraining = unit_dependencies(units), pretraining_units(units)
     return est
 
 
