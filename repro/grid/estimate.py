@@ -21,6 +21,7 @@ are counted as not estimated.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
 import statistics
 import time
@@ -41,6 +42,8 @@ STARTUP_S = 10.0
 #: Timed steps per batch size are preceded by this many untimed ones (allocations, DFT bases,
 #: Adam's state); the first two steps run up to 2x slower than the rest.
 WARMUP_STEPS = 2
+#: Timed steps per batch size (their median is taken).
+TIMED_STEPS = 7
 #: A CPU step inside the grid costs this much more than the same step timed alone: every core is
 #: busy (shared caches and memory bandwidth) and the engine adds batching, the rel-L2 loss and the
 #: LR schedule.  Measured on the 2-core machine, quick grid: the 12 units took 1.08x and 1.18x of
@@ -64,7 +67,7 @@ class Throughput:
 
 
 def calibrate(spec: RunSpec, *, device: str = "cpu", fast: bool | None = None, batch: int = 32,
-              repeats: int = 7, threads: int | None = None, precision: str = "fp32") -> Throughput:
+              repeats: int = TIMED_STEPS, threads: int | None = None, precision: str = "fp32") -> Throughput:
     """Time a few training steps of ``spec``'s model at ``spec``'s resolution (batch 1 and ``batch``).
 
     ``threads``: torch CPU threads during the measurement — the number each worker will use.
@@ -187,8 +190,6 @@ def schedule_seconds(order: list[str], seconds: Mapping[str, float], deps: Mappi
     a free worker takes the first task in ``order`` whose dependencies have finished (a
     dependency outside ``order`` counts as done).  Dividing the total by the slots instead misses
     the critical path: the quick grid's pre-training holds every transfer unit back (+12 %)."""
-    import heapq
-
     position = {task: i for i, task in enumerate(order)}
     waiting_on = {task: {d for d in deps.get(task, ()) if d in position} for task in order}
     dependants: dict[str, list[str]] = {}
@@ -263,14 +264,18 @@ PROBE_SAFETY = 3.0
 #: Forward FLOPs per second assumed before anything is timed, to decide whether the first size
 #: fits the budget: below what the 2-core CI machine reaches on the smallest sizes (~3-15 GFLOP/s).
 PRIOR_FLOPS_PER_S = {"cpu": 2e9, "cuda": 2e11}
+def _prior_rate(device: str) -> float:
+    return PRIOR_FLOPS_PER_S["cpu" if device == "cpu" else "cuda"]
+
+
 def _timing_forwards(batch: int, repeats: int) -> int:
     """Forward passes of one :func:`calibrate` call: warm-up + ``repeats`` steps at batch 1 and at
     ``batch`` (a step costs 3 forward passes), and as many evaluation passes at 4 x ``batch``."""
     return (repeats + WARMUP_STEPS) * (3 * (1 + batch) + 4 * batch)
 
 
-#: What a full timing (batch 32, 7 repeats) costs, in forward passes of one sample.
-_CALIBRATION_FORWARDS = _timing_forwards(32, 7)
+#: What a full timing (batch 32, TIMED_STEPS) costs, in forward passes of one sample.
+_CALIBRATION_FORWARDS = _timing_forwards(32, TIMED_STEPS)
 
 
 def _forward_flops(spec: RunSpec, fast: bool | None, device: str) -> float:
@@ -285,7 +290,7 @@ def eta_weights(units: Iterable, *, device: str = "cpu", fast: bool | None = Non
     seconds at the prior FLOP rate, nothing timed.  Only the ratios matter (the ETA scales them by
     the time the finished units took), and calibrating first would hold the grid's start back by
     a torch import and a timing (4.5 s of a 22 s tiny grid on the 2-core machine)."""
-    rate = PRIOR_FLOPS_PER_S["cpu" if device == "cpu" else "cuda"]
+    rate = _prior_rate(device)
     weights = {}
     for unit in units:
         flops = _forward_flops(unit.specs[0], fast, device)
@@ -324,13 +329,13 @@ def calibrate_sizes(specs: Iterable[RunSpec], *, device: str = "cpu", fast: bool
     todo = sorted((k for k in by_key if k not in cache), key=lambda k: _forward_flops(by_key[k], fast, device))
     if not todo:
         return cache, "calibration"
-    rate = PRIOR_FLOPS_PER_S["cpu" if device == "cpu" else "cuda"]
+    rate = _prior_rate(device)
     spent = 0.0
     timed: list[tuple[float, Throughput]] = []  # (forward FLOPs, throughput) of the sizes timed here
     extrapolated: list[tuple] = []
     note = ""
 
-    def time_one(spec: RunSpec, batch: int = 32, repeats: int = 7, *, probe: bool = False) -> Throughput:
+    def time_one(spec: RunSpec, batch: int = 32, repeats: int = TIMED_STEPS, *, probe: bool = False) -> Throughput:
         nonlocal spent, rate
         t0 = time.perf_counter()
         tp = calibrate(spec, device=device, fast=fast, threads=threads, precision=precision, batch=batch,
@@ -402,7 +407,7 @@ def _proxy(spec: RunSpec, fast: bool | None, device: str, rate: float,
         res = (res // 2) & ~1  # even: a DatasetSpec resolution must be
         cost = _CALIBRATION_FORWARDS * _forward_flops(_at(spec, res), fast, device) / rate
         if cost <= budget_s / 2:
-            return _at(spec, res), 32, 7, cost
+            return _at(spec, res), 32, TIMED_STEPS, cost
     return _at(spec, res), 4, 1, _SHORT_FORWARDS * _forward_flops(_at(spec, res), fast, device) / rate
 
 
@@ -445,21 +450,21 @@ def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = 
             est.not_estimated.append(unit.task_id)
         else:
             est.unit_seconds[unit.task_id] = est.scale * unit_seconds(list(unit.specs), tp)
-    est.deps, est.pretraining = unit_dependencies(units), pretraining_units(units)
-    return est
+    return _add_schedule(est, units)
 
 
-def unit_dependencies(units: list) -> dict[str, frozenset[str]]:
-    """Unit task id -> the task ids of the units that train its pre-training runs, in ``units``' order."""
+def _add_schedule(est: Estimate, units: list) -> Estimate:
+    """Give ``est`` what :meth:`Estimate.wall_seconds` schedules by: each unit's pre-training
+    units (in ``units``' order, the launcher's) and which units pre-train."""
     trained_by = {key: unit.task_id for unit in units for key in unit.keys}
-    return {unit.task_id: frozenset(trained_by[k] for k in getattr(unit, "depends_on", ()) if k in trained_by)
-            for unit in units}
+    est.deps = {unit.task_id: frozenset(trained_by[k] for k in unit.depends_on if k in trained_by) for unit in units}
+    est.pretraining = pretraining_units(units)
+    return est
 
 
 def pretraining_units(units: list) -> frozenset[str]:
     """The task ids of ``units`` that train pre-training runs."""
-    return frozenset(unit.task_id for unit in units
-                     if any(getattr(r, "role", None) == schema.ROLE_PRETRAIN for r in getattr(unit, "runs", ())))
+    return frozenset(unit.task_id for unit in units if unit.role == schema.ROLE_PRETRAIN)
 
 
 def _estimate_from_finished(units: list, finished: Mapping[str, float], finished_units: list) -> Estimate:
@@ -471,8 +476,7 @@ def _estimate_from_finished(units: list, finished: Mapping[str, float], finished
             est.not_estimated.append(unit.task_id)
         else:
             est.unit_seconds[unit.task_id] = unit_seconds(list(unit.specs), tp)
-    est.deps, est.pretraining = unit_dependencies(units), pretraining_units(units)
-    return est
+    return _add_schedule(est, units)
 
 
 def finished_walls(states: Mapping) -> dict[str, float]:
