@@ -177,14 +177,12 @@ def _leave(conn: Any) -> None:
     launcher waits for at the end of every grid, with every worker doing it at once."""
     import logging
 
-    mlflow = sys.modules.get("mlflow")
-    if mlflow is not None and os.environ.get("MLFLOW_ENABLE_ASYNC_LOGGING", "").lower() in ("1", "true"):
-        # that switch queues log_batch calls, which the skipped teardown would flush (only then:
-        # flushing otherwise opens MLflow's default store, 2.6 s)
-        try:
-            mlflow.flush_async_logging()
-        except Exception:  # noqa: BLE001 - nothing queued, or MLflow without the async queue
-            pass
+    from repro.tracking import flush_async_logging
+
+    try:
+        flush_async_logging()
+    except Exception:  # noqa: BLE001 - the runs' outcomes are sent already; leave regardless
+        pass
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
