@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterable, Iterator
+from typing import Any, Callable, Collection, Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -98,7 +98,8 @@ def _search(client: Any, exp_id: str, filter_string: str) -> list[Any]:
             return out
 
 
-def collect_runs(tracking_uri: str, grid: str | None = None, keys: Collection[str] | None = None) -> pd.DataFrame:
+def collect_runs(tracking_uri: str, grid: str | None = None,
+                 keys: Collection[str] | Mapping[str, str] | None = None) -> pd.DataFrame:
     """Read every child run (one with a ``run_key`` tag) into one tidy DataFrame.
 
     Parameters
@@ -114,6 +115,10 @@ def collect_runs(tracking_uri: str, grid: str | None = None, keys: Collection[st
         contains it, so the tag alone misses such shared runs; and runs tagged ``grid`` that
         are *not* in the plan (another grid file with the same label, or an older version of
         this one) are left out and counted in ``frame.attrs[OUTSIDE_PLAN]``.
+        A mapping run_key -> role (:attr:`repro.grid.plan.Plan.roles`) also sets each run's
+        ``role`` to the one this plan gives it: the tag records the role of the grid that
+        *trained* the run, and a run_key one grid trained as a budget audit can be a curve point
+        of another (cpu-study's 2x audit of N = 256 is cpu-study-v2's own budget there).
 
     Returns
     -------
@@ -128,6 +133,7 @@ def collect_runs(tracking_uri: str, grid: str | None = None, keys: Collection[st
     StoreError
         The store is missing or empty, or ``grid`` names no recorded grid.
     """
+    planned_roles = dict(keys) if isinstance(keys, Mapping) else None
     keys = None if keys is None else frozenset(keys)
     client = exp_id = None  # an MLflow client costs a store connection: made only when needed
     if grid is not None and keys is None:  # selecting by label: it must name one plan (checked once)
@@ -137,7 +143,7 @@ def collect_runs(tracking_uri: str, grid: str | None = None, keys: Collection[st
     if _is_sql(tracking_uri):
         frame = _collect_sql(tracking_uri, grid, keys)
         if frame is not None:
-            return frame
+            return _with_planned_roles(frame, planned_roles)
     if client is None:
         client = _client(tracking_uri)
         exp_id = _experiment_id(client, tracking_uri)
@@ -152,7 +158,15 @@ def collect_runs(tracking_uri: str, grid: str | None = None, keys: Collection[st
         records = [r for r in records if r.get(schema.T_RUN_KEY) in keys]
     if not records:
         _no_runs(tracking_uri, grid, keys, outside)
-    return _with_outside(runs_to_frame(records), outside)
+    return _with_planned_roles(_with_outside(runs_to_frame(records), outside), planned_roles)
+
+
+def _with_planned_roles(frame: pd.DataFrame, roles: Mapping[str, str] | None) -> pd.DataFrame:
+    """The plan's role for every run it plans (the ``role`` tag is the training grid's)."""
+    if roles is not None:
+        planned = frame[schema.C_RUN_KEY].map(roles)
+        frame[schema.C_ROLE] = planned.where(planned.notna(), frame[schema.C_ROLE]).astype(object)
+    return frame
 
 
 def _one_plan_per_label(client: Any, exp_id: str, grid: str) -> None:

@@ -54,7 +54,8 @@ def load(tracking_uri: str, grid: str | None, n_boot: int = N_BOOT, workers: int
     ``keys``: the run_keys of ``grid``'s plan, when the caller could expand the grid spec: runs are
     then selected by run_key, so runs shared with another grid count and runs tagged with the grid's
     label but outside its plan (another file with the same label) do not; the selection note says
-    how many were left out.
+    how many were left out.  Given as the plan's run_key -> role mapping, each run also takes the
+    role this plan gives it (:func:`analysis.collect.collect_runs`).
     """
     runs = collect_runs(tracking_uri, grid, keys)
     selection = selection_note(grid, keys)

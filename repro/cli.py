@@ -711,16 +711,17 @@ def _analysis_command(which: str, grid: str | None, tracking_uri: str | None, ou
         fail(str(err))
 
 
-def _grid_keys(grid: str | None) -> frozenset[str] | None:
-    """The run_keys of ``grid``'s plan when it loads as a grid spec (shipped name or TOML path);
-    else ``None``: the analysis then selects by the ``grid`` tag alone (e.g. a grid whose TOML is gone)."""
+def _grid_keys(grid: str | None) -> dict[str, str] | None:
+    """The run_keys of ``grid``'s plan, each with the role the plan gives it, when it loads as a
+    grid spec (shipped name or TOML path); else ``None``: the analysis then selects by the ``grid``
+    tag alone (e.g. a grid whose TOML is gone) and reads each run's role off its tag."""
     if grid is None:
         return None
     from repro.config import SpecError
     from repro.grid import load_plan
 
     try:
-        return frozenset(load_plan(grid).keys)
+        return load_plan(grid).roles
     except (SpecError, OSError):
         return None
 

@@ -287,6 +287,21 @@ def test_collect_by_planned_run_keys_counts_runs_shared_with_another_grid(store:
         collect_runs(store, "nope", keys={"no-such-key"})
 
 
+def test_collect_by_plan_roles_gives_each_run_the_role_of_the_plan_analysed(store: str, runs) -> None:
+    """A run_key one grid trained as a budget audit is a curve point of a grid whose own budget it
+    is (cpu-study's 2x audit at N = 256 is cpu-study-v2's N = 256 run): its ``role`` tag says
+    ``audit``, the plan analysed says ``downstream``, and the plan wins for the runs it plans."""
+    downstream = runs[runs[schema.C_ROLE] == schema.ROLE_DOWNSTREAM]
+    key = downstream[schema.C_RUN_KEY].iloc[0]
+    roles = dict.fromkeys(runs[schema.C_RUN_KEY], schema.ROLE_DOWNSTREAM) | {key: schema.ROLE_AUDIT}
+    got = collect_runs(store, "synthetic", keys=roles).set_index(schema.C_RUN_KEY)[schema.C_ROLE]
+    assert (got.loc[[key]] == schema.ROLE_AUDIT).all()  # every run of the key (a re-run shares it)
+    assert (got.drop(key) == schema.ROLE_DOWNSTREAM).all()
+    # A plain collection of keys keeps the tags' roles.
+    tagged = collect_runs(store, "synthetic", keys=set(roles)).set_index(schema.C_RUN_KEY)[schema.C_ROLE]
+    assert (tagged.loc[[key]] == schema.ROLE_DOWNSTREAM).all() and set(tagged) == set(runs[schema.C_ROLE])
+
+
 def test_cli_selects_by_the_grid_plan_when_the_grid_spec_loads(store: str, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import repro.cli as cli

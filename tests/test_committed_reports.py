@@ -51,7 +51,7 @@ def test_committed_report_reproduces_from_its_store(grid: str, tmp_path: Path) -
     db = tmp_path / "mlflow.db"
     with gzip.open(ROOT / grid / "mlflow.db.gz", "rb") as src, db.open("wb") as dst:
         shutil.copyfileobj(src, dst)
-    runs = collect_runs(f"sqlite:///{db}", grid, expand(load_grid(grid)).keys)
+    runs = collect_runs(f"sqlite:///{db}", grid, expand(load_grid(grid)).roles)
     result = analyze(runs, workers=1)
     committed = json.loads((ROOT / grid / "analysis.json").read_text())
     got = claims_frame(result.claims)
