@@ -31,7 +31,7 @@ from analysis.collect import system_of
 from analysis.filters import (PROTOCOL_COLUMNS, PROTOCOL_DEFAULTS, FilterReport, apply_filters, exclusions,
                               flag_unconverged)
 from analysis.fits import N_BOOT, N_BOOT_JOINT, FitSkipped, JointFit, PowerLawFit, fit_curve, fit_joint, single_thread_blas
-from analysis.selection import C_MEDIAN_LR_TEST, C_N_LRS, C_PRETRAIN_LR, select_fixed_lr, select_lr
+from analysis.selection import CELL, C_MEDIAN_LR_TEST, C_N_LRS, C_PRETRAIN_LR, select_fixed_lr, select_lr
 from analysis.transfer import TransferMetrics, shift_magnitude, transfer_metrics
 
 #: Below this many fits the process pool costs more than it saves.
@@ -309,12 +309,15 @@ _AUDIT_PAIR = (schema.P_ARM, schema.C_TASK, schema.P_MODEL, schema.P_N_TRAIN, sc
                schema.P_DATA_RESOLUTION, *(c for c in PROTOCOL_COLUMNS if c != schema.P_EPOCHS))
 
 
-def budget_audit_pairs(runs: pd.DataFrame) -> pd.DataFrame:
+def budget_audit_pairs(runs: pd.DataFrame, selected: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every finished audit run (role ``audit``) beside the finished grid run it audits.
 
     Columns: the pairing columns, ``epochs`` and ``audit_epochs``, ``test`` and ``audit_test``,
     ``gain`` = (test - audit_test) / test (how much the longer budget still lowered the error),
-    ``within`` (gain <= :data:`AUDIT_TOLERANCE`).
+    ``within`` (gain <= :data:`AUDIT_TOLERANCE`), and ``at_selected_lr``: whether the audited LR
+    is the one the analysis selected for that cell (:func:`analysis.selection.select_lr`, given
+    as ``selected``).  Only those audits measure the budget of a curve point; an audit at another
+    LR of the sweep bounds it at best (a run at another LR converges at its own pace).
     """
     if schema.C_ROLE not in runs:
         return pd.DataFrame()
@@ -338,13 +341,32 @@ def budget_audit_pairs(runs: pd.DataFrame) -> pd.DataFrame:
                                 f"{schema.C_TEST_REL_L2}_audit": "audit_test", schema.P_EPOCHS: "epochs"})
     out["gain"] = (out["test"] - out["audit_test"]) / out["test"]
     out["within"] = out["gain"] <= AUDIT_TOLERANCE
+    out["at_selected_lr"] = _at_selected_lr(out, base, selected)
     return out.sort_values([schema.P_ARM, schema.P_N_TRAIN, schema.P_LR, schema.P_SEED]).reset_index(drop=True)
 
 
+def _at_selected_lr(pairs: pd.DataFrame, base: pd.DataFrame, selected: pd.DataFrame | None) -> pd.Series:
+    """Per pair: is its LR the one selected for the audited run's cell (:data:`analysis.selection.CELL`)?"""
+    if selected is None or selected.empty:
+        return pd.Series(False, index=pairs.index)
+    cell = list(CELL)
+    audited = base.set_index(schema.C_RUN_ID).loc[pairs[schema.C_RUN_ID], cell].reset_index(drop=True)
+    audited[schema.P_LR] = pairs[schema.P_LR].to_numpy()
+    chosen = selected[[*cell, schema.P_LR]].drop_duplicates().assign(_chosen=True)
+    hit = audited.merge(chosen, on=[*cell, schema.P_LR], how="left")["_chosen"]
+    return pd.Series(hit.eq(True).to_numpy(), index=pairs.index)
+
+
+#: The audit table's LR classes: audits of the LR the analysis selected (they measure a curve point's
+#: budget), audits of another LR of the sweep (they bound it at best), audit runs with no finished pair.
+AUDIT_AT_SELECTED, AUDIT_AT_OTHER, AUDIT_UNPAIRED = "selected", "other", "unpaired"
+
+
 def budget_audit_table(pairs: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per arm: audit runs recorded (any status) and paired, the longer budget's median and largest
-    gain, how many are within tolerance.  An audit run that failed, diverged or has no run to audit
-    counts as recorded but not paired, so it shows instead of vanishing."""
+    """Per arm and LR class (:data:`AUDIT_AT_SELECTED` first): audit runs, how many are paired, the
+    longer budget's median and largest gain, how many are within tolerance.  An audit run that
+    failed, diverged or has no run to audit is counted in the arm's ``unpaired`` row, so it shows
+    instead of vanishing."""
     if pairs.empty and (runs is None or schema.C_ROLE not in runs or not runs[schema.C_ROLE].eq(schema.ROLE_AUDIT).any()):
         return pd.DataFrame()
     recorded = (runs[runs[schema.C_ROLE].eq(schema.ROLE_AUDIT)].groupby(schema.P_ARM).size()
@@ -352,17 +374,20 @@ def budget_audit_table(pairs: pd.DataFrame, runs: pd.DataFrame | None = None) ->
     rows = []
     for arm in sorted(set(recorded.index) | (set(pairs[schema.P_ARM]) if len(pairs) else set())):
         g = pairs[pairs[schema.P_ARM] == arm] if len(pairs) else pairs
-        if g.empty:
-            rows.append({"arm": arm, "audit_runs": int(recorded.get(arm, 0)), "audited_runs": 0,
+        for lr_class, at_selected in ((AUDIT_AT_SELECTED, True), (AUDIT_AT_OTHER, False)):
+            c = g[g["at_selected_lr"] == at_selected] if len(g) else g
+            if c.empty:
+                continue
+            rows.append({"arm": arm, "lr": lr_class, "audit_runs": len(c), "audited_runs": len(c),
+                         "budget_factor": float((c["audit_epochs"] / c["epochs"]).median()),
+                         "n_values": ", ".join(str(int(n)) for n in sorted(c[schema.P_N_TRAIN].unique())),
+                         "median_gain": float(c["gain"].median()), "max_gain": float(c["gain"].max()),
+                         "within_tolerance": int(c["within"].sum()), "tolerance": AUDIT_TOLERANCE})
+        unpaired = int(recorded.get(arm, len(g))) - len(g)
+        if unpaired > 0:
+            rows.append({"arm": arm, "lr": AUDIT_UNPAIRED, "audit_runs": unpaired, "audited_runs": 0,
                          "budget_factor": math.nan, "n_values": "", "median_gain": math.nan, "max_gain": math.nan,
                          "within_tolerance": 0, "tolerance": AUDIT_TOLERANCE})
-            continue
-        factor = (g["audit_epochs"] / g["epochs"]).median()
-        rows.append({"arm": arm, "audit_runs": int(recorded.get(arm, len(g))), "audited_runs": len(g),
-                     "budget_factor": float(factor),
-                     "n_values": ", ".join(str(int(n)) for n in sorted(g[schema.P_N_TRAIN].unique())),
-                     "median_gain": float(g["gain"].median()), "max_gain": float(g["gain"].max()),
-                     "within_tolerance": int(g["within"].sum()), "tolerance": AUDIT_TOLERANCE})
     return pd.DataFrame(rows)
 
 
@@ -536,8 +561,8 @@ def analyze(runs: pd.DataFrame, *, tracking_uri: str = "", n_boot: int = N_BOOT,
     AnalysisResult
     """
     kept, reports = apply_filters(runs)
-    audit_pairs = budget_audit_pairs(kept)
     selected = select_lr(kept)
+    audit_pairs = budget_audit_pairs(kept, selected)
     reports = [*reports, flag_unconverged(selected)]
     fixed = select_fixed_lr(kept)
     model_params = _model_params(selected)

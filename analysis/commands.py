@@ -118,8 +118,9 @@ def print_result(result: AnalysisResult, console: Console) -> None:
             for r in result.convergence.itertuples(index=False)))
     if len(result.audit):
         console.print("budget audit (the same runs with a longer budget): " + "; ".join(
-            f"{r.arm} x{r.budget_factor:g}: median gain {r.median_gain:.1%}, largest {r.max_gain:.1%}, "
-            f"{r.within_tolerance}/{r.audited_runs} within {r.tolerance:.0%} ({r.audit_runs} audit runs recorded)"
+            f"{r.arm} at the {r.lr} LR x{r.budget_factor:g}: median gain {r.median_gain:.1%}, largest "
+            f"{r.max_gain:.1%}, {r.within_tolerance}/{r.audited_runs} within {r.tolerance:.0%}"
+            if r.audited_runs else f"{r.arm}: {r.audit_runs} audit run(s) without a finished pair"
             for r in result.audit.itertuples(index=False)))
     for message in result.skipped:
         console.print(f"[yellow]skipped:[/] {message}")

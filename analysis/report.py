@@ -180,7 +180,8 @@ def _context(result: "AnalysisResult", workers: int, ui_url: str | None = None) 
                                                    "share_converged": "share",
                                                    "median_late_improvement": "median late improvement"})
         if len(result.convergence) else None,
-        "audit": _table(result.audit, {"arm": "arm", "audit_runs": "audit runs", "audited_runs": "paired",
+        "audit": _table(result.audit, {"arm": "arm", "lr": "LR audited", "audit_runs": "audit runs",
+                                       "audited_runs": "paired",
                                        "budget_factor": "budget ×",
                                        "n_values": "N", "median_gain": "median gain", "max_gain": "largest gain",
                                        "within_tolerance": "within tolerance", "tolerance": "tolerance"})
@@ -286,7 +287,9 @@ training; an arm compared before it converges measures the budget, not transfer.
 {% if convergence %}{{ tbl(convergence) }}{% else %}<p>No convergence diagnostic recorded (runs predate it).</p>{% endif %}
 <p class="note">Budget audit: the cosine schedule's final annealing lowers the error in the last fifth whatever the
 budget, so the diagnostic above cannot prove convergence alone. Audited cells were trained again with a multiple of
-the budget; the gain is how much that still lowered the test error (budget_audit.csv has every pair).</p>
+the budget; the gain is how much that still lowered the test error (budget_audit.csv has every pair). Only audits
+at the LR the analysis selected for a cell ("selected") measure the budget of a point the curves use; an audit of
+another LR of the sweep ("other") converges at its own pace and bounds it at best.</p>
 {% if audit %}{{ tbl(audit) }}{% else %}<p>This grid has no budget-audit block.</p>{% endif %}
 {% if compute %}{{ tbl(compute) }}{% endif %}
 

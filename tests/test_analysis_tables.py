@@ -163,8 +163,27 @@ def test_budget_audit_runs_pair_with_the_runs_they_audit_and_stay_off_the_curves
     assert math.isclose(pairs.loc["scratch", "gain"], 0.25) and not pairs.loc["scratch", "within"]
     assert math.isclose(pairs.loc["transfer", "gain"], 0.01) and pairs.loc["transfer", "within"]
     assert (pairs["audit_epochs"] == 2 * pairs["epochs"]).all()
-    table = budget_audit_table(budget_audit_pairs(kept), df).set_index("arm")
-    assert table.loc["transfer", "within_tolerance"] == 1 and table.loc["scratch", "within_tolerance"] == 0
-    # scratch: three audit runs recorded (one paired, one without a grid run, one failed)
-    assert table.loc["scratch", "audit_runs"] == 3 and table.loc["scratch", "audited_runs"] == 1
-    assert table.loc["scratch", "budget_factor"] == 2 and table.loc["scratch", "tolerance"] == AUDIT_TOLERANCE
+    # Without the selection no audit is known to be at the selected LR; with it, both are (r0 and r3
+    # are their cells' selected runs).
+    assert not budget_audit_pairs(kept)["at_selected_lr"].any()
+    selected_pairs = budget_audit_pairs(kept, sel)
+    assert selected_pairs["at_selected_lr"].all()
+    table = budget_audit_table(selected_pairs, df).set_index(["arm", "lr"])
+    assert table.loc[("transfer", "selected"), "within_tolerance"] == 1
+    assert table.loc[("scratch", "selected"), "within_tolerance"] == 0
+    # scratch: three audit runs recorded: one paired, and two (one without a grid run, one failed) unpaired
+    assert table.loc[("scratch", "selected"), "audited_runs"] == 1
+    assert table.loc[("scratch", "unpaired"), "audit_runs"] == 2 and table.loc[("scratch", "unpaired"), "audited_runs"] == 0
+    assert table.loc[("scratch", "selected"), "budget_factor"] == 2
+    assert table.loc[("scratch", "selected"), "tolerance"] == AUDIT_TOLERANCE
+    # An audit of another LR of the sweep (transfer at 1e-3 against the selected 3e-3's cell) is "other".
+    other = runs_to_frame([
+        _run(10, **{schema.P_EPOCHS: "100", schema.M_TEST_REL_L2: 0.10, schema.M_BEST_VAL_REL_L2: 0.10}, **ckpt),
+        _run(11, **{schema.P_EPOCHS: "100", schema.P_LR: "0.003", schema.M_TEST_REL_L2: 0.09,
+                    schema.M_BEST_VAL_REL_L2: 0.09}, **ckpt),
+        _run(12, **audit, **{schema.M_TEST_REL_L2: 0.08}, **ckpt),
+    ])
+    kept, _ = apply_filters(other)
+    pairs = budget_audit_pairs(kept, select_lr(kept))
+    assert list(pairs[schema.C_RUN_ID]) == ["r10"] and not pairs["at_selected_lr"].any()
+    assert list(budget_audit_table(pairs, other)["lr"]) == ["other"]
