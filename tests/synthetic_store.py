@@ -7,7 +7,7 @@ The analysis layer only *reads* MLflow; this is its test fixture (imported by th
 from planted scaling laws, so that fits, transfer metrics and claims can be checked against known truth:
 
 - scratch:   err(N) = E_m + A * N^-alpha                       (E_m shrinks with model size)
-- transfer:  err(N) = E_m + (A / b) * N^-alpha,  b = benefit * growth^size / (1 + 2 * shift)
+- transfer:  err(N) = E_m + (A / b) * N^-alpha,  b = benefit * growth^size / (1 + decay * shift)
   so the data-efficiency multiplier is exactly b^(1/alpha) at every error level;
 - zero-shot: err = z0 * (1 + 4 * shift) (grows with the OOD shift);
 - every trained run is multiplied by an LR penalty 1 + c * log10(lr / lr_best)^2 (transfer's
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from repro import schema, tracking
 from repro.config import DatasetSpec, RunSpec
@@ -72,6 +73,8 @@ class SyntheticGrid:
     alpha: float = 0.5
     benefit: float = 6.0
     growth: float = 1.5
+    #: how fast the benefit falls with the shift's magnitude (0: the same benefit at every shift)
+    shift_decay: float = 2.0
     zero_shot: float = 0.08
     noise: float = 0.05
     lr_best: dict[str, float] = field(default_factory=lambda: {"scratch": 1e-3, "transfer": 1e-4})
@@ -151,7 +154,7 @@ def plan(grid: SyntheticGrid) -> list[SyntheticRun]:
             layout = "mixed" if up == "mixed" else "native"
             data = _dataset(down, grid, n_max)
             shift = 0.5 if up == "mixed" else shift_magnitude(up, down)
-            b = scale * grid.benefit * grid.growth ** size / (1.0 + 2.0 * shift)
+            b = scale * grid.benefit * grid.growth ** size / (1.0 + grid.shift_decay * shift)
             for n in grid.n_values:
                 for seed in _seeds(grid, n):
                     for lr in grid.lrs:
@@ -248,3 +251,23 @@ def write_store(tracking_uri: str, grid: SyntheticGrid, runs: list[SyntheticRun]
             tracking.end_run(tracking_uri, recorder.run_id, run.status)
     tracking.end_run(tracking_uri, parent_id, schema.FINISHED)
     return parent_id
+
+
+def frame(grid: SyntheticGrid, runs: list[SyntheticRun] | None = None) -> pd.DataFrame:
+    """The frame :func:`analysis.collect.collect_runs` reads back from :func:`write_store`'s store,
+    built without MLflow: the recorder's params (``flatten(spec)`` + the run's extra params), tags and
+    final metrics, typed by the collector's own :func:`~analysis.collect.runs_to_frame`.  For tests
+    that need several planted truths analysed (claims pinned per truth) but not the store itself;
+    ``test_analysis_e2e`` checks it equals the store's read-back."""
+    from analysis.collect import runs_to_frame
+    from repro.config import flatten
+
+    records = []
+    for i, run in enumerate(plan(grid) if runs is None else runs):
+        row: dict[str, Any] = {schema.C_RUN_ID: f"{grid.name}-{i:05d}", schema.C_STATUS: run.status,
+                               schema.C_START_TIME: 1_000 * (i + 1), schema.C_PARENT_RUN_ID: f"{grid.name}-parent",
+                               schema.T_RUN_KEY: run.spec.run_key, **run.tags}
+        row.update({k: str(v) for k, v in {**flatten(run.spec), **run.params}.items()})
+        row.update(run.metrics)
+        records.append(row)
+    return runs_to_frame(records)

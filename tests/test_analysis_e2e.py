@@ -21,7 +21,7 @@ from repro import schema
 from repro.cli import app
 from analysis.analyze import CurveKey, analyze
 from analysis.collect import COLUMNS, StoreError, collect_runs, default_tracking_uri, list_grids
-from synthetic_store import QUICK_SHIFTS, SyntheticGrid, plan, write_store
+from synthetic_store import QUICK_SHIFTS, SyntheticGrid, frame, plan, write_store
 
 QUICK = SyntheticGrid(name="synthetic")  # quick-grid shape, under its own label
 TINY = SyntheticGrid(name="tiny", shifts=QUICK_SHIFTS[:1], models=("xxs",), n_values=(8, 16), lrs=(1e-3,),
@@ -64,6 +64,18 @@ def test_collect_round_trips_the_store(store: str, runs) -> None:
     row = runs[runs[schema.C_RUN_KEY] == one.spec.run_key].iloc[-1]
     assert row[schema.C_TEST_REL_L2] == pytest.approx(one.metrics[schema.M_TEST_REL_L2])
     assert len(collect_runs(store)) == len(planned) + len(plan(TINY))
+
+
+def test_the_in_memory_frame_equals_the_stores_read_back(runs) -> None:
+    """synthetic_store.frame (what the pinned-claims tests analyse, without MLflow) is the frame
+    collect_runs reads back from write_store's store, column by column, but for ids, times and git."""
+    local = frame(QUICK)
+    skip = {schema.C_RUN_ID, schema.C_PARENT_RUN_ID, schema.C_START_TIME, schema.T_GIT_SHA, schema.T_GIT_DIRTY}
+    cols = [c for c in COLUMNS if c not in skip]
+    order = [schema.T_RUN_KEY, schema.C_STATUS]
+    want = runs.sort_values(order).reset_index(drop=True)[cols]
+    got = local.sort_values(order).reset_index(drop=True)[cols]
+    pd.testing.assert_frame_equal(got, want)
 
 
 def test_client_and_sql_readers_agree(store: str, runs, monkeypatch: pytest.MonkeyPatch) -> None:
