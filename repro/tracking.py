@@ -183,9 +183,71 @@ def init_store(uri: str) -> str:
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            if not db.exists():
+                _place_migrated_schema(db)
             return experiment_id(uri)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+#: Environment variable: ``0`` makes every new SQLite store run MLflow's own migrations (no template).
+ENV_SCHEMA_TEMPLATE = "REPRO_SCHEMA_TEMPLATE"
+
+
+def _place_migrated_schema(db: Path) -> None:
+    """Start a new SQLite store as a copy of an empty, migrated one made by this MLflow version.
+
+    MLflow migrates a new database through ~50 alembic revisions on first contact: 2-3 s of every
+    fresh store, paid again by every test and every new ``REPRO_HOME``.  The migrated result depends
+    only on the MLflow version, so it is made once (by MLflow itself, in :func:`_schema_template`)
+    and copied; MLflow then finds its schema at head and migrates nothing.  The copy's Default
+    experiment gets the current time.  Any failure leaves ``db`` absent, and MLflow creates it as
+    before; ``REPRO_SCHEMA_TEMPLATE=0`` always does.
+    """
+    import sqlite3
+
+    if os.environ.get(ENV_SCHEMA_TEMPLATE, "1") == "0":
+        return
+    template = _schema_template()
+    if template is None:
+        return
+    staged = db.with_name(f".{db.name}.{os.getpid()}.new")
+    try:
+        with sqlite3.connect(f"file:{template}?mode=ro", uri=True) as src, sqlite3.connect(staged) as dst:
+            src.backup(dst)
+            now = int(time.time() * 1000)
+            dst.execute("UPDATE experiments SET creation_time = ?, last_update_time = ?", (now, now))
+        os.link(staged, db)  # never over a store that appeared meanwhile (FileExistsError)
+    except (OSError, sqlite3.Error) as err:
+        log.debug("schema template not used for %s: %s", db, err)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _schema_template() -> Path | None:
+    """An empty SQLite store migrated by the installed MLflow, cached per MLflow version under
+    ``$XDG_CACHE_HOME/repro`` (default ``~/.cache/repro``); ``None`` where it cannot be made."""
+    import sqlite3
+
+    import mlflow
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "repro"
+    template = cache / f"mlflow-{mlflow.__version__}-empty.db"
+    if template.is_file():
+        return template
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            made = Path(tmp) / "made.db"
+            client(f"sqlite:///{made}").search_experiments(max_results=1)  # MLflow migrates it
+            staged = Path(tmp) / "template.db"
+            with sqlite3.connect(made) as src, sqlite3.connect(staged) as dst:
+                src.backup(dst)  # through any WAL, into one self-contained file
+            os.replace(staged, template)
+        return template
+    except Exception as err:  # noqa: BLE001 - a read-only home, a full disk: migrate as before
+        log.debug("no MLflow schema template: %s", err)
+        return None
 
 
 @functools.lru_cache(maxsize=16)
