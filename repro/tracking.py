@@ -194,45 +194,63 @@ def init_store(uri: str) -> str:
 ENV_SCHEMA_TEMPLATE = "REPRO_SCHEMA_TEMPLATE"
 
 
-def _place_migrated_schema(db: Path) -> None:
-    """Start a new SQLite store as a copy of an empty, migrated one made by this MLflow version.
+def _place_migrated_schema(db: Path) -> bool:
+    """Start a new SQLite store as a copy of an empty one migrated to this MLflow's schema head.
 
-    MLflow migrates a new database through ~50 alembic revisions on first contact: 2-3 s of every
+    MLflow migrates a new database through ~50 alembic revisions on first contact: 1.5-2 s of every
     fresh store, paid again by every test and every new ``REPRO_HOME``.  The migrated result depends
-    only on the MLflow version, so it is made once (by MLflow itself, in :func:`_schema_template`)
-    and copied; MLflow then finds its schema at head and migrates nothing.  The copy's Default
-    experiment gets the current time.  Any failure leaves ``db`` absent, and MLflow creates it as
-    before; ``REPRO_SCHEMA_TEMPLATE=0`` always does.
+    only on the schema head, so it is made once (by MLflow itself, in :func:`_schema_template`) and
+    copied; MLflow then finds its schema at head and migrates nothing.  The copy's Default
+    experiment gets the current time and the artifact location MLflow would give it here.  Returns
+    whether ``db`` was placed; on any failure it stays absent and MLflow creates it as before
+    (``REPRO_SCHEMA_TEMPLATE=0``: always).  Called under :func:`init_store`'s lock.
     """
+    import contextlib
     import sqlite3
 
     if os.environ.get(ENV_SCHEMA_TEMPLATE, "1") == "0":
-        return
+        return False
     template = _schema_template()
     if template is None:
-        return
+        return False
+    for stale in db.parent.glob(f".{db.name}.*.new"):  # left by a process killed while copying
+        stale.unlink(missing_ok=True)
     staged = db.with_name(f".{db.name}.{os.getpid()}.new")
     try:
-        with sqlite3.connect(f"file:{template}?mode=ro", uri=True) as src, sqlite3.connect(staged) as dst:
+        with contextlib.closing(sqlite3.connect(template.as_uri() + "?mode=ro", uri=True)) as src, \
+                contextlib.closing(sqlite3.connect(staged)) as dst:
             src.backup(dst)
+            dst.execute("PRAGMA journal_mode=DELETE")  # every byte in the one file that is linked
             now = int(time.time() * 1000)
             dst.execute("UPDATE experiments SET creation_time = ?, last_update_time = ?", (now, now))
+            dst.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                        (str(Path("mlruns").resolve() / "0"),))  # MLflow's default root: ./mlruns here
+            dst.commit()
         os.link(staged, db)  # never over a store that appeared meanwhile (FileExistsError)
+        return True
     except (OSError, sqlite3.Error) as err:
         log.debug("schema template not used for %s: %s", db, err)
+        return False
     finally:
         staged.unlink(missing_ok=True)
 
 
 def _schema_template() -> Path | None:
-    """An empty SQLite store migrated by the installed MLflow, cached per MLflow version under
-    ``$XDG_CACHE_HOME/repro`` (default ``~/.cache/repro``); ``None`` where it cannot be made."""
+    """An empty SQLite store migrated by the installed MLflow, cached per schema head (the alembic
+    revision, not the version string: a development build can add migrations under one version)
+    under ``$XDG_CACHE_HOME/repro`` (default ``~/.cache/repro``); ``None`` where it cannot be made."""
+    import contextlib
     import sqlite3
 
-    import mlflow
+    try:
+        from mlflow.store.db.utils import _get_latest_schema_revision
 
+        head = _get_latest_schema_revision()
+    except Exception as err:  # noqa: BLE001 - MLflow moved its internals: migrate as before
+        log.debug("no MLflow schema head: %s", err)
+        return None
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "repro"
-    template = cache / f"mlflow-{mlflow.__version__}-empty.db"
+    template = cache / f"mlflow-schema-{head}.db"
     if template.is_file():
         return template
     try:
@@ -241,8 +259,12 @@ def _schema_template() -> Path | None:
             made = Path(tmp) / "made.db"
             client(f"sqlite:///{made}").search_experiments(max_results=1)  # MLflow migrates it
             staged = Path(tmp) / "template.db"
-            with sqlite3.connect(made) as src, sqlite3.connect(staged) as dst:
-                src.backup(dst)  # through any WAL, into one self-contained file
+            with contextlib.closing(sqlite3.connect(made)) as src, contextlib.closing(sqlite3.connect(staged)) as dst:
+                src.backup(dst)
+                dst.execute("PRAGMA journal_mode=DELETE")
+                (version,) = dst.execute("SELECT version_num FROM alembic_version").fetchone()
+            if version != head:
+                raise RuntimeError(f"MLflow migrated a new store to {version}, not its head {head}")
             os.replace(staged, template)
         return template
     except Exception as err:  # noqa: BLE001 - a read-only home, a full disk: migrate as before

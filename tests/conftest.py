@@ -50,3 +50,19 @@ def _no_outside_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     processes it starts): every test picks its own store."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("REPRO_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache_home(tmp_path_factory: pytest.TempPathFactory):
+    """The suite (and every process it starts) keeps its MLflow schema template in a folder of its
+    own, made once per session: never the developer's ~/.cache/repro, so a stale copy there cannot
+    fail the suite, and the suite cannot write one there."""
+    import os
+
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before

@@ -19,7 +19,7 @@ import pytest
 from conftest import write_grid
 from test_grid_postgres import PG_BIN, mlflow_server, postgres  # noqa: F401 - fixtures
 
-from repro import schema, tracking
+from repro import schema
 from repro.grid import store
 from repro.grid.plan import expand
 from repro.grid.plan import load_grid
@@ -31,8 +31,7 @@ STARTS_S = (0.0, 0.0, 4.0, 8.0)  # two together, two staggered
 
 def _launch_four(grid: Path, uri: str, home: Path, data_dir: Path) -> list[subprocess.CompletedProcess]:
     env = {k: v for k, v in os.environ.items() if k != schema.ENV_TRACKING_URI}
-    # MLflow's own first-contact migration, not the schema template's copy: the harder race
-    env.update({schema.ENV_HOME: str(home), "PYTHONUNBUFFERED": "1", tracking.ENV_SCHEMA_TEMPLATE: "0"})
+    env.update({schema.ENV_HOME: str(home), "PYTHONUNBUFFERED": "1"})
     cmd = [sys.executable, "-m", "repro.cli", "run-grid", "--grid", str(grid), "--workers", "1",
            "--max-members", "1", "--device", "cpu", "--tracking-uri", uri, "--data-dir", str(data_dir)]
     procs = []
