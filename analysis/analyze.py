@@ -331,8 +331,9 @@ def budget_audit_pairs(runs: pd.DataFrame, selected: pd.DataFrame | None = None)
     # the remaining text columns so that NaN pairs with NaN.
     defaults = {c: v for c, v in PROTOCOL_DEFAULTS.items() if c in keys}
     norm = {**{c: "" for c in keys if not pd.api.types.is_numeric_dtype(done[c])}, **defaults}
-    cols = [*keys, schema.P_EPOCHS, schema.C_TEST_REL_L2, schema.C_RUN_ID]
-    left, right = audit[cols].fillna(norm), base[cols].fillna(norm)
+    cols = [*keys, schema.P_EPOCHS, schema.C_TEST_REL_L2, schema.C_RUN_ID, schema.C_RUN_KEY]
+    # the audited run's shift (its cell's, for the selected-LR lookup) rides along from the base side
+    left, right = audit[cols].fillna(norm), base[[*cols, schema.C_SHIFT]].fillna(norm)
     pairs = left.merge(right, on=keys, suffixes=("_audit", ""))
     pairs = pairs[pairs[schema.P_EPOCHS] < pairs[f"{schema.P_EPOCHS}_audit"]]
     # One base per audit run: the longest shorter schedule (the grid's own budget when analysed with --grid).
@@ -341,19 +342,17 @@ def budget_audit_pairs(runs: pd.DataFrame, selected: pd.DataFrame | None = None)
                                 f"{schema.C_TEST_REL_L2}_audit": "audit_test", schema.P_EPOCHS: "epochs"})
     out["gain"] = (out["test"] - out["audit_test"]) / out["test"]
     out["within"] = out["gain"] <= AUDIT_TOLERANCE
-    out["at_selected_lr"] = _at_selected_lr(out, base, selected)
+    out["at_selected_lr"] = _at_selected_lr(out, selected)
     return out.sort_values([schema.P_ARM, schema.P_N_TRAIN, schema.P_LR, schema.P_SEED]).reset_index(drop=True)
 
 
-def _at_selected_lr(pairs: pd.DataFrame, base: pd.DataFrame, selected: pd.DataFrame | None) -> pd.Series:
-    """Per pair: is its LR the one selected for the audited run's cell (:data:`analysis.selection.CELL`)?"""
-    if selected is None or selected.empty:
+def _at_selected_lr(pairs: pd.DataFrame, selected: pd.DataFrame | None) -> pd.Series:
+    """Per pair: is its LR the one selected for its cell (:data:`analysis.selection.CELL`)?"""
+    if selected is None or selected.empty or pairs.empty:
         return pd.Series(False, index=pairs.index)
-    cell = list(CELL)
-    audited = base.set_index(schema.C_RUN_ID).loc[pairs[schema.C_RUN_ID], cell].reset_index(drop=True)
-    audited[schema.P_LR] = pairs[schema.P_LR].to_numpy()
-    chosen = selected[[*cell, schema.P_LR]].drop_duplicates().assign(_chosen=True)
-    hit = audited.merge(chosen, on=[*cell, schema.P_LR], how="left")["_chosen"]
+    on = [*CELL, schema.P_LR]
+    chosen = selected[on].drop_duplicates().assign(_chosen=True)
+    hit = pairs[on].merge(chosen, on=on, how="left")["_chosen"]  # a left merge keeps the pairs' order
     return pd.Series(hit.eq(True).to_numpy(), index=pairs.index)
 
 
@@ -369,8 +368,9 @@ def budget_audit_table(pairs: pd.DataFrame, runs: pd.DataFrame | None = None) ->
     instead of vanishing."""
     if pairs.empty and (runs is None or schema.C_ROLE not in runs or not runs[schema.C_ROLE].eq(schema.ROLE_AUDIT).any()):
         return pd.DataFrame()
-    recorded = (runs[runs[schema.C_ROLE].eq(schema.ROLE_AUDIT)].groupby(schema.P_ARM).size()
-                if runs is not None and schema.C_ROLE in runs else pd.Series(dtype=int))
+    # audit run_keys per arm: a run FAILED and re-run FINISHED is one audit, paired or not
+    recorded = (runs[runs[schema.C_ROLE].eq(schema.ROLE_AUDIT)].groupby(schema.P_ARM)[schema.C_RUN_KEY]
+                .agg(lambda k: set(k.dropna())) if runs is not None and schema.C_ROLE in runs else pd.Series(dtype=object))
     rows = []
     for arm in sorted(set(recorded.index) | (set(pairs[schema.P_ARM]) if len(pairs) else set())):
         g = pairs[pairs[schema.P_ARM] == arm] if len(pairs) else pairs
@@ -383,7 +383,8 @@ def budget_audit_table(pairs: pd.DataFrame, runs: pd.DataFrame | None = None) ->
                          "n_values": ", ".join(str(int(n)) for n in sorted(c[schema.P_N_TRAIN].unique())),
                          "median_gain": float(c["gain"].median()), "max_gain": float(c["gain"].max()),
                          "within_tolerance": int(c["within"].sum()), "tolerance": AUDIT_TOLERANCE})
-        unpaired = int(recorded.get(arm, len(g))) - len(g)
+        paired = set(g[f"{schema.C_RUN_KEY}_audit"]) if len(g) else set()
+        unpaired = len(recorded.get(arm, set()) - paired)
         if unpaired > 0:
             rows.append({"arm": arm, "lr": AUDIT_UNPAIRED, "audit_runs": unpaired, "audited_runs": 0,
                          "budget_factor": math.nan, "n_values": "", "median_gain": math.nan, "max_gain": math.nan,

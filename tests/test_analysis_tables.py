@@ -182,8 +182,10 @@ def test_budget_audit_runs_pair_with_the_runs_they_audit_and_stay_off_the_curves
         _run(11, **{schema.P_EPOCHS: "100", schema.P_LR: "0.003", schema.M_TEST_REL_L2: 0.09,
                     schema.M_BEST_VAL_REL_L2: 0.09}, **ckpt),
         _run(12, **audit, **{schema.M_TEST_REL_L2: 0.08}, **ckpt),
+        # the same audit FAILED once before its re-run finished: one audit, paired, not an unpaired one
+        _run(13, **audit, **{schema.T_RUN_KEY: "k12", schema.C_STATUS: schema.FAILED}, **ckpt),
     ])
     kept, _ = apply_filters(other)
     pairs = budget_audit_pairs(kept, select_lr(kept))
     assert list(pairs[schema.C_RUN_ID]) == ["r10"] and not pairs["at_selected_lr"].any()
-    assert list(budget_audit_table(pairs, other)["lr"]) == ["other"]
+    assert list(budget_audit_table(pairs, other)["lr"]) == ["other"]  # and no "unpaired" row
