@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import multiprocessing
@@ -362,7 +363,7 @@ AUDIT_AT_SELECTED, AUDIT_AT_OTHER, AUDIT_UNPAIRED = "selected", "other", "unpair
 
 
 def budget_audit_table(pairs: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per arm and LR class (:data:`AUDIT_AT_SELECTED` first): audit runs, how many are paired, the
+    """Per arm, LR class (:data:`AUDIT_AT_SELECTED` first) and budget factor: audit runs, how many are paired, the
     longer budget's median and largest gain, how many are within tolerance.  An audit run that
     failed, diverged or has no run to audit is counted in the arm's ``unpaired`` row, so it shows
     instead of vanishing."""
@@ -374,12 +375,14 @@ def budget_audit_table(pairs: pd.DataFrame, runs: pd.DataFrame | None = None) ->
     rows = []
     for arm in sorted(set(recorded.index) | (set(pairs[schema.P_ARM]) if len(pairs) else set())):
         g = pairs[pairs[schema.P_ARM] == arm] if len(pairs) else pairs
-        for lr_class, at_selected in ((AUDIT_AT_SELECTED, True), (AUDIT_AT_OTHER, False)):
-            c = g[g["at_selected_lr"] == at_selected] if len(g) else g
+        factor = (g["audit_epochs"] / g["epochs"]).round(2) if len(g) else pd.Series(dtype=float)
+        classes = ((AUDIT_AT_SELECTED, True), (AUDIT_AT_OTHER, False))
+        for (lr_class, at_selected), f in itertools.product(classes, sorted(factor.unique())):
+            c = g[(g["at_selected_lr"] == at_selected) & (factor == f)]
             if c.empty:
                 continue
             rows.append({"arm": arm, "lr": lr_class, "audit_runs": len(c), "audited_runs": len(c),
-                         "budget_factor": float((c["audit_epochs"] / c["epochs"]).median()),
+                         "budget_factor": float(f),
                          "n_values": ", ".join(str(int(n)) for n in sorted(c[schema.P_N_TRAIN].unique())),
                          "median_gain": float(c["gain"].median()), "max_gain": float(c["gain"].max()),
                          "within_tolerance": int(c["within"].sum()), "tolerance": AUDIT_TOLERANCE})

@@ -184,8 +184,11 @@ def test_budget_audit_runs_pair_with_the_runs_they_audit_and_stay_off_the_curves
         _run(12, **audit, **{schema.M_TEST_REL_L2: 0.08}, **ckpt),
         # the same audit FAILED once before its re-run finished: one audit, paired, not an unpaired one
         _run(13, **audit, **{schema.T_RUN_KEY: "k12", schema.C_STATUS: schema.FAILED}, **ckpt),
+        _run(14, **{**audit, schema.P_EPOCHS: "400", schema.M_TEST_REL_L2: 0.078}, **ckpt),  # a 4x audit of r10
     ])
     kept, _ = apply_filters(other)
     pairs = budget_audit_pairs(kept, select_lr(kept))
-    assert list(pairs[schema.C_RUN_ID]) == ["r10"] and not pairs["at_selected_lr"].any()
-    assert list(budget_audit_table(pairs, other)["lr"]) == ["other"]  # and no "unpaired" row
+    assert list(pairs[schema.C_RUN_ID]) == ["r10", "r10"] and not pairs["at_selected_lr"].any()
+    table = budget_audit_table(pairs, other)
+    assert list(table["lr"]) == ["other", "other"]  # one row per budget factor, and no "unpaired" row
+    assert list(table["budget_factor"]) == [2.0, 4.0] and list(table["audited_runs"]) == [1, 1]
