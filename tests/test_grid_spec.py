@@ -20,7 +20,7 @@ from repro.grid.spec import Finetune, parse_label, shipped_grids
 #: Runs per shipped grid (pre-training + downstream, after deduplication).  A change here is a
 #: change of the science plan: update deliberately.
 GOLDEN = {"quick": 42, "gpu-demo": 392, "paper-e1": 292, "paper-e2": 2920, "paper-e3": 2332, "paper-e4": 2626,
-          "cpu-study": 510, "cpu-study-v2": 510}
+          "cpu-study": 510, "cpu-study-v2": 519}
 
 TINY = """
 label = "tiny"
@@ -62,7 +62,7 @@ def _tiny(tmp_path: Path, text: str = TINY) -> Path:
 #: half-run on a cluster, would no longer match their plan.  A change here re-plans real runs.
 GOLDEN_KEYS = {"quick": "4e8ed15fa3f96b92", "gpu-demo": "6fefbc7f7beadc91", "paper-e1": "eef4a89371388be3",
                "paper-e2": "7b6f6e712d75f2c2", "paper-e3": "3f50118243584a55", "paper-e4": "232fc89cc96522c3",
-               "cpu-study": "cd351771fdde2626", "cpu-study-v2": "cb1d2f5bb4cfee1f"}
+               "cpu-study": "cd351771fdde2626", "cpu-study-v2": "29ac8ff2a8826220"}
 
 
 def test_shipped_grids_keep_their_run_keys():
@@ -537,8 +537,10 @@ def test_run_and_dataset_specs_bound_resolution_seed_and_epochs():
 
 
 def test_cpu_study_v2_retrains_only_the_large_n_cells():
-    """cpu-study-v2 raises min_epochs only: every run below N = 256 keeps its run_key (reused)."""
+    """cpu-study-v2 raises min_epochs only: every run below N = 256 keeps its run_key (reused); beyond
+    cpu-study's design it adds only budget audits (at the selected LRs: 7 cells at 2x, 2 at 4x)."""
     v1, v2 = expand(load_grid("cpu-study")), expand(load_grid("cpu-study-v2"))
     changed = [run for run in v2 if run.run_key not in set(v1.keys)]
     assert changed and all(run.spec.n_train >= 256 for run in changed)
-    assert len(v1) == len(v2) and len(set(v1.keys) & set(v2.keys)) == len(v2) - len(changed)
+    assert len(set(v1.keys) & set(v2.keys)) == len(v2) - len(changed)
+    assert len(v2) - len(v1) == len(v2.audit) - len(v1.audit) == 9
