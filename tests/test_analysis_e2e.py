@@ -86,6 +86,9 @@ def test_client_and_sql_readers_agree(store: str, runs, monkeypatch: pytest.Monk
     key = [schema.C_RUN_ID]
     a, b = runs.sort_values(key).reset_index(drop=True), slow.sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b)
+    # the plan's roles reach the client reader's frame as they do the SQL reader's
+    roles = dict.fromkeys(runs[schema.C_RUN_KEY], schema.ROLE_AUDIT)
+    assert (collect.collect_runs(store, "synthetic", keys=roles)[schema.C_ROLE] == schema.ROLE_AUDIT).all()
 
 
 def test_store_errors_are_clear(tmp_path: Path, store: str) -> None:
@@ -339,7 +342,7 @@ def test_grid_keys_expand_shipped_grids_and_fall_back_for_tags() -> None:
     from repro.cli import _grid_keys
     from repro.grid import expand, load_grid
 
-    assert _grid_keys("quick") == frozenset(expand(load_grid("quick")).keys)
+    assert _grid_keys("quick") == expand(load_grid("quick")).roles  # run_key -> the plan's role
     assert _grid_keys("no-such-grid") is None and _grid_keys(None) is None
 
 
