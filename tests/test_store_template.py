@@ -18,10 +18,19 @@ from repro import schema, tracking
 
 
 def _schema(db: Path) -> tuple[list[tuple], str]:
+    """Every table, index and trigger with its definition as a set of clauses: MLflow's own
+    migration writes a table's constraints in an order that varies between processes (seen: the
+    CHECK on ``runs.lifecycle_stage`` before or after its neighbour in 1 of 5 fresh migrations of
+    MLflow 3.17.2), so two stores MLflow migrated itself differ in clause order only."""
     with sqlite3.connect(db) as con:
-        tables = sorted(con.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
+        rows = con.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+        tables = sorted((kind, name, _clauses(sql)) for kind, name, sql in rows)
         (version,) = con.execute("SELECT version_num FROM alembic_version").fetchone()
     return tables, version
+
+
+def _clauses(sql: str | None) -> tuple[str, ...]:
+    return tuple(sorted(line.strip().rstrip(",").strip() for line in (sql or "").splitlines()))
 
 
 def _experiments(db: Path) -> dict[str, tuple]:
