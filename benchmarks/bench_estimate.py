@@ -26,6 +26,8 @@ def main() -> int:
     ap.add_argument("--tracking-uri", default=None)
     ap.add_argument("--device", default="cpu", help="device the grid ran on (units are grouped as it trained them)")
     ap.add_argument("--max-train-n", type=int, default=32, help="units up to this N count as finished")
+    ap.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                    help="how the grid's units trained (repro.compilation; 'off' for stores trained before it existed)")
     args = ap.parse_args()
 
     uri = args.tracking_uri or default_tracking_uri()
@@ -42,7 +44,7 @@ def main() -> int:
     held_out = [u for u in units if u not in known]
     measured = sum(max(walls[k] for k in u.keys) for u in held_out)
     from_runs = estimate.estimate_units(held_out, finished=walls, finished_units=known, calibrate_here=False)
-    calibrated = estimate.estimate_units(held_out, device=args.device, threads=1)
+    calibrated = estimate.estimate_units(held_out, device=args.device, threads=1, compile_mode=args.compile)
     print(f"grid {args.grid}: {len(held_out)} held-out units (N > {args.max_train_n}), measured {measured:.1f} s")
     for name, est in (("from finished runs only", from_runs), ("calibration on this machine", calibrated)):
         print(f"  {name:<30} {est.device_seconds:7.1f} s  ({est.device_seconds / measured - 1:+.1%})"

@@ -5,6 +5,10 @@ device) of the reference (rfft2), fast (truncated-DFT GEMMs) and fused (the same
 spatial-major layout, repro.models.SPECTRAL_PATHS) paths, all fp32, for each model-size rung,
 side by side, with their ratios, and each path's share of the machine's measured SGEMM peak.
 
+Column "compiled": the fused path with its forward through ``torch.compile`` (inductor), as the
+engine trains long CPU units (repro.compilation); its first step, the compilation, is timed apart
+("compile s": 10-35 s with a cold inductor cache, about 1 s warm) and left out of its rate.
+
 Section "batched": 16 small runs as one ensemble vs one by one.  Section "accuracy": fast vs
 reference (both fp32) after the same short training.
 
@@ -35,6 +39,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -45,6 +50,7 @@ from repro.config import MODEL_LADDER, ModelSpec
 from repro.models import FNO, SPECTRAL_PATHS, count_parameters
 from repro.config import DatasetSpec, RunSpec
 from repro.ensembles import ensemble_cap
+from repro.train.compiled import compile_forward
 from repro.train.loop import EnsembleData, Schedule, evaluate, train_ensemble
 from repro.threads import limited_threads
 
@@ -60,6 +66,7 @@ class LadderResult:
     n_params: int
     samples_per_s: dict[str, float]
     train_flops_per_sample: dict[str, float]  # analytic: 3x the forward's matrix-product FLOPs
+    compile_seconds: float = 0.0  # the compiled path's first step (dynamo + inductor; cache-dependent)
 
     def ratio(self, path: str, baseline: str) -> float:
         """``path`` / ``baseline`` throughput."""
@@ -125,6 +132,10 @@ def time_interleaved(steps: dict[str, Callable[[], None]], device: torch.device,
 
 #: The column of the authors' network in the ladder (``--peer``).
 PEER = "authors"
+#: The column of the fused path under torch.compile (repro.train.compiled, the engine's long CPU units).
+COMPILED = "compiled"
+#: Every path of ours the ladder times, in column order.
+OUR_PATHS: tuple[str, ...] = (*SPECTRAL_PATHS, COMPILED)
 
 
 def load_peer(path: str) -> Callable[[ModelSpec], torch.nn.Module]:
@@ -166,12 +177,14 @@ def make_peer_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
 
 def bench_ladder(device: torch.device, *, resolution: int, batch: int, sizes: Sequence[str],
                  steps: int, in_channels: int = 4, seed: int = 0, peak: float | None = None,
-                 peer: Callable[[ModelSpec], torch.nn.Module] | None = None) -> list[LadderResult]:
+                 peer: Callable[[ModelSpec], torch.nn.Module] | None = None,
+                 compiled: bool = True) -> list[LadderResult]:
     """Time the training step of every spectral path for each rung (one member, random data on ``device``).
 
     Returns samples/s = batch / best step time over ``steps`` interleaved timed steps per path.
     ``peak`` (GFLOP/s, :func:`sgemm_peak`): print each path's share of it.  ``peer``
     (:func:`load_peer`): the authors' network at the same width and modes, timed in the same rounds.
+    ``compiled``: also the fused path under torch.compile (its column reads "-" otherwise).
     """
     from repro.flops import forward_flops
 
@@ -183,6 +196,15 @@ def bench_ladder(device: torch.device, *, resolution: int, batch: int, sizes: Se
         spec = ModelSpec.from_ladder(size, in_channels)
         train_steps = {path: make_train_step(FNO(spec, spectral=path).to(device), x, y)
                        for path in SPECTRAL_PATHS}
+        # The engine's compiled path: the fused forward through torch.compile; its first step
+        # (the compilation) is timed on its own, then it joins the interleaved rounds.
+        compile_s = math.nan
+        if compiled:
+            train_steps[COMPILED] = make_train_step(compile_forward(FNO(spec, spectral="fused").to(device)), x, y)
+            started = time.perf_counter()
+            train_steps[COMPILED]()
+            _sync(device)
+            compile_s = time.perf_counter() - started
         if peer is not None:
             train_steps[PEER] = make_peer_step(peer(spec).to(device), x, y)
         best = time_interleaved(train_steps, device, repeats=steps)
@@ -191,10 +213,12 @@ def bench_ladder(device: torch.device, *, resolution: int, batch: int, sizes: Se
             torch.cuda.empty_cache()
         rates = {path: batch / seconds for path, seconds in best.items()}
         flops = {path: 3 * forward_flops(spec, resolution, path) for path in SPECTRAL_PATHS}
+        if compiled:
+            flops[COMPILED] = flops["fused"]
         if peer is not None:
             flops[PEER] = flops["reference"]  # rfft2 / irfft2, like the reference path
         results.append(LadderResult(size=size, n_params=count_parameters(spec), samples_per_s=rates,
-                                    train_flops_per_sample=flops))
+                                    train_flops_per_sample=flops, compile_seconds=compile_s))
         print_ladder_row(results[-1], peak, flush=True)
     return results
 
@@ -208,20 +232,37 @@ def print_ladder_header(device: torch.device, resolution: int, batch: int, steps
     if peak is not None:
         print(f"# SGEMM peak (1024^3 fp32 GEMM, best of 10): {peak:.1f} GFLOP/s; '% peak' = the path's analytic "
               "matrix-product FLOPs per second over it")
-    print(f"{'size':>5} {'(w,m)':>9} {'params':>12} {'reference':>11} {'fast':>11} {'fused':>11} {'fast/ref':>9} "
-          f"{'fused/fast':>11} {'fused/ref':>10}" + (f" {'% peak ref/fast/fused':>22}" if peak else "")
-          + (f" {PEER:>9} {'fused/' + PEER:>14} {'ref/' + PEER:>12}" if peer else ""))
+    print(f"{'size':>5} {'(w,m)':>9} {'params':>12} {'reference':>11} {'fast':>11} {'fused':>11} {'compiled':>11} "
+          f"{'fast/ref':>9} {'fused/fast':>11} {'compiled/fast':>14} {'compiled/fused':>15} {'compile s':>10}"
+          + (f" {'% peak ref/fast/fused/compiled':>31}" if peak else "")
+          + (f" {PEER:>9} {'compiled/' + PEER:>17} {'ref/' + PEER:>12}" if peer else ""))
 
 
 def print_ladder_row(r: LadderResult, peak: float | None = None, flush: bool = False) -> None:
     w, m = MODEL_LADDER[r.size]
     rate = r.samples_per_s
-    share = "" if peak is None else " " + f"{'/'.join(f'{100 * r.gflops(p) / peak:.0f}' for p in SPECTRAL_PATHS):>22}"
+    best = COMPILED if COMPILED in rate else "fused"  # the fastest path of ours that ran
+    share = "" if peak is None else " " + f"{'/'.join(_share(r, p, peak) for p in OUR_PATHS):>31}"
     theirs = "" if PEER not in rate else \
-        f" {rate[PEER]:>9.1f} {r.ratio('fused', PEER):>13.2f}x {r.ratio('reference', PEER):>11.2f}x"
+        f" {rate[PEER]:>9.1f} {r.ratio(best, PEER):>16.2f}x {r.ratio('reference', PEER):>11.2f}x"
     print(f"{r.size:>5} {f'({w},{m})':>9} {r.n_params:>12,} {rate['reference']:>11.1f} {rate['fast']:>11.1f} "
-          f"{rate['fused']:>11.1f} {r.ratio('fast', 'reference'):>8.2f}x {r.ratio('fused', 'fast'):>10.2f}x "
-          f"{r.ratio('fused', 'reference'):>9.2f}x{share}{theirs}", flush=flush)
+          f"{rate['fused']:>11.1f} {_cell(rate.get(COMPILED), '.1f', 11)} {r.ratio('fast', 'reference'):>8.2f}x "
+          f"{r.ratio('fused', 'fast'):>10.2f}x {_cell(_ratio(r, COMPILED, 'fast'), '.2f', 13)}x "
+          f"{_cell(_ratio(r, COMPILED, 'fused'), '.2f', 14)}x {_cell(r.compile_seconds, '.1f', 10)}{share}{theirs}",
+          flush=flush)
+
+
+def _ratio(r: LadderResult, path: str, baseline: str) -> float | None:
+    return r.ratio(path, baseline) if path in r.samples_per_s else None
+
+
+def _share(r: LadderResult, path: str, peak: float) -> str:
+    return f"{100 * r.gflops(path) / peak:.0f}" if path in r.samples_per_s else "-"
+
+
+def _cell(value: float | None, fmt: str, width: int) -> str:
+    """A right-aligned number, or "-" for a path that did not run."""
+    return f"{'-' if value is None or math.isnan(value) else format(value, fmt):>{width}}"
 
 
 # --- section "batched": 16 small runs as one ensemble vs one by one ---------------------------
@@ -298,7 +339,7 @@ def _poisson_tensors(device: torch.device, *, resolution: int, n_train: int, n_v
 
 
 def bench_accuracy(device: torch.device, *, size: str, resolution: int, n_train: int,
-                   epochs: int) -> dict[str, float]:
+                   epochs: int, compiled: bool = True) -> dict[str, float]:
     """Validation relative L2 of both spectral paths (fp32) after identical short training on a
     real Poisson dataset (same init, data order and LR)."""
     tensors = _poisson_tensors(device, resolution=resolution, n_train=n_train, n_val=128, n_test=8,
@@ -306,10 +347,12 @@ def bench_accuracy(device: torch.device, *, size: str, resolution: int, n_train:
     (x, y), (xv, yv) = tensors["train"], tensors["val"]
     data = EnsembleData(inputs=x, targets=y, subsets=torch.arange(n_train, device=device).unsqueeze(0))
     out = {}
-    for spectral in SPECTRAL_PATHS:
+    for path in OUR_PATHS if compiled else SPECTRAL_PATHS:
+        spectral = "fused" if path == COMPILED else path
         model = FNO(ModelSpec.from_ladder(size, in_channels=4), spectral=spectral, seeds=[0]).to(device)
-        res = train_ensemble(model, data, xv, yv, Schedule(epochs=epochs, batch_size=32, lrs=(1e-3,)), seeds=[0])
-        out[spectral] = res.best_val[0]
+        res = train_ensemble(model, data, xv, yv, Schedule(epochs=epochs, batch_size=32, lrs=(1e-3,)), seeds=[0],
+                             compiled=path == COMPILED)
+        out[path] = res.best_val[0]
     return out
 
 
@@ -440,6 +483,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's); 1 = per core")
     parser.add_argument("--peer", default=None, metavar="PATH",
                         help="ladder section: also time the authors' FNN2d from a fetched copy of their repository")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="ladder and accuracy sections: leave out the torch.compile path (its compilation "
+                             "takes 10-35 s per size with a cold cache)")
     parser.add_argument("--smoke", action="store_true", help="bf16 section: tiny sizes (a seconds-long rehearsal)")
     parser.add_argument("--bf16-epochs", type=int, default=None, help="bf16 section: epochs (default per device)")
     return parser.parse_args(argv)
@@ -472,7 +518,8 @@ def run_sections(args: argparse.Namespace, device: torch.device, sections: Seque
         peer = load_peer(args.peer) if args.peer else None
         peak = sgemm_peak(device)
         print_ladder_header(device, args.resolution, batch, steps, peak, peer=peer is not None)
-        bench_ladder(device, resolution=args.resolution, batch=batch, sizes=sizes, steps=steps, peak=peak, peer=peer)
+        bench_ladder(device, resolution=args.resolution, batch=batch, sizes=sizes, steps=steps, peak=peak, peer=peer,
+                     compiled=not args.no_compile)
     spectral = "fast"
     if "batched" in sections:
         # Small-N cell of a grid: 16 runs (4 LRs x 4 seeds), N = 64, one model size.
@@ -493,9 +540,9 @@ def run_sections(args: argparse.Namespace, device: torch.device, sections: Seque
             print(f"{name:>24} {seconds:10.2f} {samples / seconds:12.0f} {alone / seconds:13.2f}x")
     if "accuracy" in sections:
         res, size, n, epochs = (128, "l", 1024, 10) if on_cuda else (32, "xs", 256, 25)
-        errs = bench_accuracy(device, size=size, resolution=res, n_train=n, epochs=epochs)
+        errs = bench_accuracy(device, size=size, resolution=res, n_train=n, epochs=epochs, compiled=not args.no_compile)
         diffs = ", ".join(f"{path} {errs[path]:.4f} ({100 * (errs[path] / errs['reference'] - 1):+.2f}%)"
-                          for path in SPECTRAL_PATHS if path != "reference")
+                          for path in OUR_PATHS if path in errs and path != "reference")
         print(f"\naccuracy after {epochs} epochs, model {size}, {res}^2, N={n}: val rel L2 reference "
               f"{errs['reference']:.4f}, {diffs} (all fp32; relative difference to the reference)")
     if "bf16" in sections:

@@ -31,6 +31,9 @@ class RunContext:
     #: Forward precision, ``"fp32"`` or ``"bf16"`` (CUDA and the fast path only; see
     #: :func:`repro.models.fno.check_precision`).
     precision: str = "fp32"
+    #: Whether training forwards run through ``torch.compile``: ``"auto"`` (long CPU units),
+    #: ``"on"`` or ``"off"`` (:func:`repro.compilation.compiles`); recorded as the metric ``compiled``.
+    compile: str = "auto"
     #: Specs sharing a :func:`repro.ensembles.batch_key` train as one ensemble of up to this many.
     max_members: int = 16
     #: Grid label tagged on every run (``None``: a run outside a grid).

@@ -9,10 +9,11 @@ Training costs about 3x a forward pass per sample (backward = 2x forward).
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
-from repro.config import ModelSpec
+from repro.config import ModelSpec, RunSpec
 
-__all__ = ["forward_flops", "spectral_flops"]
+__all__ = ["forward_flops", "spectral_flops", "training_flops", "unit_training_flops"]
 
 
 def spectral_flops(in_channels: int, out_channels: int, n_modes: int, resolution: int, spectral: str) -> float:
@@ -80,3 +81,10 @@ def training_flops(spec: ModelSpec, resolution: int, spectral: str, *, samples_s
     measurement, not training, and is not counted."""
     per_sample = forward_flops(spec, resolution, spectral)
     return 3.0 * per_sample * samples_seen + per_sample * n_val * evaluations
+
+
+def unit_training_flops(specs: Sequence[RunSpec], spectral: str) -> float:
+    """Training FLOPs of one ensemble unit (every member, every epoch; no evaluations): what
+    :func:`repro.compilation.compiles` weighs against a compilation.  Zero-shot units train nothing."""
+    return sum(3.0 * forward_flops(s.model_spec, s.data.resolution, spectral) * s.epochs * s.n_train
+               for s in specs if s.arm != "zero_shot")

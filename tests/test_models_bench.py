@@ -21,16 +21,23 @@ def _load_bench():
 
 def test_ladder_benchmark_prints_every_path_and_its_share_of_peak(capsys: pytest.CaptureFixture[str]) -> None:
     bench = _load_bench()
-    bench.main(["--device", "cpu", "--threads", "1", "--resolution", "16", "--batch", "2", "--sizes", "xxs,xs",
+    bench.main(["--device", "cpu", "--threads", "1", "--resolution", "16", "--batch", "2", "--sizes", "xxs",
                 "--steps", "1", "--sections", "ladder"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("# ladder") and "(1 threads)" in lines[0] and lines[1].startswith("# SGEMM peak")
-    assert all(name in lines[2] for name in ("reference", "fast", "fused", "fused/fast", "% peak"))
-    rows = lines[3:]
+    assert all(name in lines[2] for name in ("reference", "fast", "fused", "compiled", "compiled/fast",
+                                             "compile s", "% peak"))
+    (row,) = lines[3:]
+    cells = row.split()
+    assert cells[0] == "xxs" and float(cells[6]) > 0  # the compiled path's samples/s
+    assert float(cells[-2]) > 0  # its compilation, timed apart
+    # ref/fast/fused/compiled shares of the measured GEMM peak (positive percentages)
+    assert len(cells[-1].split("/")) == 4 and all(0 <= float(v) < 100 for v in cells[-1].split("/"))
+    bench.main(["--device", "cpu", "--threads", "1", "--resolution", "16", "--batch", "2", "--sizes", "xxs,xs",
+                "--steps", "1", "--sections", "ladder", "--no-compile"])
+    rows = capsys.readouterr().out.strip().splitlines()[3:]
     assert [line.split()[0] for line in rows] == ["xxs", "xs"]
-    # three ratios, then ref/fast/fused shares of the measured GEMM peak (positive percentages)
-    assert all(len(line.split()[-1].split("/")) == 3 for line in rows)
-    assert all(0 <= float(v) < 100 for line in rows for v in line.split()[-1].split("/"))
+    assert all(line.split()[6] == "-" and line.split()[-1].endswith("/-") for line in rows)
 
 
 def test_ladder_benchmark_rejects_unknown_size() -> None:
@@ -45,7 +52,8 @@ def test_batched_and_accuracy_sections_run_through_the_engine_loop() -> None:
     together, alone = bench.bench_batched(torch.device("cpu"), runs=3, n_train=4, size="xxs", resolution=16,
                                           epochs=2, spectral="fast")
     assert together > 0 and alone > 0
-    errors = bench.bench_accuracy(torch.device("cpu"), size="xxs", resolution=16, n_train=16, epochs=2)
+    errors = bench.bench_accuracy(torch.device("cpu"), size="xxs", resolution=16, n_train=16, epochs=2,
+                                  compiled=False)  # compiled training: tests/test_compiled.py
     assert set(errors) == {"reference", "fast", "fused"}
     # Same init, data order and LR: the spectral paths train to the same error (fp32 on CPU).
     assert abs(errors["fast"] - errors["reference"]) <= 1e-3 * errors["reference"]
@@ -97,10 +105,10 @@ def test_ladder_times_the_authors_network_from_a_fetched_copy(tmp_path: Path,
     (tmp_path / "models" / "fno.py").write_text(PEER_STAND_IN)
     bench = _load_bench()
     bench.main(["--device", "cpu", "--threads", "1", "--resolution", "16", "--batch", "2", "--sizes", "xxs",
-                "--steps", "1", "--sections", "ladder", "--peer", str(tmp_path)])
+                "--steps", "1", "--sections", "ladder", "--peer", str(tmp_path), "--no-compile"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert "authors" in lines[2] and "fused/authors" in lines[2]
-    # size, (w,m), params, 3 paths, 3 ratios, the peak shares, then the authors' samples/s and 2 ratios
-    assert lines[3].split()[0] == "xxs" and lines[3].endswith("x") and len(lines[3].split()) == 13
+    assert "authors" in lines[2] and "compiled/authors" in lines[2]
+    # size, (w,m), params, 4 paths (compiled "-"), 4 ratios, compile s, the peak shares, the authors' samples/s, 2 ratios
+    assert lines[3].split()[0] == "xxs" and lines[3].endswith("x") and len(lines[3].split()) == 16
     with pytest.raises(SystemExit, match="no models/fno.py"):
         bench.main(["--device", "cpu", "--sections", "ladder", "--peer", str(tmp_path / "nowhere")])

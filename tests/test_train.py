@@ -327,11 +327,15 @@ def test_cli_errors_are_one_line_and_name_the_problem(store, tmp_path: Path) -> 
     assert bf16.exit_code == 2 and "precision = 'bf16' needs a CUDA device, not 'cpu'" in bf16.output
     typo = _cli("--pde", "poisson", "--range", "5,10", "--model", "xxs", "--precision", "fp16", *base)
     assert typo.exit_code == 2 and "allowed: fp32, bf16" in typo.output
-    for result in (missing, too_many, unknown, mismatch, bf16, typo):
+    compile_typo = _cli("--pde", "poisson", "--range", "5,10", "--model", "xxs", "--compile", "yes", *base)
+    assert compile_typo.exit_code == 2 and "--compile: compile = 'yes' is invalid: allowed: auto, on, off" in compile_typo.output
+    for result in (missing, too_many, unknown, mismatch, bf16, typo, compile_typo):
         assert "Traceback" not in result.output
     spec = RunSpec(arm="scratch", data=DOWN, model="xxs", n_train=8, lr=1e-3, epochs=1)
     with pytest.raises(ValueError, match="needs a CUDA device"):  # before any run is recorded
         execute([spec], RunContext(tracking_uri=store["uri"], data_dir=store["data_dir"], precision="bf16"), progress=False)
+    with pytest.raises(ValueError, match="compile = 'always' is invalid"):
+        execute([spec], RunContext(tracking_uri=store["uri"], data_dir=store["data_dir"], compile="always"), progress=False)
 
 
 def test_cli_trains_a_scratch_run(store) -> None:

@@ -26,9 +26,11 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
+from repro.compilation import COMPILE_SECONDS, COMPILED_STEP_FACTOR, compiles
 from repro.config import RunSpec
+from repro.flops import unit_training_flops
 from repro import schema
 from repro.threads import limited_threads
 
@@ -130,8 +132,10 @@ def calibrate(spec: RunSpec, *, device: str = "cpu", fast: bool | None = None, b
                       eval_per_sample=f * eval_per_sample)
 
 
-def unit_seconds(specs: list[RunSpec], tp: Throughput) -> float:
-    """Predicted wall time of one unit (the engine trains ``specs`` as one ensemble)."""
+def unit_seconds(specs: list[RunSpec], tp: Throughput, *, compiled: bool = False) -> float:
+    """Predicted wall time of one unit (the engine trains ``specs`` as one ensemble).  ``compiled``:
+    its training steps run through ``torch.compile`` (:func:`unit_compiles`), at
+    :data:`~repro.compilation.COMPILED_STEP_FACTOR` of the timed eager step, after one compilation."""
     head = specs[0]
     k = len(specs)
     data = head.data
@@ -141,7 +145,10 @@ def unit_seconds(specs: list[RunSpec], tp: Throughput) -> float:
         return cost + (data.n_val + data.n_test) * eval_cost + 2 * tp.latency
     b = head.effective_batch_size
     steps = head.epochs * math.ceil(head.n_train / b)
-    cost += steps * tp.step(b, k)
+    if compiled:
+        cost += COMPILE_SECONDS + steps * tp.step(b, k) * COMPILED_STEP_FACTOR
+    else:
+        cost += steps * tp.step(b, k)
     n_evals = math.ceil(head.epochs / head.eval_every)
     cost += n_evals * data.n_val * eval_cost + data.n_test * eval_cost
     return cost
@@ -278,6 +285,13 @@ def _timing_forwards(batch: int, repeats: int) -> int:
 _CALIBRATION_FORWARDS = _timing_forwards(32, TIMED_STEPS)
 
 
+def unit_compiles(specs: Sequence[RunSpec], compile_mode: str, device: str, fast: bool | None) -> bool:
+    """Whether the engine will train this unit compiled: the engine's own rule
+    (:func:`repro.compilation.compiles`) on the unit's training FLOPs."""
+    spectral = "fast" if fast or fast is None else "reference"  # fast and fused count the same FLOPs
+    return compiles(compile_mode, device, unit_training_flops(specs, spectral))
+
+
 def _forward_flops(spec: RunSpec, fast: bool | None, device: str) -> float:
     from repro.flops import forward_flops
 
@@ -285,7 +299,8 @@ def _forward_flops(spec: RunSpec, fast: bool | None, device: str) -> float:
     return forward_flops(spec.model_spec, spec.data.resolution, spectral)
 
 
-def eta_weights(units: Iterable, *, device: str = "cpu", fast: bool | None = None) -> dict[str, float]:
+def eta_weights(units: Iterable, *, device: str = "cpu", fast: bool | None = None,
+                compile_mode: str = "auto") -> dict[str, float]:
     """Unit task id -> its relative weight for a running grid's live ETA: the unit's predicted
     seconds at the prior FLOP rate, nothing timed.  Only the ratios matter (the ETA scales them by
     the time the finished units took), and calibrating first would hold the grid's start back by
@@ -295,7 +310,8 @@ def eta_weights(units: Iterable, *, device: str = "cpu", fast: bool | None = Non
     for unit in units:
         flops = _forward_flops(unit.specs[0], fast, device)
         prior = Throughput(latency=0.0, per_sample=3 * flops / rate, eval_per_sample=flops / rate, origin="prior")
-        weights[unit.task_id] = unit_seconds(list(unit.specs), prior)
+        specs = list(unit.specs)
+        weights[unit.task_id] = unit_seconds(specs, prior, compiled=unit_compiles(specs, compile_mode, device, fast))
     return weights
 
 
@@ -412,7 +428,7 @@ def _proxy(spec: RunSpec, fast: bool | None, device: str, rate: float,
 
 
 def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = None, precision: str = "fp32",
-                   threads: int | None = None,
+                   compile_mode: str = "auto", threads: int | None = None,
                    cache: dict[tuple, Throughput] | None = None,
                    finished: Mapping[str, float] | None = None,
                    finished_units: Iterable | None = None, calibrate_here: bool = True,
@@ -424,7 +440,8 @@ def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = 
     store; ``finished_units`` are the plan's units over those keys, used to rescale the
     prediction, or, with ``calibrate_here=False`` (the runs' device is not on this machine), as
     the only source of throughput.  Calibration spends at most ``budget_s`` timing steps
-    (:func:`calibrate_sizes`); ``progress`` shows it.
+    (:func:`calibrate_sizes`); ``progress`` shows it.  ``compile_mode`` is the run context's
+    (:func:`unit_compiles`); finished units are predicted as if they had run under it too.
     """
     units = list(units)
     finished_units = list(finished_units or [])
@@ -439,7 +456,8 @@ def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = 
         predicted = measured = 0.0
         for specs_, wall in _measured_units(finished, finished_units):
             if _tp_key(specs_[0]) in table:
-                predicted += unit_seconds(specs_, table[_tp_key(specs_[0])])
+                predicted += unit_seconds(specs_, table[_tp_key(specs_[0])],
+                                          compiled=unit_compiles(specs_, compile_mode, device, fast))
                 measured += wall
         if predicted > 0 and measured > 0:
             est.scale = min(5.0, max(0.2, measured / predicted))
@@ -449,7 +467,9 @@ def estimate_units(units: Iterable, *, device: str = "cpu", fast: bool | None = 
         if tp is None:  # a size too costly to time here (calibrate_sizes says so in the source)
             est.not_estimated.append(unit.task_id)
         else:
-            est.unit_seconds[unit.task_id] = est.scale * unit_seconds(list(unit.specs), tp)
+            specs_ = list(unit.specs)
+            est.unit_seconds[unit.task_id] = est.scale * unit_seconds(
+                specs_, tp, compiled=unit_compiles(specs_, compile_mode, device, fast))
     return _add_schedule(est, units)
 
 

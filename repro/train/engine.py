@@ -30,7 +30,8 @@ import torch
 from repro import schema
 from repro.config import DatasetSpec, RunSpec, to_dict
 from repro.ensembles import group_specs
-from repro.flops import training_flops
+from repro.compilation import check_compile_mode, compiles
+from repro.flops import training_flops, unit_training_flops
 from repro.outcome import RunOutcome
 from repro.execution import RunContext
 from repro.progress import Bar
@@ -117,6 +118,7 @@ def execute(specs: Sequence[RunSpec], context: RunContext, *, roles: Mapping[str
     """
     spectral = resolve_spectral(context.fast, context.device)
     check_precision(context.precision, context.device, spectral)
+    check_compile_mode(context.compile)
     tracking.init_store(context.tracking_uri)
     call = _Call(context=context, device=torch.device(context.device), spectral=spectral,
                  data_dir=Path(context.data_dir) if context.data_dir is not None else default_data_dir(),
@@ -212,7 +214,8 @@ def _execute_group(group: list[RunSpec], call: _Call, *, allow_oom_retry: bool) 
         if head.arm == "zero_shot":
             results = _zero_shot(model, splits)
         else:
-            results = _train(group, model, splits, subsets, recorders, progress=call.progress)
+            compiled = compiles(ctx.compile, str(device), unit_training_flops(group, spectral))
+            results = _train(group, model, splits, subsets, recorders, progress=call.progress, compiled=compiled)
         test_err = evaluate(model, splits["test"].inputs, splits["test"].targets).mean(dim=1).tolist()
         preview = _preview(model, splits["test"])
         wall = time.perf_counter() - started
@@ -346,12 +349,13 @@ def _zero_shot(model: FNO, splits: Mapping[str, _Split]) -> EnsembleResult:
 
 
 def _train(group: list[RunSpec], model: FNO, splits: Mapping[str, _Split], subsets: torch.Tensor,
-           recorders: Sequence[tracking.RunRecorder], *, progress: bool) -> EnsembleResult:
+           recorders: Sequence[tracking.RunRecorder], *, progress: bool, compiled: bool) -> EnsembleResult:
     head = group[0]
     data = EnsembleData(inputs=splits["train"].inputs, targets=splits["train"].targets, subsets=subsets)
     schedule = Schedule(epochs=head.epochs, batch_size=head.batch_size, lrs=tuple(s.lr for s in group),
                         eval_every=head.eval_every)
-    label = f"{head.arm} {head.data.label} {head.model} N={head.n_train}" + (f" ×{len(group)}" if len(group) > 1 else "")
+    label = (f"{head.arm} {head.data.label} {head.model} N={head.n_train}" + (f" ×{len(group)}" if len(group) > 1 else "")
+             + (" compiled" if compiled else ""))
     with Bar(label, head.epochs, enabled=progress) as bar:
         def on_epoch(report: EpochReport) -> None:
             for m, rec in enumerate(recorders):
@@ -362,7 +366,7 @@ def _train(group: list[RunSpec], model: FNO, splits: Mapping[str, _Split], subse
             bar.update(completed=report.epoch, status=_epoch_status(report))
 
         return train_ensemble(model, data, splits["val"].inputs, splits["val"].targets, schedule,
-                              seeds=[s.seed for s in group], on_epoch=on_epoch)
+                              seeds=[s.seed for s in group], on_epoch=on_epoch, compiled=compiled)
 
 
 def _epoch_status(report: EpochReport) -> str:
@@ -420,6 +424,7 @@ def _record_success(spec: RunSpec, m: int, model: FNO, normaliser: Normaliser, p
         # Device time attributed to this run: the ensemble's wall time shared by its members.
         schema.M_GPU_SECONDS: wall / n_members if device.type == "cuda" else 0.0,
         schema.M_N_PARAMS: model.n_params_per_member,
+        schema.M_COMPILED: 1.0 if results.compiled else 0.0,
     })
     with tempfile.TemporaryDirectory(prefix="repro-run-") as tmp:
         ckpt = Path(tmp) / Path(schema.A_CHECKPOINT).name

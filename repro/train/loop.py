@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from repro.train.compiled import compile_failed, compile_forward
 from repro.train.optim import EnsembleAdam, cosine_factor
 
 
@@ -179,6 +180,8 @@ class EnsembleResult:
     #: Validation rel-L2 per member before the first step: the divergence reference (empty
     #: without training).  A check, not model selection: not counted in ``evaluations``.
     initial_val: list[float] = field(default_factory=list)
+    #: Whether the training forward ran compiled (asked for and the first compiled step worked).
+    compiled: bool = False
 
 
 def squared_error_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -187,6 +190,15 @@ def squared_error_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     pred, target: (M, B, n, n) -> (M,)
     """
     return (pred - target).pow(2).sum(dim=(1, 2, 3)) / pred.shape[1]
+
+
+def _loss_and_gradients(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                        y: torch.Tensor) -> torch.Tensor:
+    """Per-member loss of one batch, with its gradients accumulated into the parameters."""
+    loss = squared_error_loss(forward(x).float(), y)
+    # Members are independent, so the gradient of the sum is each member's own gradient.
+    torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss)).sum().backward()
+    return loss
 
 
 def relative_l2(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -222,7 +234,8 @@ def _epoch_permutations(generators: Sequence[torch.Generator], n: int, device: t
 
 def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch.Tensor,
                    val_targets: torch.Tensor, schedule: Schedule, *, seeds: Sequence[int],
-                   on_epoch: Callable[[EpochReport], None] | None = None) -> EnsembleResult:
+                   on_epoch: Callable[[EpochReport], None] | None = None,
+                   compiled: bool = False) -> EnsembleResult:
     """Train the M members of ``model`` together; on return the model holds each member's best
     (lowest validation error) weights.
 
@@ -231,6 +244,10 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
     member whose loss becomes non-finite, or whose validation error becomes non-finite or exceeds
     :func:`divergence_limit` of its error before the first step, is marked failed and no longer
     affects anything.
+
+    ``compiled``: the training forward runs through :func:`repro.train.compiled.compile_forward`
+    (evaluations stay eager); if the first compiled step fails, the unit trains eagerly and the
+    result says so (``EnsembleResult.compiled``).
     """
     members, n_train = data.subsets.shape
     if members != schedule.n_members or members != len(seeds):
@@ -247,6 +264,7 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
     best_epoch = [0] * members
     failure: list[str | None] = [None] * members
     best_state = {name: p.detach().clone() for name, p in model.named_parameters()}
+    forward: Callable[[torch.Tensor], torch.Tensor] = compile_forward(model) if compiled else model
     history: list[EpochReport] = []
     step = 0
     # The divergence reference: each member's validation error before it trains (one extra pass).
@@ -262,10 +280,16 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
             idx = data.subsets.gather(1, order[:, b * batch:(b + 1) * batch])
             x = data.inputs[idx]  # (M, B, C, n, n)
             y = data.targets[idx]  # (M, B, n, n)
-            loss = squared_error_loss(model(x).float(), y)  # (M,)
             optimiser.zero_grad()
-            # Members are independent, so the gradient of the sum is each member's own gradient.
-            torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss)).sum().backward()
+            try:
+                loss = _loss_and_gradients(forward, x, y)  # (M,)
+            except Exception as err:  # only the first compiled step falls back
+                if forward is model or step > 0:
+                    raise
+                compile_failed(err)  # no C++ compiler, an unsupported op: train eagerly instead
+                forward = model
+                optimiser.zero_grad()
+                loss = _loss_and_gradients(forward, x, y)
             optimiser.step(cosine_factor(step, total_steps))
             step += 1
             epoch_loss += loss.detach() * (idx.shape[1] / n_train)
@@ -310,4 +334,5 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
                 for m in range(members)]
     return EnsembleResult(best_val=best_val, best_epoch=best_epoch, failure=failure,
                           train_seconds=train_seconds, samples_seen=len(history) * n_train,
-                          evaluations=len(evaluated), convergence=verdicts, initial_val=initial_val)
+                          evaluations=len(evaluated), convergence=verdicts, initial_val=initial_val,
+                          compiled=forward is not model)

@@ -1,0 +1,85 @@
+"""torch.compile of the training forward (repro.compilation, repro.train.compiled): the rule that
+decides it, the engine run it gives (same result as eager, recorded as such), the eager fallback
+when the compiler fails, and the cost model's view of a compiled unit."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from repro import schema
+from repro.compilation import (
+    COMPILE_SECONDS,
+    COMPILED_STEP_FACTOR,
+    MIN_COMPILED_TRAIN_FLOPS,
+    compiles,
+)
+from repro.config import DatasetSpec, RunSpec
+from repro.execution import RunContext
+from repro.flops import forward_flops, unit_training_flops
+from repro.grid.estimate import Throughput, unit_seconds
+from repro.train.engine import execute
+
+DATA = DatasetSpec(pde="poisson", low=1, high=5, resolution=16, n_train=32, n_val=16, n_test=16, seed=5)
+SPEC = RunSpec(arm="scratch", data=DATA, model="xxs", n_train=32, lr=3e-3, epochs=4, seed=0, batch_size=16)
+
+
+def test_auto_compiles_long_cpu_units_only() -> None:
+    assert compiles("auto", "cpu", MIN_COMPILED_TRAIN_FLOPS) and not compiles("auto", "cpu", MIN_COMPILED_TRAIN_FLOPS / 2)
+    assert not compiles("auto", "cuda:0", 1e18)  # not measured on a GPU yet: eager there
+    assert compiles("on", "cuda", 0.0) and not compiles("off", "cpu", 1e18)
+    with pytest.raises(ValueError, match="compile = 'yes' is invalid: allowed: auto, on, off"):
+        compiles("yes", "cpu", 0.0)
+    # The unit's work: 3 forwards per sample, every member and epoch; zero-shot trains nothing.
+    two = [SPEC, dataclasses.replace(SPEC, lr=1e-3)]
+    per_run = 3 * forward_flops(SPEC.model_spec, 16, "fused") * SPEC.epochs * SPEC.n_train
+    assert unit_training_flops(two, "fused") == pytest.approx(2 * per_run)
+    zero = dataclasses.replace(SPEC, arm="zero_shot", n_train=0, epochs=0, lr=0.0, init_from="0" * 16)
+    assert unit_training_flops([zero], "fused") == 0.0
+
+
+def test_the_cost_model_prices_a_compiled_unit_as_one_compilation_plus_faster_steps() -> None:
+    tp = Throughput(latency=1e-3, per_sample=1e-4, eval_per_sample=3e-5)
+    eager, compiled = unit_seconds([SPEC], tp), unit_seconds([SPEC], tp, compiled=True)
+    steps = SPEC.epochs * 2  # N = 32 at batch 16
+    train = steps * tp.step(16)
+    assert compiled - eager == pytest.approx(COMPILE_SECONDS - (1 - COMPILED_STEP_FACTOR) * train)
+
+
+def _run(tmp_path: Path, name: str, compile_mode: str) -> tuple[float, dict[str, float]]:
+    uri = f"sqlite:///{tmp_path / name / 'mlflow.db'}"
+    (out,) = execute([SPEC], RunContext(tracking_uri=uri, data_dir=tmp_path / "data", compile=compile_mode),
+                     progress=False)
+    assert out.status == schema.FINISHED, out.failure_reason
+    return out.test_rel_l2, MlflowClient(tracking_uri=uri).get_run(out.run_id).data.metrics
+
+
+def test_a_compiled_run_trains_like_the_eager_one_and_says_it_compiled(tmp_path: Path) -> None:
+    eager, eager_metrics = _run(tmp_path, "eager", "off")
+    compiled, metrics = _run(tmp_path, "compiled", "on")
+    assert eager_metrics[schema.M_COMPILED] == 0.0 and metrics[schema.M_COMPILED] == 1.0
+    # Same seeds, data order and steps; only floating-point reassociation differs (measured ~1e-6).
+    assert compiled == pytest.approx(eager, rel=1e-3)
+    assert metrics[schema.M_BEST_EPOCH] == eager_metrics[schema.M_BEST_EPOCH]
+
+
+def test_a_compiler_that_fails_leaves_the_unit_training_eagerly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A real compiler failure: inductor's C++ compiler set to a path that does not exist, and no
+    cached kernels to skip it."""
+    from torch._inductor import config as inductor
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    with inductor.patch({"cpp.cxx": (str(tmp_path / "no-such-c++"),), "fx_graph_cache": False}), \
+            caplog.at_level(logging.WARNING, logger="repro.train.compiled"):
+        test_err, metrics = _run(tmp_path, "fallback", "on")
+    assert metrics[schema.M_COMPILED] == 0.0
+    assert any("torch.compile failed" in r.getMessage() and "trains eagerly" in r.getMessage() for r in caplog.records)
+    eager, _ = _run(tmp_path, "eager", "off")
+    assert test_err == pytest.approx(eager, rel=1e-5)  # the failed step was redone eagerly, nothing applied twice
+    torch._dynamo.reset()
