@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from repro.compilation import COMPILE_MODES
 from repro.config import default_tracking_uri
 from repro.grid import estimate, launcher, load_plan
 
@@ -26,7 +27,7 @@ def main() -> int:
     ap.add_argument("--tracking-uri", default=None)
     ap.add_argument("--device", default="cpu", help="device the grid ran on (units are grouped as it trained them)")
     ap.add_argument("--max-train-n", type=int, default=32, help="units up to this N count as finished")
-    ap.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+    ap.add_argument("--compile", default="auto", choices=COMPILE_MODES,
                     help="how the grid's units trained (repro.compilation; 'off' for stores trained before it existed)")
     args = ap.parse_args()
 

@@ -239,7 +239,7 @@ def train(
                                   help="forward precision: fp32 (default, every device) or bf16 (CUDA and the fast "
                                        "path only; autocast, ~5e-3 error floor vs fp32: see benchmarks/bench_train.py "
                                        "--sections bf16)"),
-    compile_: str = typer.Option("auto", "--compile", metavar="auto|on|off",
+    compile_mode: str = typer.Option("auto", "--compile", metavar="auto|on|off",
                                  help="torch.compile the training forward: auto (CPU units long enough to pay for "
                                       "a compilation: 1.2-1.4x faster training on 2 cores), on, off"),
     tracking_uri: str = typer.Option(None, help="MLflow tracking URI (default: $REPRO_TRACKING_URI, then $MLFLOW_TRACKING_URI, else ./.repro/mlflow.db)"),
@@ -266,7 +266,7 @@ def train(
     _require_store(uri, must_exist=False)
     device = device or autodetect_device()
     _check_precision(precision, device, fast)
-    _check_compile(compile_)
+    _check_compile(compile_mode)
     defaults = _TRAIN_DEFAULTS["cpu" if device == "cpu" else "cuda"]
     chosen = {"model": model, "epochs": epochs, "batch_size": batch_size, "resolution": resolution, "sizes": sizes}
     if any(v is None for v in chosen.values()):
@@ -315,7 +315,7 @@ def train(
     for split in ("train", "val", "test"):  # generated here, with a progress bar, if not cached
         ensure_split(data, split, root, progress=True)
     context = RunContext(tracking_uri=uri, data_dir=Path(data_dir) if data_dir else None, device=device, fast=fast,
-                         precision=precision, compile=compile_)
+                         precision=precision, compile_mode=compile_mode)
     (outcome,) = execute([spec], context, progress=True)
     if outcome.status != "FINISHED":
         fail(f"run {outcome.run_key} FAILED: {outcome.failure_reason}", code=1)
@@ -468,7 +468,7 @@ def run_grid_cmd(
                                   help="forward precision: fp32 (default, every device) or bf16 (CUDA and the fast "
                                        "path only; autocast, ~5e-3 error floor vs fp32: see benchmarks/bench_train.py "
                                        "--sections bf16)"),
-    compile_: str = typer.Option("auto", "--compile", metavar="auto|on|off",
+    compile_mode: str = typer.Option("auto", "--compile", metavar="auto|on|off",
                                  help="torch.compile the training forward: auto (CPU units long enough to pay for "
                                       "a compilation: 1.2-1.4x faster training on 2 cores), on, off"),
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="dry run: time a few steps per model size for the estimate"),
@@ -508,9 +508,9 @@ def run_grid_cmd(
         fail(str(err))
     device, slots = where.device, where.slots
     _check_precision(precision, device, fast)
-    _check_compile(compile_)
+    _check_compile(compile_mode)
     context = RunContext(tracking_uri=uri, data_dir=Path(data_dir) if data_dir else None, device=device,
-                         fast=fast, precision=precision, compile=compile_, max_members=max_members)
+                         fast=fast, precision=precision, compile_mode=compile_mode, max_members=max_members)
     try:
         if dry_run:
             from repro.grid.dryrun import DryRunOptions, dry_run as print_dry_run
@@ -531,7 +531,7 @@ def run_grid_cmd(
         from repro.grid.estimate import eta_weights
 
         def costs(units):  # per-unit weights for the live ETA
-            return eta_weights(units, device=device, fast=fast, compile_mode=compile_)
+            return eta_weights(units, device=device, fast=fast, compile_mode=compile_mode)
 
         typer.echo(f"grid {plan.grid.label}: {len(plan)} runs; reading what {uri} holds of them ...", err=True)
         out = launcher.run_grid(plan, opts, costs=costs if executor == "local" else None)

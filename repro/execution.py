@@ -33,7 +33,7 @@ class RunContext:
     precision: str = "fp32"
     #: Whether training forwards run through ``torch.compile``: ``"auto"`` (long CPU units),
     #: ``"on"`` or ``"off"`` (:func:`repro.compilation.compiles`); recorded as the metric ``compiled``.
-    compile: str = "auto"
+    compile_mode: str = "auto"
     #: Specs sharing a :func:`repro.ensembles.batch_key` train as one ensemble of up to this many.
     max_members: int = 16
     #: Grid label tagged on every run (``None``: a run outside a grid).

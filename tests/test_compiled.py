@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,11 +32,14 @@ SPEC = RunSpec(arm="scratch", data=DATA, model="xxs", n_train=32, lr=3e-3, epoch
 
 
 def test_auto_compiles_long_cpu_units_only() -> None:
-    assert compiles("auto", "cpu", MIN_COMPILED_TRAIN_FLOPS) and not compiles("auto", "cpu", MIN_COMPILED_TRAIN_FLOPS / 2)
-    assert not compiles("auto", "cuda:0", 1e18)  # not measured on a GPU yet: eager there
-    assert compiles("on", "cuda", 0.0) and not compiles("off", "cpu", 1e18)
+    fused = {"spectral": "fused"}
+    assert compiles("auto", "cpu", MIN_COMPILED_TRAIN_FLOPS, **fused)
+    assert not compiles("auto", "cpu", MIN_COMPILED_TRAIN_FLOPS / 2, **fused)
+    assert not compiles("auto", "cuda:0", 1e18, **fused)  # not measured on a GPU yet: eager there
+    assert not compiles("auto", "cpu", 1e18, spectral="reference")  # the plain path stays plain
+    assert compiles("on", "cuda", 0.0, **fused) and not compiles("off", "cpu", 1e18, **fused)
     with pytest.raises(ValueError, match="compile = 'yes' is invalid: allowed: auto, on, off"):
-        compiles("yes", "cpu", 0.0)
+        compiles("yes", "cpu", 0.0, **fused)
     # The unit's work: 3 forwards per sample, every member and epoch; zero-shot trains nothing.
     two = [SPEC, dataclasses.replace(SPEC, lr=1e-3)]
     per_run = 3 * forward_flops(SPEC.model_spec, 16, "fused") * SPEC.epochs * SPEC.n_train
@@ -53,16 +58,22 @@ def test_the_cost_model_prices_a_compiled_unit_as_one_compilation_plus_faster_st
 
 def _run(tmp_path: Path, name: str, compile_mode: str) -> tuple[float, dict[str, float]]:
     uri = f"sqlite:///{tmp_path / name / 'mlflow.db'}"
-    (out,) = execute([SPEC], RunContext(tracking_uri=uri, data_dir=tmp_path / "data", compile=compile_mode),
+    (out,) = execute([SPEC], RunContext(tracking_uri=uri, data_dir=tmp_path / "data", compile_mode=compile_mode),
                      progress=False)
     assert out.status == schema.FINISHED, out.failure_reason
     return out.test_rel_l2, MlflowClient(tracking_uri=uri).get_run(out.run_id).data.metrics
 
 
+#: Inductor's CPU backend builds C++ kernels; without a compiler runs train eagerly (tested below).
+HAVE_CXX = any(shutil.which(name) for name in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++"))
+
+
+@pytest.mark.skipif(not HAVE_CXX, reason="no C++ compiler for inductor's CPU kernels")
 def test_a_compiled_run_trains_like_the_eager_one_and_says_it_compiled(tmp_path: Path) -> None:
     eager, eager_metrics = _run(tmp_path, "eager", "off")
     compiled, metrics = _run(tmp_path, "compiled", "on")
     assert eager_metrics[schema.M_COMPILED] == 0.0 and metrics[schema.M_COMPILED] == 1.0
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # dynamo really captured a graph
     # Same seeds, data order and steps; only floating-point reassociation differs (measured ~1e-6).
     assert compiled == pytest.approx(eager, rel=1e-3)
     assert metrics[schema.M_BEST_EPOCH] == eager_metrics[schema.M_BEST_EPOCH]

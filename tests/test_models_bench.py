@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+HAVE_CXX = any(shutil.which(name) for name in ("g++", "c++", "clang++"))  # inductor's CPU kernels need one
 
 
 def _load_bench():
@@ -29,10 +31,13 @@ def test_ladder_benchmark_prints_every_path_and_its_share_of_peak(capsys: pytest
                                              "compile s", "% peak"))
     (row,) = lines[3:]
     cells = row.split()
-    assert cells[0] == "xxs" and float(cells[6]) > 0  # the compiled path's samples/s
-    assert float(cells[-2]) > 0  # its compilation, timed apart
+    assert cells[0] == "xxs"
+    if HAVE_CXX:
+        assert float(cells[6]) > 0 and float(cells[-2]) > 0  # the compiled path's samples/s, its compilation
+    else:  # inductor cannot build its kernels: the column says so instead of failing the benchmark
+        assert cells[6] == "-"
     # ref/fast/fused/compiled shares of the measured GEMM peak (positive percentages)
-    assert len(cells[-1].split("/")) == 4 and all(0 <= float(v) < 100 for v in cells[-1].split("/"))
+    assert len(cells[-1].split("/")) == 4 and all(0 <= float(v) < 100 for v in cells[-1].split("/")[:3 + HAVE_CXX])
     bench.main(["--device", "cpu", "--threads", "1", "--resolution", "16", "--batch", "2", "--sizes", "xxs,xs",
                 "--steps", "1", "--sections", "ladder", "--no-compile"])
     rows = capsys.readouterr().out.strip().splitlines()[3:]
@@ -107,7 +112,7 @@ def test_ladder_times_the_authors_network_from_a_fetched_copy(tmp_path: Path,
     bench.main(["--device", "cpu", "--threads", "1", "--resolution", "16", "--batch", "2", "--sizes", "xxs",
                 "--steps", "1", "--sections", "ladder", "--peer", str(tmp_path), "--no-compile"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert "authors" in lines[2] and "compiled/authors" in lines[2]
+    assert "authors" in lines[2] and "fused/authors" in lines[2]  # --no-compile: ours is the fused path
     # size, (w,m), params, 4 paths (compiled "-"), 4 ratios, compile s, the peak shares, the authors' samples/s, 2 ratios
     assert lines[3].split()[0] == "xxs" and lines[3].endswith("x") and len(lines[3].split()) == 16
     with pytest.raises(SystemExit, match="no models/fno.py"):

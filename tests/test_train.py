@@ -335,7 +335,7 @@ def test_cli_errors_are_one_line_and_name_the_problem(store, tmp_path: Path) -> 
     with pytest.raises(ValueError, match="needs a CUDA device"):  # before any run is recorded
         execute([spec], RunContext(tracking_uri=store["uri"], data_dir=store["data_dir"], precision="bf16"), progress=False)
     with pytest.raises(ValueError, match="compile = 'always' is invalid"):
-        execute([spec], RunContext(tracking_uri=store["uri"], data_dir=store["data_dir"], compile="always"), progress=False)
+        execute([spec], RunContext(tracking_uri=store["uri"], data_dir=store["data_dir"], compile_mode="always"), progress=False)
 
 
 def test_cli_trains_a_scratch_run(store) -> None:

@@ -55,7 +55,7 @@ def dry_run(plan: Plan, opts: DryRunOptions, *, echo: Callable[[str], None],
         return
     est = estimate.estimate_units(
         plan.units(sv.todo, max_members=ctx.max_members, device=ctx.device), device=ctx.device, fast=ctx.fast,
-        precision=ctx.precision, compile_mode=ctx.compile, threads=opts.threads, finished=estimate.finished_walls(sv.states),
+        precision=ctx.precision, compile_mode=ctx.compile_mode, threads=opts.threads, finished=estimate.finished_walls(sv.states),
         finished_units=plan.units(done, max_members=ctx.max_members, device=ctx.device) if done else None,
         calibrate_here=opts.device_here, progress=progress)
     if opts.remote and opts.device_here and not done:

@@ -289,7 +289,7 @@ def unit_compiles(specs: Sequence[RunSpec], compile_mode: str, device: str, fast
     """Whether the engine will train this unit compiled: the engine's own rule
     (:func:`repro.compilation.compiles`) on the unit's training FLOPs."""
     spectral = "fast" if fast or fast is None else "reference"  # fast and fused count the same FLOPs
-    return compiles(compile_mode, device, unit_training_flops(specs, spectral))
+    return compiles(compile_mode, device, unit_training_flops(specs, spectral), spectral=spectral)
 
 
 def _forward_flops(spec: RunSpec, fast: bool | None, device: str) -> float:
@@ -488,6 +488,9 @@ def pretraining_units(units: list) -> frozenset[str]:
 
 
 def _estimate_from_finished(units: list, finished: Mapping[str, float], finished_units: list) -> Estimate:
+    """Each unit at the throughput its finished siblings ran at, as measured.  Compilation is not
+    modelled here: the measured per-sample cost already holds whatever the finished units did
+    (on CUDA, where this path is used, ``auto`` trains eagerly)."""
     measured = throughput_from_finished(finished, finished_units)
     est = Estimate(throughput=measured, source=f"measured on {len(finished)} finished runs, no calibration here")
     for unit in units:

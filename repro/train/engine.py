@@ -45,7 +45,7 @@ from repro import tracking
 from repro.train import pretrained
 from repro.train.preview import plot_predictions
 from repro.train.loop import (EnsembleData, EnsembleResult, EpochReport, Schedule, divergence_reason, evaluate,
-                              train_ensemble)
+                              is_out_of_memory, train_ensemble)
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def execute(specs: Sequence[RunSpec], context: RunContext, *, roles: Mapping[str
     """
     spectral = resolve_spectral(context.fast, context.device)
     check_precision(context.precision, context.device, spectral)
-    check_compile_mode(context.compile)
+    check_compile_mode(context.compile_mode)
     tracking.init_store(context.tracking_uri)
     call = _Call(context=context, device=torch.device(context.device), spectral=spectral,
                  data_dir=Path(context.data_dir) if context.data_dir is not None else default_data_dir(),
@@ -148,13 +148,6 @@ def _execute_group_splitting_on_oom(group: list[RunSpec], call: _Call) -> list[R
         rest = [spec for spec in group if spec.run_key not in done]
         halves = [part for part in (rest[:len(rest) // 2], rest[len(rest) // 2:]) if part]
         return oom.finished + [o for part in halves for o in _execute_group_splitting_on_oom(part, call)]
-
-
-def _is_oom(err: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's refusal."""
-    text = str(err).lower()
-    return (isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text
-            or "can't allocate memory" in text)
 
 
 def _one_line(err: BaseException) -> str:
@@ -214,7 +207,8 @@ def _execute_group(group: list[RunSpec], call: _Call, *, allow_oom_retry: bool) 
         if head.arm == "zero_shot":
             results = _zero_shot(model, splits)
         else:
-            compiled = compiles(ctx.compile, str(device), unit_training_flops(group, spectral))
+            compiled = compiles(ctx.compile_mode, str(device), unit_training_flops(group, spectral),
+                                spectral=spectral)
             results = _train(group, model, splits, subsets, recorders, progress=call.progress, compiled=compiled)
         test_err = evaluate(model, splits["test"].inputs, splits["test"].targets).mean(dim=1).tolist()
         preview = _preview(model, splits["test"])
@@ -238,7 +232,7 @@ def _execute_group(group: list[RunSpec], call: _Call, *, allow_oom_retry: bool) 
         fail_all("interrupted")
         raise
     except Exception as err:  # noqa: BLE001 - failures are data; the grid goes on
-        if _is_oom(err):
+        if is_out_of_memory(err):
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             if allow_oom_retry:

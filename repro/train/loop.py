@@ -192,6 +192,13 @@ def squared_error_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return (pred - target).pow(2).sum(dim=(1, 2, 3)) / pred.shape[1]
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's refusal."""
+    text = str(err).lower()
+    return (isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text
+            or "can't allocate memory" in text)
+
+
 def _loss_and_gradients(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                         y: torch.Tensor) -> torch.Tensor:
     """Per-member loss of one batch, with its gradients accumulated into the parameters."""
@@ -246,8 +253,9 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
     affects anything.
 
     ``compiled``: the training forward runs through :func:`repro.train.compiled.compile_forward`
-    (evaluations stay eager); if the first compiled step fails, the unit trains eagerly and the
-    result says so (``EnsembleResult.compiled``).
+    (evaluations stay eager); if a compiled step fails for another reason than memory, that step
+    is redone eagerly, the rest of the unit trains eagerly and the result says so
+    (``EnsembleResult.compiled``).
     """
     members, n_train = data.subsets.shape
     if members != schedule.n_members or members != len(seeds):
@@ -281,15 +289,20 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
             x = data.inputs[idx]  # (M, B, C, n, n)
             y = data.targets[idx]  # (M, B, n, n)
             optimiser.zero_grad()
-            try:
-                loss = _loss_and_gradients(forward, x, y)  # (M,)
-            except Exception as err:  # only the first compiled step falls back
-                if forward is model or step > 0:
-                    raise
-                compile_failed(err)  # no C++ compiler, an unsupported op: train eagerly instead
-                forward = model
-                optimiser.zero_grad()
-                loss = _loss_and_gradients(forward, x, y)
+            loss = None
+            if forward is not model:
+                try:
+                    loss = _loss_and_gradients(forward, x, y)  # (M,)
+                except Exception as err:
+                    if is_out_of_memory(err):
+                        raise  # the engine's OOM handling (smaller ensembles), not a compiler fault
+                    # No C++ compiler, an unsupported op, a failed recompilation for a last partial
+                    # batch: this step and the rest train eagerly (nothing was applied yet).
+                    compile_failed(err)
+                    forward = model
+                    optimiser.zero_grad()
+            if loss is None:  # eager; outside the except block, so the failed attempt is freed
+                loss = _loss_and_gradients(model, x, y)
             optimiser.step(cosine_factor(step, total_steps))
             step += 1
             epoch_loss += loss.detach() * (idx.shape[1] / n_train)
