@@ -217,7 +217,7 @@ def bench_ladder(device: torch.device, *, resolution: int, batch: int, sizes: Se
             torch.cuda.empty_cache()
         rates = {path: batch / seconds for path, seconds in best.items()}
         flops = {path: 3 * forward_flops(spec, resolution, path) for path in SPECTRAL_PATHS}
-        if COMPILED in train_steps:
+        if COMPILED in best:
             flops[COMPILED] = flops["fused"]
         if peer is not None:
             flops[PEER] = flops["reference"]  # rfft2 / irfft2, like the reference path
