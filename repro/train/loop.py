@@ -180,7 +180,7 @@ class EnsembleResult:
     #: Validation rel-L2 per member before the first step: the divergence reference (empty
     #: without training).  A check, not model selection: not counted in ``evaluations``.
     initial_val: list[float] = field(default_factory=list)
-    #: Whether the training forward ran compiled (asked for and the first compiled step worked).
+    #: Whether the training forward ran compiled throughout (asked for, and no compiled step failed).
     compiled: bool = False
 
 
