@@ -86,5 +86,6 @@ def training_flops(spec: ModelSpec, resolution: int, spectral: str, *, samples_s
 def unit_training_flops(specs: Sequence[RunSpec], spectral: str) -> float:
     """Training FLOPs of one ensemble unit (every member, every epoch; no evaluations): what
     :func:`repro.compilation.compiles` weighs against a compilation.  Zero-shot units train nothing."""
-    return sum(3.0 * forward_flops(s.model_spec, s.data.resolution, spectral) * s.epochs * s.n_train
+    return sum(training_flops(s.model_spec, s.data.resolution, spectral, samples_seen=s.epochs * s.n_train,
+                              n_val=0, evaluations=0)
                for s in specs if s.arm != "zero_shot")

@@ -145,10 +145,8 @@ def unit_seconds(specs: list[RunSpec], tp: Throughput, *, compiled: bool = False
         return cost + (data.n_val + data.n_test) * eval_cost + 2 * tp.latency
     b = head.effective_batch_size
     steps = head.epochs * math.ceil(head.n_train / b)
-    if compiled:
-        cost += COMPILE_SECONDS + steps * tp.step(b, k) * COMPILED_STEP_FACTOR
-    else:
-        cost += steps * tp.step(b, k)
+    train = steps * tp.step(b, k)
+    cost += COMPILE_SECONDS + COMPILED_STEP_FACTOR * train if compiled else train
     n_evals = math.ceil(head.epochs / head.eval_every)
     cost += n_evals * data.n_val * eval_cost + data.n_test * eval_cost
     return cost
@@ -288,15 +286,20 @@ _CALIBRATION_FORWARDS = _timing_forwards(32, TIMED_STEPS)
 def unit_compiles(specs: Sequence[RunSpec], compile_mode: str, device: str, fast: bool | None) -> bool:
     """Whether the engine will train this unit compiled: the engine's own rule
     (:func:`repro.compilation.compiles`) on the unit's training FLOPs."""
-    spectral = "fast" if fast or fast is None else "reference"  # fast and fused count the same FLOPs
+    spectral = _spectral(fast)
     return compiles(compile_mode, device, unit_training_flops(specs, spectral), spectral=spectral)
+
+
+def _spectral(fast: bool | None) -> str:
+    """The FLOP-counting path of a ``--fast/--reference`` switch, torch-free (fast and fused count
+    the same FLOPs, so the device's default need not be resolved)."""
+    return "fast" if fast or fast is None else "reference"
 
 
 def _forward_flops(spec: RunSpec, fast: bool | None, device: str) -> float:
     from repro.flops import forward_flops
 
-    spectral = ("fast" if fast or fast is None else "reference")
-    return forward_flops(spec.model_spec, spec.data.resolution, spectral)
+    return forward_flops(spec.model_spec, spec.data.resolution, _spectral(fast))
 
 
 def eta_weights(units: Iterable, *, device: str = "cpu", fast: bool | None = None,
