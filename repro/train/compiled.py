@@ -1,8 +1,10 @@
-"""The training forward through ``torch.compile`` (inductor), and the eager fallback.
+"""The training step through ``torch.compile`` (inductor), and the eager fallback.
 
 Whether a unit compiles is :func:`repro.compilation.compiles`'s decision; this module only makes
-the compiled callable.  It shares the model's parameters, so the optimiser, the best-state copies
-and the (eager) evaluations see the same tensors.
+the compiled callables -- the model's forward (its backward comes with it) and the optimiser's
+update -- and says which failures are the compiler's.  The compiled forward shares the model's
+parameters, so the optimiser, the best-state copies and the (eager) evaluations see the same
+tensors.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["compile_failed", "compile_forward"]
+__all__ = ["compile_failed", "compile_forward", "compile_update", "is_out_of_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,29 @@ def compile_forward(model: nn.Module) -> Callable[[Tensor], Tensor]:
     return torch.compile(model, dynamic=False)
 
 
-def compile_failed(err: BaseException) -> None:
-    """Say once, at warning level, why a unit trains eagerly after all."""
-    log.warning("torch.compile failed (%s: %s); this unit trains eagerly", type(err).__name__,
-                str(err).splitlines()[0] if str(err) else "")
+def compile_update(update: Callable[..., None]) -> Callable[..., None]:
+    """An in-place optimiser update compiled as one graph (:func:`repro.train.optim.adam_update`).
+
+    Its per-parameter loop becomes a few fused kernels instead of eight passes over every tensor
+    (measured, xs-m8, one thread: 0.86 -> 0.40 ms per update with 1 member, 3.3 -> 0.95 ms with 4).
+    Call it after :func:`compile_forward`, whose dynamo reset would drop it.  Values that change
+    every step must reach it as tensors, so it compiles once.
+    """
+    return torch.compile(update, dynamic=False, fullgraph=True)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's refusal.
+
+    Such a failure is not the compiler's: it goes to the engine's memory handling (smaller
+    ensembles) instead of an eager retry.
+    """
+    text = str(err).lower()
+    return (isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text
+            or "can't allocate memory" in text)
+
+
+def compile_failed(err: BaseException, what: str = "forward") -> None:
+    """Say once, at warning level, why part of a unit trains eagerly after all."""
+    log.warning("torch.compile of the training %s failed (%s: %s); it runs eagerly for this unit", what,
+                type(err).__name__, str(err).splitlines()[0] if str(err) else "")

@@ -44,8 +44,9 @@ from repro.models.checkpoint import Checkpoint, CheckpointError, save_checkpoint
 from repro import tracking
 from repro.train import pretrained
 from repro.train.preview import plot_predictions
+from repro.train.compiled import is_out_of_memory
 from repro.train.loop import (EnsembleData, EnsembleResult, EpochReport, Schedule, divergence_reason, evaluate,
-                              is_out_of_memory, train_ensemble)
+                              train_ensemble)
 
 
 @dataclass(frozen=True)

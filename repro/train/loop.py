@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from repro.train.compiled import compile_failed, compile_forward
+from repro.train.compiled import compile_failed, compile_forward, is_out_of_memory
 from repro.train.optim import EnsembleAdam, cosine_factor
 
 
@@ -180,7 +180,7 @@ class EnsembleResult:
     #: Validation rel-L2 per member before the first step: the divergence reference (empty
     #: without training).  A check, not model selection: not counted in ``evaluations``.
     initial_val: list[float] = field(default_factory=list)
-    #: Whether the training forward ran compiled throughout (asked for, and no compiled step failed).
+    #: Whether the training step ran compiled throughout (asked for, and no compiled forward or update failed).
     compiled: bool = False
 
 
@@ -190,13 +190,6 @@ def squared_error_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     pred, target: (M, B, n, n) -> (M,)
     """
     return (pred - target).pow(2).sum(dim=(1, 2, 3)) / pred.shape[1]
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's refusal."""
-    text = str(err).lower()
-    return (isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text
-            or "can't allocate memory" in text)
 
 
 def _loss_and_gradients(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
@@ -253,9 +246,9 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
     affects anything.
 
     ``compiled``: the training forward runs through :func:`repro.train.compiled.compile_forward`
-    (evaluations stay eager); if a compiled step fails for another reason than memory, that step
-    is redone eagerly, the rest of the unit trains eagerly and the result says so
-    (``EnsembleResult.compiled``).
+    and the optimiser's update through :func:`repro.train.compiled.compile_update` (evaluations
+    stay eager); if either fails for another reason than memory, that step is redone eagerly, the
+    rest of the unit runs that part eagerly and the result says so (``EnsembleResult.compiled``).
     """
     members, n_train = data.subsets.shape
     if members != schedule.n_members or members != len(seeds):
@@ -264,7 +257,6 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
     batch = max(1, min(schedule.batch_size, n_train))
     steps_per_epoch = math.ceil(n_train / batch)
     total_steps = steps_per_epoch * schedule.epochs
-    optimiser = EnsembleAdam(list(model.parameters()), schedule.lrs)
     # Shuffling streams are seeded per member and independent of the subset draw.
     generators = [torch.Generator().manual_seed(10_007 * int(s) + 1) for s in seeds]
 
@@ -273,6 +265,8 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
     failure: list[str | None] = [None] * members
     best_state = {name: p.detach().clone() for name, p in model.named_parameters()}
     forward: Callable[[torch.Tensor], torch.Tensor] = compile_forward(model) if compiled else model
+    # After compile_forward: its dynamo reset would drop a compiled update made before it.
+    optimiser = EnsembleAdam(list(model.parameters()), schedule.lrs, compiled=compiled)
     history: list[EpochReport] = []
     step = 0
     # The divergence reference: each member's validation error before it trains (one extra pass).
@@ -348,4 +342,4 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
     return EnsembleResult(best_val=best_val, best_epoch=best_epoch, failure=failure,
                           train_seconds=train_seconds, samples_seen=len(history) * n_train,
                           evaluations=len(evaluated), convergence=verdicts, initial_val=initial_val,
-                          compiled=forward is not model)
+                          compiled=forward is not model and optimiser.compiled)

@@ -10,14 +10,34 @@ operation, so a 1-member ensemble matches it exactly (tested).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+
+from repro.train.compiled import compile_failed, compile_update, is_out_of_memory
 
 
 def cosine_factor(step: int, total_steps: int) -> float:
     """Cosine decay from 1 to 0 over the run, no warm-up (docs/protocol.md §2.5)."""
     return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+def adam_update(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], exp_avgs: Sequence[torch.Tensor],
+                exp_avg_sqs: Sequence[torch.Tensor], step_size: torch.Tensor, bias2_sqrt: torch.Tensor, *,
+                beta1: float, beta2: float, eps: float) -> None:
+    """One Adam update of every parameter in place (``torch.optim.Adam``'s single-tensor arithmetic).
+
+    ``step_size`` (M,) is each member's ``lr / (1 - beta1^t)``; ``bias2_sqrt`` (0-d) is
+    ``sqrt(1 - beta2^t)``.  Both are tensors so that the compiled update
+    (:func:`repro.train.compiled.compile_update`) is one graph for every step; in eager mode a
+    0-d float32 tensor divides exactly as the Python float it was rounded from.
+    """
+    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+        m.lerp_(g, 1.0 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        denom = (v.sqrt() / bias2_sqrt).add_(eps)
+        # step_size (M,) -> (M, 1, ..., 1) to broadcast over the member's parameter block.
+        p.addcdiv_(m * step_size.view(-1, *([1] * (p.dim() - 1))), denom, value=-1.0)
 
 
 class EnsembleAdam:
@@ -29,10 +49,14 @@ class EnsembleAdam:
         Tensors of shape (M, ...) that require grad.
     lrs:
         Base learning rate per member, length M.
+    compiled:
+        Run the update through :func:`repro.train.compiled.compile_update` (long CPU units,
+        :mod:`repro.compilation`); if compiling fails for another reason than memory, this and
+        every later update run eagerly (:attr:`compiled` turns False).
     """
 
     def __init__(self, params: Sequence[torch.Tensor], lrs: Sequence[float],
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *, compiled: bool = False) -> None:
         self.params = [p for p in params if p.requires_grad]
         self.n_members = len(lrs)
         for p in self.params:
@@ -45,6 +69,12 @@ class EnsembleAdam:
         self.step_count = 0
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self._update: Callable[..., None] = compile_update(adam_update) if compiled else adam_update
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the updates run compiled (asked for, and compiling has not failed)."""
+        return self._update is not adam_update
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -56,14 +86,21 @@ class EnsembleAdam:
         self.step_count += 1
         beta1, beta2 = self.betas
         bias1 = 1.0 - beta1 ** self.step_count
-        bias2_sqrt = math.sqrt(1.0 - beta2 ** self.step_count)
+        bias2_sqrt = torch.tensor(math.sqrt(1.0 - beta2 ** self.step_count), dtype=torch.float32,
+                                  device=self.base_lrs.device)
         step_size = self.base_lrs * (lr_factor / bias1)  # (M,)
-        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
-            if p.grad is None:
-                continue
-            g = p.grad
-            m.lerp_(g, 1.0 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-            denom = (v.sqrt() / bias2_sqrt).add_(self.eps)
-            # step_size (M,) -> (M, 1, ..., 1) to broadcast over the member's parameter block.
-            p.addcdiv_(m * step_size.view(-1, *([1] * (p.dim() - 1))), denom, value=-1.0)
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        args = ([self.params[i] for i in live], [self.params[i].grad for i in live],
+                [self.exp_avg[i] for i in live], [self.exp_avg_sq[i] for i in live], step_size, bias2_sqrt)
+        hyper = dict(beta1=beta1, beta2=beta2, eps=self.eps)
+        if self.compiled:
+            try:
+                self._update(*args, **hyper)
+                return
+            except Exception as err:
+                if is_out_of_memory(err):
+                    raise
+                # Inductor fails while compiling, before any tensor is written: redo it eagerly.
+                compile_failed(err, "optimiser update")
+                self._update = adam_update
+        adam_update(*args, **hyper)
