@@ -310,10 +310,11 @@ def mark_experiment_kind(uri: str) -> None:
 #: ``?viewStateShareKey=<key>``.  Without it the UI shows no param or metric column at all.
 _T_SHARED_VIEW = "mlflow.sharedViewState."
 RUNS_VIEW_KEY = "repro-runs"
-#: What a user of a grid compares first: the run's place in the grid, then its errors.
-RUNS_VIEW_COLUMNS = tuple(f"params.`{k}`" for k in (schema.P_ARM, schema.P_DATA_PDE, schema.P_DATA_LOW,
-                                                     schema.P_DATA_HIGH, schema.P_MODEL, schema.P_N_TRAIN,
-                                                     schema.P_LR, schema.P_SEED)) + tuple(
+#: What a user of a grid compares first: the run's role (a pre-training run's arm reads "scratch":
+#: it trains from scratch), its place in the grid, then its errors.
+RUNS_VIEW_COLUMNS = (f"tags.`{schema.T_ROLE}`",) + tuple(
+    f"params.`{k}`" for k in (schema.P_ARM, schema.P_DATA_PDE, schema.P_DATA_LOW, schema.P_DATA_HIGH,
+                              schema.P_MODEL, schema.P_N_TRAIN, schema.P_LR, schema.P_SEED)) + tuple(
     f"metrics.`{k}`" for k in (schema.M_BEST_VAL_REL_L2, schema.M_TEST_REL_L2, schema.M_CONVERGED))
 
 

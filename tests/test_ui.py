@@ -75,6 +75,8 @@ def test_ui_opens_on_the_runs_with_their_key_columns(tmp_path: Path) -> None:
         assert not any(parent in cell for parent in parents for cell in shown), shown
         for column in (schema.P_ARM, schema.P_N_TRAIN, schema.M_TEST_REL_L2):
             assert column in names, names
+        # the role column tells a pre-training run from a downstream one (both have arm = scratch)
+        assert schema.T_ROLE in names and any(schema.ROLE_PRETRAIN == cell.strip() for cell in shown), shown
     finally:
         proc.terminate()  # `repro ui` stops its server (and the server's workers) with it
         proc.wait(30)
