@@ -173,3 +173,12 @@ def test_the_schedule_takes_in_simultaneous_ends_together_and_slurm_waits_for_ev
 
     quick = load_plan("quick").units(device="cpu")  # one upstream, one pre-training seed
     assert len(estimate.pretraining_units(quick)) == 1
+
+
+def test_the_dry_runs_throughput_line_agrees_with_itself() -> None:
+    """samples/s and the step time describe one step of the grid's batch (a marginal rate beside the
+    fixed per-step latency read as two contradicting speeds: gpu-demo's 48 vs 96 samples/s)."""
+    from repro.grid.console import throughput_text
+
+    tp = Throughput(latency=4.2e-3, per_sample=1 / 3121)  # 14.45 ms for a batch-32 step
+    assert throughput_text(tp, 32) == "2,214 samples/s in steps of 32 (14.5 ms a step: 4.2 ms fixed + 320 us per sample)"

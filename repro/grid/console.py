@@ -185,10 +185,10 @@ def plan_text(plan: Plan, sv: Any, *, device: str = "cpu", max_members: int = 16
     return "\n".join(lines)
 
 
-def cost_text(est: Any, *, slots: int = 1, device: str = "cpu", phased: bool = False) -> str:
+def cost_text(est: Any, *, slots: int = 1, device: str = "cpu", phased: bool = False, batch: int = 32) -> str:
     """The ``--dry-run`` cost lines: device-hours, wall time with ``slots`` workers (``phased``:
     SLURM's phases, queue time not included), where the throughput came from, and each size's
-    throughput."""
+    throughput in steps of the grid's ``batch``."""
     lines: list[str] = []
     if est.throughput == {} and est.not_estimated:
         return f"estimated cost: not available ({est.source}); {len(est.not_estimated)} units not estimated"
@@ -206,10 +206,18 @@ def cost_text(est: Any, *, slots: int = 1, device: str = "cpu", phased: bool = F
                      f"them out)")
     for key, tp in sorted(est.throughput.items()):
         model, res, ch = key
-        lines.append(f"  throughput {model} at {res}x{res} ({ch} channels): "
-                     f"{1 / tp.per_sample:,.0f} samples/s, {tp.latency * 1e3:.1f} ms per step"
+        lines.append(f"  throughput {model} at {res}x{res} ({ch} channels): " + throughput_text(tp, batch)
                      + ("" if tp.origin == "timed" else f" ({tp.origin})"))
     return "\n".join(lines)
+
+
+def throughput_text(tp: Any, batch: int) -> str:
+    """One size's training speed, consistent in itself: the samples/s that a step of ``batch``
+    samples gives, and that step's time split into its fixed part and its part per sample (the
+    estimate's model, ``Throughput.step``)."""
+    step = tp.step(batch)
+    return (f"{batch / step:,.0f} samples/s in steps of {batch} ({step * 1e3:.1f} ms a step: "
+            f"{tp.latency * 1e3:.1f} ms fixed + {tp.per_sample * 1e6:,.0f} us per sample)")
 
 
 def outcome_text(out: GridOutcome, plan: Plan) -> str:

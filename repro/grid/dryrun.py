@@ -60,4 +60,5 @@ def dry_run(plan: Plan, opts: DryRunOptions, *, echo: Callable[[str], None],
         calibrate_here=opts.device_here, progress=progress)
     if opts.remote and opts.device_here and not done:
         est.source += ", timed on this machine: the compute nodes may differ"
-    echo(console.cost_text(est, slots=opts.slots, device=ctx.device, phased=opts.remote))
+    echo(console.cost_text(est, slots=opts.slots, device=ctx.device, phased=opts.remote,
+                           batch=plan.grid.batch_size))
