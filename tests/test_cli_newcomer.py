@@ -116,3 +116,15 @@ def test_paper_grid_dry_run_prints_its_plan_without_torch_and_bounds_its_calibra
     assert origins["xl"] == "extrapolated by FLOPs"
     per_sample = {key[0]: tp.per_sample for key, tp in est.throughput.items()}
     assert per_sample["xl"] > 10 * per_sample["xs"]  # 67M vs 0.3M parameters: far costlier per sample
+
+
+def test_analysis_output_goes_beside_the_store_never_beside_a_grid_file(tmp_path: Path, monkeypatch) -> None:
+    """`fit-laws --grid /abs/path/g.toml` without --out once wrote into the TOML's own path
+    (a FileExistsError traceback): the default folder is $REPRO_HOME/reports/<grid stem>."""
+    from analysis.commands import default_out_dir
+
+    monkeypatch.setenv(schema.ENV_HOME, str(tmp_path / "home"))
+    grid = tmp_path / "grids" / "my-study.toml"
+    assert default_out_dir(str(grid)) == tmp_path / "home" / "reports" / "my-study"
+    assert default_out_dir("quick") == tmp_path / "home" / "reports" / "quick"
+    assert default_out_dir(None) == tmp_path / "home" / "reports" / "all"

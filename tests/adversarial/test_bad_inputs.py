@@ -1,12 +1,17 @@
 """The bad-input corpus: grid files and command lines a hostile or careless user writes.  Each must
 end with exit status != 0 and exactly one ``error:`` line that names what is wrong, with no
 traceback and nothing written to the store.  In-process (the CLI's own error path: ``fail`` for
-what it checks, ``main``'s last line of defence for the rest), so the ~40 cases cost seconds."""
+what it checks, ``main``'s last line of defence for the rest), so the ~40 cases cost seconds; a
+slice of them also runs as a user runs it, ``python -m repro`` in a process of its own."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import write_grid
@@ -112,3 +117,30 @@ def _one_clear_line(res, needles: list[str]) -> None:
     assert errors, text
     for needle in needles:
         assert needle.lower() in text.lower(), (needle, text)
+
+
+#: The slice run through the console script in its own process: ``main()`` with its last line of
+#: defence, the real exit status and the real streams (CliRunner merges and catches them).
+PROCESS_CASES = [("grid", "resolution too large"), ("grid", "not TOML"), ("grid", "unknown top-level key"),
+                 ("cli", "unknown grid name"), ("cli", "status of a missing store"), ("cli", "ui: port out of range")]
+
+
+@pytest.mark.parametrize("kind,case", PROCESS_CASES, ids=[f"{k}: {c}" for k, c in PROCESS_CASES])
+def test_a_slice_of_the_corpus_through_python_m_repro(tmp_path: Path, kind: str, case: str) -> None:
+    if kind == "grid":
+        _, edit, needles = next(c for c in GRID_CASES if c[0] == case)
+        args = ["run-grid", "--grid", _grid(tmp_path, edit, append='colour = "red"\n' if edit is None else ""),
+                "--dry-run"]
+    else:
+        _, args, needles = next(c for c in CLI_CASES if c[0] == case)
+        grid = str(write_grid(tmp_path / "g.toml", "ok"))
+        args = [a.replace("{grid}", grid).replace("{tmp}", str(tmp_path)) for a in args]
+    env = {k: v for k, v in os.environ.items()
+           if k not in (schema.ENV_TRACKING_URI, "MLFLOW_TRACKING_URI", schema.ENV_DEBUG)}
+    env[schema.ENV_HOME] = str(tmp_path / "home")
+    proc = subprocess.run([sys.executable, "-m", "repro", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.count("error:") + proc.stderr.count("error:") <= 1, proc.stdout + proc.stderr
+    _one_clear_line(SimpleNamespace(output=proc.stdout + proc.stderr, exit_code=proc.returncode, exception=None),
+                    needles)
+    assert not (tmp_path / "home" / "mlflow.db").exists()
