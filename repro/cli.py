@@ -308,8 +308,12 @@ def train(
              f"in layout {layout} gives {spec.model_spec.in_channels}")
     from repro.data import default_data_dir, ensure_split
     from repro.execution import RunContext
+    from repro.grid.resources import memory_problem
     from repro.train.engine import execute
 
+    memory = memory_problem([spec], slots=1, remote=False)
+    if memory is not None and memory[1]:
+        fail(memory[0])
     typer.echo(_cost_line(spec, device), err=True)
     root = Path(data_dir) if data_dir else default_data_dir()
     for split in ("train", "val", "test"):  # generated here, with a progress bar, if not cached
@@ -509,6 +513,12 @@ def run_grid_cmd(
     device, slots = where.device, where.slots
     _check_precision(precision, device, fast)
     _check_compile(compile_mode)
+    memory = resources.memory_problem((r.spec for r in plan.runs), slots=slots, remote=where.remote)
+    if memory is not None:
+        message, fatal = memory
+        if fatal and not dry_run:  # before anything is generated or recorded
+            fail(message)
+        typer.echo(f"warning: {'run-grid will refuse this grid here: ' if fatal else ''}{message}", err=True)
     context = RunContext(tracking_uri=uri, data_dir=Path(data_dir) if data_dir else None, device=device,
                          fast=fast, precision=precision, compile_mode=compile_mode, max_members=max_members)
     try:

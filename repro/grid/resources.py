@@ -8,8 +8,11 @@ asked of :func:`repro.grid.local.gpu_count`, which imports torch only on a machi
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Iterable
 
+from repro.config import DatasetSpec, RunSpec, in_channels
 from repro.grid import local
 
 
@@ -84,3 +87,51 @@ def _slurm_device(device: str | None, gpus_per_task: int | None, workers: int | 
         raise ResourceError(f"--device cpu with --gpus-per-task {gpus_per_task}: the GPUs would sit idle; use 0 "
                             "(the default)")
     return device, gpus_per_task
+
+
+# --- memory: does the largest dataset fit this machine? -------------------------------------
+
+#: Bytes per array element as a unit holds its data (float32 inputs and targets).
+_FLOAT32 = 4
+
+
+def dataset_bytes(data: DatasetSpec, layout: str) -> int:
+    """What one dataset takes in memory while a unit trains on it: every split (train, val, test)
+    as float32 network inputs (one channel per input of ``layout``) plus the target."""
+    samples = data.n_train + data.n_val + data.n_test
+    return samples * (in_channels(data.pde, layout) + 1) * data.resolution ** 2 * _FLOAT32
+
+
+def machine_memory_bytes() -> int:
+    """This machine's physical memory (0 where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 0
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB"
+
+
+def memory_problem(specs: Iterable[RunSpec], *, slots: int, remote: bool,
+                   available: int | None = None) -> tuple[str, bool] | None:
+    """``(message, fatal)`` when the largest dataset of ``specs`` does not fit this machine's
+    memory (fatal for local runs: the unit would die allocating it, after its dataset was
+    generated), or when ``slots`` workers holding one each might not (a warning); None when it
+    fits.  SLURM runs (``remote``) train on compute nodes of unknown memory: a warning only."""
+    available = machine_memory_bytes() if available is None else available
+    needs = {(s.data, s.layout): dataset_bytes(s.data, s.layout) for s in specs}
+    if not needs or available <= 0:
+        return None
+    (data, layout), need = max(needs.items(), key=lambda kv: kv[1])
+    what = (f"the dataset {data.label} at resolution {data.resolution} ({data.n_train:,} + {data.n_val:,} + "
+            f"{data.n_test:,} samples x {in_channels(data.pde, layout) + 1} float32 arrays of "
+            f"{data.resolution}x{data.resolution}) needs at least {_gb(need)} in memory")
+    if need > available:
+        where = "the compute nodes must have more" if remote else "lower the resolution or the split sizes"
+        return f"{what}; this machine has {_gb(available)}: {where}", not remote
+    if not remote and slots > 1 and slots * need > available:
+        return (f"{what}; {slots} workers holding one each need {_gb(slots * need)} of this machine's "
+                f"{_gb(available)}: fewer --workers may be needed"), False
+    return None

@@ -144,3 +144,35 @@ def test_a_slice_of_the_corpus_through_python_m_repro(tmp_path: Path, kind: str,
     _one_clear_line(SimpleNamespace(output=proc.stdout + proc.stderr, exit_code=proc.returncode, exception=None),
                     needles)
     assert not (tmp_path / "home" / "mlflow.db").exists()
+
+
+def test_a_dataset_beyond_this_machines_memory_is_refused_with_the_numbers(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resolution 512 with 64 + 16 + 16 upstream samples is 5 float32 arrays of 512^2 each: 503 MB.
+    With 0.4 GB of memory (patched: a real machine's is far larger) run-grid refuses it before
+    generating anything, the dry run warns, a SLURM grid (nodes of unknown memory) only warns."""
+    from repro.grid import resources
+
+    monkeypatch.setattr(resources, "machine_memory_bytes", lambda: 400_000_000)
+    monkeypatch.setenv(schema.ENV_HOME, str(tmp_path / "home"))
+    grid = str(write_grid(tmp_path / "g.toml", "big", resolution=512, up=64, down=32))
+    uri = f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"
+    res = RUNNER.invoke(app, ["run-grid", "--grid", grid, "--tracking-uri", uri, "--data-dir", str(tmp_path / "data")])
+    _one_clear_line(res, ["poisson(1,5)", "resolution 512", "64 + 16 + 16 samples", "0.5 GB", "0.4 GB"])
+    assert not (tmp_path / "data").exists()  # refused before any dataset was generated
+    dry = RUNNER.invoke(app, ["run-grid", "--grid", grid, "--tracking-uri", uri, "--dry-run", "--no-calibrate"])
+    assert dry.exit_code == 0 and "warning: run-grid will refuse this grid here" in dry.output, dry.output
+    problem = resources.memory_problem([r.spec for r in _plan(grid).runs], slots=1, remote=True)
+    assert problem is not None and not problem[1] and "compute nodes" in problem[0]
+    assert resources.memory_problem([r.spec for r in _plan(grid).runs], slots=1, remote=False,
+                                    available=10**10) is None
+    train = RUNNER.invoke(app, ["train", "--pde", "poisson", "--range", "1,5", "--resolution", "512", "--sizes",
+                                "64,16,16", "--tracking-uri", uri, "--data-dir", str(tmp_path / "data")])
+    _one_clear_line(train, ["resolution 512", "0.4 GB"])
+    assert not (tmp_path / "data").exists()
+
+
+def _plan(grid: str):
+    from repro.grid.plan import load_plan
+
+    return load_plan(grid)
