@@ -124,7 +124,9 @@ def run_grid(plan: Plan, opts: Options, *, console: Any = None, live: bool | Non
         if executor == "slurm":
             from repro.grid.slurm import run_slurm
 
-            run_slurm(plan, todo, finished, settings, opts.slurm, outcome, console=console)
+            # It blocks on its array jobs for hours: a thread beats meanwhile (store.Beating).
+            with store.Beating(uri, parent, settings.heartbeat_s):
+                run_slurm(plan, todo, finished, settings, opts.slurm, outcome, console=console)
         else:
             _run_local(plan, todo, finished, settings, opts, outcome, console=console, live=live, costs=costs)
         status = schema.FINISHED if outcome.ok else schema.FAILED
@@ -241,11 +243,7 @@ def _run_local(plan: Plan, todo: list[str], finished: set[str], settings: Settin
             poll_waiting()
         if time.monotonic() - last_beat[0] > settings.heartbeat_s:
             last_beat[0] = time.monotonic()
-            try:
-                tracking.retrying(lambda: tracking.client(uri).set_tag(ctx.parent_run_id, store.T_HEARTBEAT,
-                                                                 f"{time.time():.0f}"))
-            except Exception:  # noqa: BLE001 - a missed beat is harmless
-                pass
+            store.beat(uri, ctx.parent_run_id)
 
     with progress:
         run_local(sched, settings, slots, on_start=on_start, on_result=on_result, on_blocked=on_blocked,

@@ -271,7 +271,7 @@ def launcher_gone(parent: Any, *, now: float | None = None, stale_after: float =
     now = time.time() if now is None else now
     tags = parent.data.tags
     launcher = tags.get(T_LAUNCHER)
-    if launcher and tags.get(T_EXECUTOR, "local") == "local":
+    if launcher:  # a launcher on this host (any executor) is asked directly; elsewhere, its heartbeat
         alive = identity_alive(launcher)
         if alive is not None:
             return None if alive else f"its launcher {launcher} is gone"
@@ -282,6 +282,40 @@ def launcher_gone(parent: Any, *, now: float | None = None, stale_after: float =
     return f"no heartbeat from its launcher for {age:.0f} s" if age > stale_after else None
 
 
+def beat(uri: str, parent_run_id: str) -> None:
+    """Tell the store this launcher is alive: its parent run's heartbeat tag, now (a missed beat
+    is harmless: the next one comes)."""
+    try:
+        retrying(lambda: client(uri).set_tag(parent_run_id, T_HEARTBEAT, f"{time.time():.0f}"))
+    except Exception:  # noqa: BLE001 - a store that is briefly away must not stop the grid
+        pass
+
+
+class Beating:
+    """Beat for a launcher that blocks while it waits (SLURM's ``job.result()``): a daemon thread
+    sets the parent run's heartbeat every ``every`` seconds until the ``with`` block ends, so a
+    later invocation can tell a live SLURM launcher from a dead one by the heartbeat's age."""
+
+    def __init__(self, uri: str, parent_run_id: str, every: float) -> None:
+        import threading
+
+        self.uri, self.parent_run_id, self.every = uri, parent_run_id, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="repro-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            beat(self.uri, self.parent_run_id)
+
+    def __enter__(self) -> "Beating":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+
 def reap_dead_parents(uri: str, grid: str, *, stale_after: float = STALE_AFTER_S) -> dict[str, str]:
     """Close the RUNNING parent runs of ``grid`` whose launcher died as KILLED; {run id: reason}."""
     flt = (f"attributes.status = 'RUNNING' and tags.`{schema.T_ROLE}` = '{schema.ROLE_GRID}' "
@@ -289,8 +323,6 @@ def reap_dead_parents(uri: str, grid: str, *, stale_after: float = STALE_AFTER_S
     reaped = {}
     now = time.time()
     for parent in search_runs(uri, flt):
-        if parent.data.tags.get(T_EXECUTOR, "local") != "local":
-            continue  # a SLURM launcher waits on its jobs without beating: nothing here tells it is gone
         reason = launcher_gone(parent, now=now, stale_after=stale_after)
         if reason:
             mark_killed(uri, parent.info.run_id, f"grid invocation ended without closing: {reason}")

@@ -39,3 +39,29 @@ def test_dead_owner_is_stale_in_status_and_its_parent_is_closed(tmp_path):
     closed = c.get_run(parent)
     assert closed.info.status == schema.KILLED
     assert "launcher" in closed.data.tags[schema.T_FAILURE_REASON]
+
+
+def test_a_slurm_launcher_beats_while_it_waits_and_a_silent_one_is_closed(tmp_path):
+    """A SLURM launcher blocks on its array jobs for hours: it beats from a thread (store.Beating),
+    so a later invocation closes the parent of one that stopped beating (on another host: no pid
+    to ask) and leaves the parent of one that beats."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    init_store(uri)
+    c = tracking.client(uri)
+    elsewhere = "login-node-7:4242:1"  # another host: only the heartbeat tells
+    stale = f"{time.time() - 2 * store.STALE_AFTER_S:.0f}"
+
+    def parent(beat: str) -> str:
+        return c.create_run(experiment_id(uri), tags={
+            schema.T_GRID: "slurm-grid", schema.T_ROLE: schema.ROLE_GRID, store.T_LAUNCHER: elsewhere,
+            store.T_EXECUTOR: "slurm", store.T_HEARTBEAT: beat}).info.run_id
+
+    silent, beating = parent(stale), parent(stale)
+    with store.Beating(uri, beating, every=0.05):
+        deadline = time.monotonic() + 30
+        while c.get_run(beating).data.tags[store.T_HEARTBEAT] == stale and time.monotonic() < deadline:
+            time.sleep(0.05)
+        reaped = store.reap_dead_parents(uri, "slurm-grid")
+    assert set(reaped) == {silent} and "no heartbeat from its launcher" in reaped[silent], reaped
+    assert c.get_run(silent).info.status == schema.KILLED
+    assert c.get_run(beating).info.status == schema.RUNNING
