@@ -11,6 +11,9 @@ too; its first step, the compilation, is timed apart ("compile s": 20-50 s with 
 cache, a few s warm) and left out of its rate.  The other columns step ``torch.optim.Adam`` eagerly,
 as the training step of the issue that set the 2x goal did.
 
+Section "layout" (CPU): the grid's worker layout at the CPU study's unit shape, 2 workers x 1 thread
+(one unit per core, the default) vs 1 worker x 2 threads, each worker a spawned process.
+
 Section "batched": 16 small runs as one ensemble vs one by one.  Section "accuracy": fast vs
 reference (both fp32) after the same short training.
 
@@ -36,6 +39,7 @@ Usage::
         --sections ladder --peer /path/to/neuraloperators-TL-scaling       # beside the authors' FNN2d
     python benchmarks/bench_train.py --device cuda --sections bf16        # bf16 vs fp32 at convergence
     python benchmarks/bench_train.py --device cpu --sections bf16 --smoke  # seconds-long CPU rehearsal
+    python benchmarks/bench_train.py --device cpu --sections layout       # 2 workers x 1 thread vs 1 x 2
 """
 
 from __future__ import annotations
@@ -492,6 +496,49 @@ def print_bf16(r: Bf16Check, settings: dict, device: torch.device) -> None:
               "convergence (expected with --smoke; otherwise train longer: --bf16-epochs)")
 
 
+def _layout_worker(size: str, members: int, resolution: int, batch: int, threads: int, seconds: float,
+                   ready, results) -> None:
+    """One grid worker's training steps (fused path, eager) on ``threads`` threads: samples/s over
+    ``seconds`` of steps, after warm-up and after every worker of the layout is ready (``ready``,
+    a barrier), so that parallel workers really overlap."""
+    torch.set_num_threads(threads)
+    spec = ModelSpec.from_ladder(size, 4)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(members, batch, 4, resolution, resolution, generator=generator)
+    y = torch.randn(members, batch, resolution, resolution, generator=generator)
+    step = make_train_step(FNO(spec, members=members, spectral="fused"), x, y)
+    for _ in range(3):
+        step()
+    ready.wait()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
+        n += 1
+    results.put(n * members * batch / (time.perf_counter() - start))
+
+
+def bench_layout(*, size: str, members: int, resolution: int, batch: int, seconds: float = 20.0,
+                 cores: int = 2) -> dict[str, float]:
+    """Training samples/s of the machine with ``cores`` workers x 1 thread each (the grid's
+    default: one unit per core) against 1 worker x ``cores`` threads (units one after another),
+    each worker a process of its own (spawned, as the grid's pool)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    out = {}
+    for name, workers, threads in ((f"{cores} workers x 1 thread", cores, 1), (f"1 worker x {cores} threads", 1, cores)):
+        ready, results = ctx.Barrier(workers), ctx.Queue()
+        procs = [ctx.Process(target=_layout_worker, args=(size, members, resolution, batch, threads, seconds,
+                                                          ready, results)) for _ in range(workers)]
+        for proc in procs:
+            proc.start()
+        rates = [results.get(timeout=600) for _ in procs]
+        for proc in procs:
+            proc.join()
+        out[name] = sum(rates)
+    return out
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -501,7 +548,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated ladder names; default: all on CUDA, {','.join(CPU_DEFAULT_SIZES)} on CPU")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per path; default: 20 on CUDA, 3 on CPU")
     parser.add_argument("--sections", default="ladder,batched,accuracy",
-                        help="comma-separated sections to run: ladder, batched, accuracy, bf16")
+                        help="comma-separated sections to run: ladder, batched, accuracy, bf16, layout")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's); 1 = per core")
     parser.add_argument("--peer", default=None, metavar="PATH",
                         help="ladder section: also time the authors' FNN2d from a fetched copy of their repository")
@@ -509,6 +556,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="ladder and accuracy sections: leave out the torch.compile path (its compilation "
                              "takes 10-35 s per size with a cold cache)")
     parser.add_argument("--smoke", action="store_true", help="bf16 section: tiny sizes (a seconds-long rehearsal)")
+    parser.add_argument("--layout-seconds", type=float, default=20.0, help="layout section: seconds timed per layout")
     parser.add_argument("--bf16-epochs", type=int, default=None, help="bf16 section: epochs (default per device)")
     return parser.parse_args(argv)
 
@@ -524,9 +572,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"unknown ladder size(s) {unknown}; allowed: {', '.join(MODEL_LADDER)}")
     sections = args.sections.split(",")
-    unknown = sorted(set(sections) - {"ladder", "batched", "accuracy", "bf16"})
+    unknown = sorted(set(sections) - {"ladder", "batched", "accuracy", "bf16", "layout"})
     if unknown:
-        raise SystemExit(f"unknown section(s) {unknown}; allowed: ladder, batched, accuracy, bf16")
+        raise SystemExit(f"unknown section(s) {unknown}; allowed: ladder, batched, accuracy, bf16, layout")
     # main() is also called in-process (tests): limited_threads leaves the process as found
     with limited_threads(None if on_cuda else args.threads):
         run_sections(args, device, sections, batch=batch, steps=steps, sizes=sizes)
@@ -568,6 +616,14 @@ def run_sections(args: argparse.Namespace, device: torch.device, sections: Seque
                           for path in OUR_PATHS if path in errs and path != "reference")
         print(f"\naccuracy after {epochs} epochs, model {size}, {res}^2, N={n}: val rel L2 reference "
               f"{errs['reference']:.4f}, {diffs} (all fp32; relative difference to the reference)")
+    if "layout" in sections and not on_cuda:
+        # The CPU study's main unit shape: xs-m8, 4 members, batch 32, 16^2 (override with --sizes/--batch/--resolution).
+        size, res = (sizes[0] if args.sizes else "xs-m8"), (args.resolution if args.resolution != 128 else 16)
+        rates = bench_layout(size=size, members=4, resolution=res, batch=args.batch or 32, seconds=args.layout_seconds)
+        (two, a), (one, b) = rates.items()
+        print(f"\nworker layout, {size}, 4 members, batch {args.batch or 32}, {res}^2, fused eager, "
+              f"{args.layout_seconds:g} s each: {two} {a:,.0f} samples/s, {one} {b:,.0f} samples/s "
+              f"({a / b:.2f}x)")
     if "bf16" in sections:
         settings = dict(BF16_SETTINGS["smoke" if args.smoke else ("cuda" if on_cuda else "cpu")])
         if args.bf16_epochs:

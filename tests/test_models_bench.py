@@ -117,3 +117,9 @@ def test_ladder_times_the_authors_network_from_a_fetched_copy(tmp_path: Path,
     assert lines[3].split()[0] == "xxs" and lines[3].endswith("x") and len(lines[3].split()) == 16
     with pytest.raises(SystemExit, match="no models/fno.py"):
         bench.main(["--device", "cpu", "--sections", "ladder", "--peer", str(tmp_path / "nowhere")])
+
+
+def test_layout_section_times_both_worker_layouts_in_processes_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCH.parent))  # spawned workers import the benchmark by name
+    rates = _load_bench().bench_layout(size="xxs", members=2, resolution=16, batch=2, seconds=0.2)
+    assert list(rates) == ["2 workers x 1 thread", "1 worker x 2 threads"] and all(r > 0 for r in rates.values())
