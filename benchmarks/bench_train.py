@@ -127,6 +127,8 @@ def make_compiled_step(model: FNO, x: torch.Tensor, y: torch.Tensor) -> Callable
         optimiser.zero_grad()
         squared_error_loss(forward(x), y).sum().backward()
         optimiser.step()
+        if not optimiser.compiled:  # it fell back to eager (logged): this would not be the compiled step
+            raise RuntimeError("the optimiser update did not compile")
 
     return step
 
@@ -206,7 +208,8 @@ def bench_ladder(device: torch.device, *, resolution: int, batch: int, sizes: Se
     Returns samples/s = batch / best step time over ``steps`` interleaved timed steps per path.
     ``peak`` (GFLOP/s, :func:`sgemm_peak`): print each path's share of it.  ``peer``
     (:func:`load_peer`): the authors' network at the same width and modes, timed in the same rounds.
-    ``compiled``: also the fused path under torch.compile (its column reads "-" otherwise).
+    ``compiled``: also the engine's compiled step (:func:`make_compiled_step`; its column reads "-"
+    otherwise, or when either part fails to compile).
     """
     from repro.flops import forward_flops
 
@@ -218,7 +221,7 @@ def bench_ladder(device: torch.device, *, resolution: int, batch: int, sizes: Se
         spec = ModelSpec.from_ladder(size, in_channels)
         train_steps = {path: make_train_step(FNO(spec, spectral=path).to(device), x, y)
                        for path in SPECTRAL_PATHS}
-        # The engine's compiled path: the fused forward through torch.compile; its first step
+        # The engine's compiled step (forward and update through torch.compile); its first step
         # (the compilation) is timed on its own, then it joins the interleaved rounds.
         compile_s = math.nan
         if compiled:
@@ -229,7 +232,7 @@ def bench_ladder(device: torch.device, *, resolution: int, batch: int, sizes: Se
                 _sync(device)
                 compile_s = time.perf_counter() - started
                 train_steps[COMPILED] = compiled_step
-            except Exception as err:  # no C++ compiler here: the column reads "-", the rest is timed
+            except Exception as err:  # e.g. no C++ compiler here: the column reads "-", the rest is timed
                 print(f"# {size}: torch.compile failed ({type(err).__name__}); no compiled column", flush=True)
         if peer is not None:
             train_steps[PEER] = make_peer_step(peer(spec).to(device), x, y)

@@ -50,7 +50,7 @@ M_WALL_SECONDS = "wall_seconds"
 M_SAMPLES_PER_SECOND = "samples_per_second"
 M_GPU_SECONDS = "gpu_seconds"
 M_N_PARAMS = "n_params"
-M_COMPILED = "compiled"  # 1.0: the training step (forward, update) ran through torch.compile (repro.compilation)
+M_COMPILED = "compiled"  # 1.0: forward and update ran through torch.compile throughout (0: either fell back; repro.compilation)
 # Convergence of a trained run (repro.train.loop.convergence); absent for zero-shot runs.
 M_LATE_IMPROVEMENT = "convergence/late_improvement"  # relative gain of best val over the last fifth
 M_CONVERGED = "convergence/converged"  # 1.0 if late_improvement <= loop.CONVERGENCE_THRESHOLD, else 0.0

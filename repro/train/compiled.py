@@ -38,8 +38,8 @@ def compile_update(update: Callable[..., None]) -> Callable[..., None]:
 
     Its per-parameter loop becomes a few fused kernels instead of eight passes over every tensor
     (measured, xs-m8, one thread: 0.86 -> 0.40 ms per update with 1 member, 3.3 -> 0.95 ms with 4).
-    Call it after :func:`compile_forward`, whose dynamo reset would drop it.  Values that change
-    every step must reach it as tensors, so it compiles once.
+    Make it after :func:`compile_forward`: that one's dynamo reset, after a first call, would make
+    it compile again.  Values that change every step must reach it as tensors, so it compiles once.
     """
     return torch.compile(update, dynamic=False, fullgraph=True)
 
@@ -55,7 +55,7 @@ def is_out_of_memory(err: BaseException) -> bool:
             or "can't allocate memory" in text)
 
 
-def compile_failed(err: BaseException, what: str = "forward") -> None:
+def compile_failed(err: BaseException, what: str) -> None:
     """Say once, at warning level, why part of a unit trains eagerly after all."""
     log.warning("torch.compile of the training %s failed (%s: %s); it runs eagerly for this unit", what,
                 type(err).__name__, str(err).splitlines()[0] if str(err) else "")

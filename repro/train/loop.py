@@ -180,7 +180,8 @@ class EnsembleResult:
     #: Validation rel-L2 per member before the first step: the divergence reference (empty
     #: without training).  A check, not model selection: not counted in ``evaluations``.
     initial_val: list[float] = field(default_factory=list)
-    #: Whether the training step ran compiled throughout (asked for, and no compiled forward or update failed).
+    #: Whether the training step ran compiled throughout: asked for, and neither the compiled
+    #: forward nor the compiled update fell back to eager (either falls back on its own).
     compiled: bool = False
 
 
@@ -265,7 +266,7 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
     failure: list[str | None] = [None] * members
     best_state = {name: p.detach().clone() for name, p in model.named_parameters()}
     forward: Callable[[torch.Tensor], torch.Tensor] = compile_forward(model) if compiled else model
-    # After compile_forward: its dynamo reset would drop a compiled update made before it.
+    # Made after compile_forward (its dynamo reset clears what was compiled before it).
     optimiser = EnsembleAdam(list(model.parameters()), schedule.lrs, compiled=compiled)
     history: list[EpochReport] = []
     step = 0
@@ -292,7 +293,7 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
                         raise  # the engine's OOM handling (smaller ensembles), not a compiler fault
                     # No C++ compiler, an unsupported op, a failed recompilation for a last partial
                     # batch: this step and the rest train eagerly (nothing was applied yet).
-                    compile_failed(err)
+                    compile_failed(err, "forward")
                     forward = model
                     optimiser.zero_grad()
             if loss is None:  # eager; outside the except block, so the failed attempt is freed

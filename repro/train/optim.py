@@ -23,14 +23,13 @@ def cosine_factor(step: int, total_steps: int) -> float:
 
 
 def adam_update(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], exp_avgs: Sequence[torch.Tensor],
-                exp_avg_sqs: Sequence[torch.Tensor], step_size: torch.Tensor, bias2_sqrt: torch.Tensor, *,
+                exp_avg_sqs: Sequence[torch.Tensor], step_size: torch.Tensor, bias2_sqrt: float | torch.Tensor, *,
                 beta1: float, beta2: float, eps: float) -> None:
     """One Adam update of every parameter in place (``torch.optim.Adam``'s single-tensor arithmetic).
 
-    ``step_size`` (M,) is each member's ``lr / (1 - beta1^t)``; ``bias2_sqrt`` (0-d) is
-    ``sqrt(1 - beta2^t)``.  Both are tensors so that the compiled update
-    (:func:`repro.train.compiled.compile_update`) is one graph for every step; in eager mode a
-    0-d float32 tensor divides exactly as the Python float it was rounded from.
+    ``step_size`` (M,) is each member's ``lr / (1 - beta1^t)``; ``bias2_sqrt`` is
+    ``sqrt(1 - beta2^t)``: a Python float eagerly, a 0-d tensor for the compiled update
+    (:func:`repro.train.compiled.compile_update`), so that it is one graph for every step.
     """
     for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
         m.lerp_(g, 1.0 - beta1)
@@ -70,6 +69,7 @@ class EnsembleAdam:
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
         self._update: Callable[..., None] = compile_update(adam_update) if compiled else adam_update
+        self._compiled_ran = False
 
     @property
     def compiled(self) -> bool:
@@ -86,21 +86,25 @@ class EnsembleAdam:
         self.step_count += 1
         beta1, beta2 = self.betas
         bias1 = 1.0 - beta1 ** self.step_count
-        bias2_sqrt = torch.tensor(math.sqrt(1.0 - beta2 ** self.step_count), dtype=torch.float32,
-                                  device=self.base_lrs.device)
+        bias2_sqrt = math.sqrt(1.0 - beta2 ** self.step_count)
         step_size = self.base_lrs * (lr_factor / bias1)  # (M,)
         live = [i for i, p in enumerate(self.params) if p.grad is not None]
-        args = ([self.params[i] for i in live], [self.params[i].grad for i in live],
-                [self.exp_avg[i] for i in live], [self.exp_avg_sq[i] for i in live], step_size, bias2_sqrt)
+        tensors = ([self.params[i] for i in live], [self.params[i].grad for i in live],
+                   [self.exp_avg[i] for i in live], [self.exp_avg_sq[i] for i in live], step_size)
         hyper = dict(beta1=beta1, beta2=beta2, eps=self.eps)
         if self.compiled:
+            # A value that changes every step reaches the graph as a tensor (a float would be a
+            # constant that recompiles); eagerly it stays a Python float, as it always was.
+            divisor = torch.tensor(bias2_sqrt, dtype=step_size.dtype, device=step_size.device)
             try:
-                self._update(*args, **hyper)
+                self._update(*tensors, divisor, **hyper)
+                self._compiled_ran = True
                 return
             except Exception as err:
-                if is_out_of_memory(err):
+                # Only a first call falls back: a compiler failure comes before the graph runs, so
+                # nothing was written; after one good run a failure may follow partial writes.
+                if self._compiled_ran or is_out_of_memory(err):
                     raise
-                # Inductor fails while compiling, before any tensor is written: redo it eagerly.
                 compile_failed(err, "optimiser update")
                 self._update = adam_update
-        adam_update(*args, **hyper)
+        adam_update(*tensors, bias2_sqrt, **hyper)
