@@ -59,7 +59,13 @@ def test_stale_reason_rules():
     assert "ended FAILED" in store.stale_reason(fake_run(), ended)
     slurm_parent = fake_run(tags={store.T_LAUNCHER: dead, store.T_EXECUTOR: "slurm",
                                   store.T_HEARTBEAT: f"{now:.0f}"}, run_id="p")
-    assert store.stale_reason(fake_run(), slurm_parent) is None  # the submitter's host says nothing
+    # a SLURM launcher on this host is asked like a local one (it beats from a thread elsewhere)
+    assert "launcher" in store.stale_reason(fake_run(), slurm_parent)
+    remote_slurm = fake_run(tags={store.T_LAUNCHER: "login7:1:2", store.T_EXECUTOR: "slurm",
+                                  store.T_HEARTBEAT: f"{now:.0f}"}, run_id="p")
+    assert store.stale_reason(fake_run(), remote_slurm) is None
+    remote_slurm.data.tags[store.T_HEARTBEAT] = f"{now - 3600:.0f}"
+    assert "no heartbeat from its launcher" in store.stale_reason(fake_run(), remote_slurm)
     # nothing to check: age decides
     assert store.stale_reason(fake_run(start_s=now - 10), None) is None
     assert "no owner" in store.stale_reason(fake_run(start_s=now - 7200), None)

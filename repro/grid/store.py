@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,16 +208,10 @@ def stale_reason(run: Any, parent: Any | None, *, now: float | None = None,
     if parent is not None:
         if parent.info.status != schema.RUNNING:
             return f"its grid invocation (run {parent.info.run_id}) ended {parent.info.status}"
-        launcher = parent.data.tags.get(T_LAUNCHER)
-        if launcher and parent.data.tags.get(T_EXECUTOR, "local") == "local":
-            alive = identity_alive(launcher)
-            if alive is not None:
-                return None if alive else f"its launcher {launcher} is gone"
-        age = beat_age(parent.data.tags)
-        if age is not None and age > stale_after:
-            return f"no heartbeat from its launcher for {age:.0f} s"
-        if age is not None:
-            return None
+        # A run no worker has taken yet lives as long as its launcher: its process on this host,
+        # else its heartbeat.  SLURM's too: a dead launcher's array task may still start later,
+        # and then finds its key claimed by whoever re-ran it (store.claim).
+        return launcher_gone(parent, now=now, stale_after=stale_after)
     started = (run.info.start_time or 0) / 1000.0
     if now - started > stale_after:
         return f"RUNNING for {now - started:.0f} s with no owner to check"
@@ -297,9 +292,7 @@ class Beating:
     later invocation can tell a live SLURM launcher from a dead one by the heartbeat's age."""
 
     def __init__(self, uri: str, parent_run_id: str, every: float) -> None:
-        import threading
-
-        self.uri, self.parent_run_id, self.every = uri, parent_run_id, every
+        self.uri, self.parent_run_id, self.every = uri, parent_run_id, max(every, 0.01)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="repro-heartbeat", daemon=True)
 

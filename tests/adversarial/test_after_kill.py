@@ -65,3 +65,25 @@ def test_a_slurm_launcher_beats_while_it_waits_and_a_silent_one_is_closed(tmp_pa
     assert set(reaped) == {silent} and "no heartbeat from its launcher" in reaped[silent], reaped
     assert c.get_run(silent).info.status == schema.KILLED
     assert c.get_run(beating).info.status == schema.RUNNING
+
+
+def test_the_slurm_launcher_beats_while_it_blocks(tmp_path, monkeypatch):
+    """run_grid with --executor slurm beats its parent run while run_slurm blocks (stubbed: a sleep
+    in place of the array jobs), so the heartbeat moves although no step of the launcher runs."""
+    from repro.execution import RunContext
+    from repro.grid import slurm
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    plan = expand(load_grid(write_grid(tmp_path / "g.toml", "slurm-beat")))
+    beats = []
+
+    def blocked(plan, todo, finished, settings, opts, outcome, *, console=None):
+        c = tracking.client(uri)
+        for _ in range(3):
+            time.sleep(1.1)  # heartbeat tags have whole seconds
+            beats.append(float(c.get_run(settings.context.parent_run_id).data.tags[store.T_HEARTBEAT]))
+
+    monkeypatch.setattr(slurm, "run_slurm", blocked)
+    launcher.run_grid(plan, launcher.Options(RunContext(tracking_uri=uri, data_dir=tmp_path / "data"),
+                                             executor="slurm", heartbeat_s=0.2), live=False)
+    assert beats[-1] > beats[0], beats
