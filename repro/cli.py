@@ -513,12 +513,6 @@ def run_grid_cmd(
     device, slots = where.device, where.slots
     _check_precision(precision, device, fast)
     _check_compile(compile_mode)
-    memory = resources.memory_problem((r.spec for r in plan.runs), slots=slots, remote=where.remote)
-    if memory is not None:
-        message, fatal = memory
-        if fatal and not dry_run:  # before anything is generated or recorded
-            fail(message)
-        typer.echo(f"warning: {'run-grid will refuse this grid here: ' if fatal else ''}{message}", err=True)
     context = RunContext(tracking_uri=uri, data_dir=Path(data_dir) if data_dir else None, device=device,
                          fast=fast, precision=precision, compile_mode=compile_mode, max_members=max_members)
     try:
@@ -547,7 +541,7 @@ def run_grid_cmd(
         out = launcher.run_grid(plan, opts, costs=costs if executor == "local" else None)
     except KeyboardInterrupt:
         fail("interrupted; running runs were marked KILLED and will run again next time", code=130)
-    except tracking.StoreError as err:
+    except (tracking.StoreError, resources.ResourceError) as err:
         fail(str(err))
     typer.echo(console.outcome_text(out, plan))
     if not out.ok:

@@ -14,7 +14,7 @@ from typing import Callable
 
 from repro.execution import RunContext
 from repro import tracking
-from repro.grid import console, estimate, launcher, store
+from repro.grid import console, estimate, launcher, resources, store
 from repro.grid.plan import Plan
 
 
@@ -46,6 +46,10 @@ def dry_run(plan: Plan, opts: DryRunOptions, *, echo: Callable[[str], None],
     ctx = opts.context
     sv = _survey(plan, ctx.tracking_uri, opts.stale_after)
     echo(console.plan_text(plan, sv, device=ctx.device, max_members=ctx.max_members))
+    memory = resources.memory_problem((plan[k].spec for k in sv.todo), slots=opts.slots, remote=opts.remote,
+                                      device=ctx.device)
+    if memory is not None:
+        warn(f"warning: {'run-grid will refuse this here: ' if memory[1] else ''}{memory[0]}")
     if not opts.calibrate:
         return
     done = set(sv.finished)

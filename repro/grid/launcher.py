@@ -19,6 +19,7 @@ from repro import schema
 from repro import tracking
 from repro.execution import RunContext
 from repro.grid import store
+from repro.grid import resources
 from repro.grid.console import STALE, Progress, task_phase
 from repro.grid.ledger import GridOutcome, Ledger, build_tasks, describe_run, pretrain_reason
 from repro.grid.plan import Plan, Unit
@@ -109,6 +110,10 @@ def run_grid(plan: Plan, opts: Options, *, console: Any = None, live: bool | Non
         outcome.wall_seconds = time.monotonic() - t0
         return outcome
     executor = opts.executor
+    memory = resources.memory_problem((plan[k].spec for k in todo), slots=opts.workers or 1,
+                                      remote=executor == "slurm", device=opts.context.device)
+    if memory is not None and memory[1]:  # before anything is generated or recorded
+        raise resources.ResourceError(memory[0])
     parent = start_parent_run(uri, grid=plan.grid.label, tags={
         store.T_LAUNCHER: store.process_identity(), store.T_EXECUTOR: executor,
         store.T_HEARTBEAT: f"{time.time():.0f}", "grid.todo": str(len(todo)), "grid.total": str(len(plan)),

@@ -103,23 +103,34 @@ def dataset_bytes(data: DatasetSpec, layout: str) -> int:
 
 
 def machine_memory_bytes() -> int:
-    """This machine's physical memory (0 where the OS does not say)."""
+    """The memory this process may use: the machine's physical memory, or its cgroup's limit
+    (a container, a SLURM allocation) where that is lower; 0 where the OS does not say."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-        return 0
+        total = 0
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(limit_file).read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < (total or int(text) + 1):
+            total = int(text)
+        break
+    return total
 
 
 def _gb(n: float) -> str:
     return f"{n / 1e9:,.1f} GB"
 
 
-def memory_problem(specs: Iterable[RunSpec], *, slots: int, remote: bool,
+def memory_problem(specs: Iterable[RunSpec], *, slots: int, remote: bool, device: str = "cpu",
                    available: int | None = None) -> tuple[str, bool] | None:
-    """``(message, fatal)`` when the largest dataset of ``specs`` does not fit this machine's
-    memory (fatal for local runs: the unit would die allocating it, after its dataset was
-    generated), or when ``slots`` workers holding one each might not (a warning); None when it
-    fits.  SLURM runs (``remote``) train on compute nodes of unknown memory: a warning only."""
+    """``(message, fatal)`` when the largest dataset of ``specs`` (the runs still to do) does not
+    fit this machine's memory (fatal for local runs: the unit would die allocating it, after its
+    dataset was generated), or when ``slots`` CPU workers holding one each might not (a warning);
+    None when it fits.  SLURM runs (``remote``) train on compute nodes of unknown memory: a
+    warning only."""
     available = machine_memory_bytes() if available is None else available
     needs = {(s.data, s.layout): dataset_bytes(s.data, s.layout) for s in specs}
     if not needs or available <= 0:
@@ -131,7 +142,7 @@ def memory_problem(specs: Iterable[RunSpec], *, slots: int, remote: bool,
     if need > available:
         where = "the compute nodes must have more" if remote else "lower the resolution or the split sizes"
         return f"{what}; this machine has {_gb(available)}: {where}", not remote
-    if not remote and slots > 1 and slots * need > available:
+    if not remote and device == "cpu" and slots > 1 and slots * need > available:
         return (f"{what}; {slots} workers holding one each need {_gb(slots * need)} of this machine's "
                 f"{_gb(available)}: fewer --workers may be needed"), False
     return None

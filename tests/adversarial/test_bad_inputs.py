@@ -160,8 +160,13 @@ def test_a_dataset_beyond_this_machines_memory_is_refused_with_the_numbers(tmp_p
     res = RUNNER.invoke(app, ["run-grid", "--grid", grid, "--tracking-uri", uri, "--data-dir", str(tmp_path / "data")])
     _one_clear_line(res, ["poisson(1,5)", "resolution 512", "64 + 16 + 16 samples", "0.5 GB", "0.4 GB"])
     assert not (tmp_path / "data").exists()  # refused before any dataset was generated
+    # only what is left to do counts: with the big upstream's runs finished elsewhere, nothing is refused
+    specs = [r.spec for r in _plan(grid).runs]
+    assert resources.memory_problem(specs, slots=1, remote=False, available=400_000_000)[1]
+    assert resources.memory_problem([s for s in specs if s.data.n_train == 32], slots=1, remote=False,
+                                    available=400_000_000) is None
     dry = RUNNER.invoke(app, ["run-grid", "--grid", grid, "--tracking-uri", uri, "--dry-run", "--no-calibrate"])
-    assert dry.exit_code == 0 and "warning: run-grid will refuse this grid here" in dry.output, dry.output
+    assert dry.exit_code == 0 and "warning: run-grid will refuse this here" in dry.output, dry.output
     problem = resources.memory_problem([r.spec for r in _plan(grid).runs], slots=1, remote=True)
     assert problem is not None and not problem[1] and "compute nodes" in problem[0]
     assert resources.memory_problem([r.spec for r in _plan(grid).runs], slots=1, remote=False,
