@@ -77,8 +77,8 @@ def test_dry_run_warns_when_a_grid_is_too_big_for_the_machine() -> None:
     from repro.grid.estimate import Estimate
 
     # two independent units on two slots run side by side: wall = start-up + one unit
-    small = console.cost_text(Estimate(unit_seconds={"u": 3600.0, "v": 3600.0}), slots=2)
-    big = console.cost_text(Estimate(unit_seconds={"u": 39375 * 3600.0, "v": 39375 * 3600.0}), slots=2)
+    small = console.cost_text(Estimate(unit_seconds={"u": 3600.0, "v": 3600.0}), slots=2, batch=32)
+    big = console.cost_text(Estimate(unit_seconds={"u": 39375 * 3600.0, "v": 39375 * 3600.0}), slots=2, batch=32)
     assert "warning" not in small and "wall time about 1:00:10" in small, small
     assert "warning: about 4.5 years of wall time here" in big, big
 

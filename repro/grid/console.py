@@ -185,7 +185,7 @@ def plan_text(plan: Plan, sv: Any, *, device: str = "cpu", max_members: int = 16
     return "\n".join(lines)
 
 
-def cost_text(est: Any, *, slots: int = 1, device: str = "cpu", phased: bool = False, batch: int = 32) -> str:
+def cost_text(est: Any, *, batch: int, slots: int = 1, device: str = "cpu", phased: bool = False) -> str:
     """The ``--dry-run`` cost lines: device-hours, wall time with ``slots`` workers (``phased``:
     SLURM's phases, queue time not included), where the throughput came from, and each size's
     throughput in steps of the grid's ``batch``."""

@@ -2,7 +2,7 @@
 end with exit status != 0 and exactly one ``error:`` line that names what is wrong, with no
 traceback and nothing written to the store.  In-process (the CLI's own error path: ``fail`` for
 what it checks, ``main``'s last line of defence for the rest), so the ~40 cases cost seconds; a
-slice of them also runs as a user runs it, ``python -m repro`` in a process of its own."""
+slice of them also runs as a user runs it, ``python -m repro`` in a process of its own, exit status 2."""
 
 from __future__ import annotations
 
@@ -119,8 +119,10 @@ def _one_clear_line(res, needles: list[str]) -> None:
         assert needle.lower() in text.lower(), (needle, text)
 
 
-#: The slice run through the console script in its own process: ``main()`` with its last line of
-#: defence, the real exit status and the real streams (CliRunner merges and catches them).
+#: The slice run through the console script in its own process (``python -m repro``, as a user
+#: runs it): the real exit status and the real streams (CliRunner merges and catches them).  Every
+#: case is a user error, so the status is 2 (``fail`` and click's usage errors alike);
+#: ``main()``'s last line of defence for the unexpected is tested in test_store_failures.
 PROCESS_CASES = [("grid", "resolution too large"), ("grid", "not TOML"), ("grid", "unknown top-level key"),
                  ("cli", "unknown grid name"), ("cli", "status of a missing store"), ("cli", "ui: port out of range")]
 
@@ -140,6 +142,7 @@ def test_a_slice_of_the_corpus_through_python_m_repro(tmp_path: Path, kind: str,
     env[schema.ENV_HOME] = str(tmp_path / "home")
     proc = subprocess.run([sys.executable, "-m", "repro", *args], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120)
+    assert proc.returncode == 2, (proc.returncode, proc.stdout + proc.stderr)
     assert proc.stdout.count("error:") + proc.stderr.count("error:") <= 1, proc.stdout + proc.stderr
     _one_clear_line(SimpleNamespace(output=proc.stdout + proc.stderr, exit_code=proc.returncode, exception=None),
                     needles)
