@@ -37,7 +37,7 @@ def compile_update(update: Callable[..., None]) -> Callable[..., None]:
     """An in-place optimiser update compiled as one graph (:func:`repro.train.optim.adam_update`).
 
     Its per-parameter loop becomes a few fused kernels instead of eight passes over every tensor
-    (measured, xs-m8, one thread: 0.86 -> 0.40 ms per update with 1 member, 3.3 -> 0.95 ms with 4).
+    (xs-m8, one thread, CPU time: 0.86 -> 0.40 ms per update with 1 member, 3.3 -> 0.95 ms with 4).
     Make it after :func:`compile_forward`: that one's dynamo reset, after a first call, would make
     it compile again.  Values that change every step must reach it as tensors, so it compiles once.
     """
