@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 from repro.config import DatasetSpec, RunSpec, in_channels
@@ -95,11 +96,10 @@ def _slurm_device(device: str | None, gpus_per_task: int | None, workers: int | 
 _FLOAT32 = 4
 
 
-def dataset_bytes(data: DatasetSpec, layout: str) -> int:
+def dataset_bytes(data: DatasetSpec, arrays: int) -> int:
     """What one dataset takes in memory while a unit trains on it: every split (train, val, test)
-    as float32 network inputs (one channel per input of ``layout``) plus the target."""
-    samples = data.n_train + data.n_val + data.n_test
-    return samples * (in_channels(data.pde, layout) + 1) * data.resolution ** 2 * _FLOAT32
+    as ``arrays`` float32 arrays of n x n per sample (the network's input channels plus the target)."""
+    return (data.n_train + data.n_val + data.n_test) * arrays * data.resolution ** 2 * _FLOAT32
 
 
 def machine_memory_bytes() -> int:
@@ -111,11 +111,11 @@ def machine_memory_bytes() -> int:
         total = 0
     for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
-            text = open(limit_file).read().strip()
+            text = Path(limit_file).read_text().strip()
         except OSError:
             continue
-        if text.isdigit() and 0 < int(text) < (total or int(text) + 1):
-            total = int(text)
+        if text.isdigit():  # "max": no limit
+            total = min(total, int(text)) if total else int(text)
         break
     return total
 
@@ -132,12 +132,15 @@ def memory_problem(specs: Iterable[RunSpec], *, slots: int, remote: bool, device
     None when it fits.  SLURM runs (``remote``) train on compute nodes of unknown memory: a
     warning only."""
     available = machine_memory_bytes() if available is None else available
-    needs = {(s.data, s.layout): dataset_bytes(s.data, s.layout) for s in specs}
-    if not needs or available <= 0:
+    arrays: dict[DatasetSpec, int] = {}  # per sample: the input channels (most over its layouts) + target
+    for spec in specs:
+        arrays[spec.data] = max(arrays.get(spec.data, 0), in_channels(spec.data.pde, spec.layout) + 1)
+    if not arrays or available <= 0:
         return None
-    (data, layout), need = max(needs.items(), key=lambda kv: kv[1])
+    data = max(arrays, key=lambda d: dataset_bytes(d, arrays[d]))
+    need = dataset_bytes(data, arrays[data])
     what = (f"the dataset {data.label} at resolution {data.resolution} ({data.n_train:,} + {data.n_val:,} + "
-            f"{data.n_test:,} samples x {in_channels(data.pde, layout) + 1} float32 arrays of "
+            f"{data.n_test:,} samples x {arrays[data]} float32 arrays of "
             f"{data.resolution}x{data.resolution}) needs at least {_gb(need)} in memory")
     if need > available:
         where = "the compute nodes must have more" if remote else "lower the resolution or the split sizes"

@@ -159,21 +159,20 @@ def test_a_dataset_beyond_this_machines_memory_is_refused_with_the_numbers(tmp_p
     monkeypatch.setattr(resources, "machine_memory_bytes", lambda: 400_000_000)
     monkeypatch.setenv(schema.ENV_HOME, str(tmp_path / "home"))
     grid = str(write_grid(tmp_path / "g.toml", "big", resolution=512, up=64, down=32))
+    specs = [r.spec for r in _plan(grid).runs]
     uri = f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"
     res = RUNNER.invoke(app, ["run-grid", "--grid", grid, "--tracking-uri", uri, "--data-dir", str(tmp_path / "data")])
     _one_clear_line(res, ["poisson(1,5)", "resolution 512", "64 + 16 + 16 samples", "0.5 GB", "0.4 GB"])
     assert not (tmp_path / "data").exists()  # refused before any dataset was generated
     # only what is left to do counts: with the big upstream's runs finished elsewhere, nothing is refused
-    specs = [r.spec for r in _plan(grid).runs]
     assert resources.memory_problem(specs, slots=1, remote=False, available=400_000_000)[1]
     assert resources.memory_problem([s for s in specs if s.data.n_train == 32], slots=1, remote=False,
                                     available=400_000_000) is None
     dry = RUNNER.invoke(app, ["run-grid", "--grid", grid, "--tracking-uri", uri, "--dry-run", "--no-calibrate"])
     assert dry.exit_code == 0 and "warning: run-grid will refuse this here" in dry.output, dry.output
-    problem = resources.memory_problem([r.spec for r in _plan(grid).runs], slots=1, remote=True)
+    problem = resources.memory_problem(specs, slots=1, remote=True)
     assert problem is not None and not problem[1] and "compute nodes" in problem[0]
-    assert resources.memory_problem([r.spec for r in _plan(grid).runs], slots=1, remote=False,
-                                    available=10**10) is None
+    assert resources.memory_problem(specs, slots=1, remote=False, available=10**10) is None
     train = RUNNER.invoke(app, ["train", "--pde", "poisson", "--range", "1,5", "--resolution", "512", "--sizes",
                                 "64,16,16", "--tracking-uri", uri, "--data-dir", str(tmp_path / "data")])
     _one_clear_line(train, ["resolution 512", "0.4 GB"])
