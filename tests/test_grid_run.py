@@ -19,6 +19,7 @@ import pytest
 from conftest import write_grid
 
 from repro import schema
+from repro.grid.worker import WORKER_PROCESS_NAME
 from repro.grid.plan import expand
 from repro.grid.plan import load_grid
 
@@ -113,12 +114,20 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        children = _children(todo.pop())
+        out += children
+        todo += children
+    return out
+
+
 def _is_worker(pid: int) -> bool:
     try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        return Path(f"/proc/{pid}/comm").read_bytes().strip() == WORKER_PROCESS_NAME
     except OSError:
         return False
-    return "spawn_main" in cmd
 
 
 def _db_ready(home: Path) -> bool:
@@ -181,19 +190,21 @@ def test_kill_worker_and_launcher_then_resume(tmp_path, data_dir):
 
         _wait(ready, 150, "finished runs and a worker training")
         worker = busy[0]
-        assert worker in _children(proc.pid) and _is_worker(worker)
+        assert worker in _descendants(proc.pid) and _is_worker(worker)
         os.kill(worker, signal.SIGKILL)
         _wait(lambda: _statuses(uri, plan.keys)[schema.KILLED] >= 1, 60, "the dead worker's run marked KILLED")
         _wait(lambda: _statuses(uri, plan.keys)[schema.RUNNING] >= 1, 60, "a run in progress")
         finished_before = {k: [r.info.run_id for r in runs if r.info.status == schema.FINISHED]
                            for k, runs in runs_by_key(uri, plan.keys).items()}
+        workers = [p for p in _descendants(proc.pid) if _is_worker(p)]
+        assert len(workers) == 2, workers
         proc.kill()  # kill -9 of the launcher, mid-grid; its workers die with it
         proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    _wait(lambda: not any(_is_worker(p) for p in _children(1) + _children(proc.pid)), 30, "workers to exit")
-    assert _statuses(uri, plan.keys)[schema.RUNNING] >= 1  # left behind by the dead launcher
+    _wait(lambda: not any(_is_worker(p) for p in [*workers, *_children(1)]), 30, "workers to exit")
+    assert _statuses(uri, plan.keys)[schema.RUNNING] >= 1, (_statuses(uri, plan.keys), (tmp_path / "launcher.log").read_text()[-3000:])  # left behind by the dead launcher
 
     res = cli(args[3:], home)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -37,8 +37,8 @@ from repro.threads import limited_threads
 #: Fixed costs measured on the CPU machines (MLflow run records, checkpoint + figure; data load).
 RUN_OVERHEAD_S = 0.6
 UNIT_OVERHEAD_S = 1.0
-#: Before the first unit trains: the launcher's start (imports, store, survey; ~3.5 s) and a
-#: spawned worker importing torch, MLflow and the engine with every core busy (~3 s), measured on
+#: Before the first unit trains: the launcher's start (imports, store, survey; ~3.5 s) and the
+#: workers' fork server importing torch, MLflow and the engine with every core busy (~3 s), measured on
 #: the 2-core CPU machine (quick grid, fresh home: first run starts 6.5 s after the parent run).
 STARTUP_S = 10.0
 #: Timed steps per batch size are preceded by this many untimed ones (allocations, DFT bases,

@@ -10,6 +10,7 @@ process's identity (see :mod:`repro.grid.store`).
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import signal
 import sys
@@ -17,6 +18,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -128,41 +130,54 @@ def run_task(task: DataTask | UnitTask, settings: Settings) -> list[RunOutcome]:
 
 # --- the local pool's worker process --------------------------------------------------------------
 
-def _die_with_parent() -> None:
-    """Exit when the launcher dies (even by kill -9), so no orphan keeps training."""
-    parent = os.getppid()
+#: A worker's process name (``ps``, ``top``, /proc/PID/comm): forked from the fork server, its
+#: command line is the fork server's.
+WORKER_PROCESS_NAME = b"repro-worker"
+
+
+def _die_with_launcher() -> None:
+    """Exit when the launcher dies (even by kill -9), so no orphan keeps training.
+
+    A CPU worker's parent process is the launcher's fork server, which outlives the launcher while
+    any worker holds its pipe; so the worker watches the launcher itself: multiprocessing's parent
+    process of a worker is the process that started it, and its sentinel (a pipe the launcher holds
+    open) becomes ready when the launcher exits.  A spawned worker's parent is the launcher:
+    PDEATHSIG kills it at once as well.
+    """
     try:  # Linux: the kernel sends SIGKILL when the parent thread exits
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(15, WORKER_PROCESS_NAME)  # PR_SET_NAME
     except (OSError, AttributeError):
         pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
+    launcher = mp.parent_process()
+    if launcher is None:  # not started by multiprocessing (a test calling pool_worker directly)
+        return
 
     def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent:
-                os._exit(1)
+        wait([launcher.sentinel])
+        os._exit(1)
 
-    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+    threading.Thread(target=watch, daemon=True, name="launcher-watch").start()
 
 
-def pool_worker(conn: Any, env: Mapping[str, str], settings: Settings) -> None:
+def pool_worker(conn: Any, env: Mapping[str, str], cwd: str, settings: Settings) -> None:
     """Entry point of one local worker process: receive tasks on ``conn``, answer with outcomes.
 
     ``env`` (e.g. ``CUDA_VISIBLE_DEVICES``, thread counts) is applied before torch is imported.
     Messages in: a task, or None to stop.  Messages out: ``("done", task_id, outcomes)`` or
     ``("error", task_id, traceback)``.
     """
+    os.environ.clear()  # a forked worker holds its fork server's environment: take the launcher's
     os.environ.update(env)
+    os.chdir(cwd)  # likewise its working directory
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides how to stop
     from repro.tracking import quiet_store_logs
 
     quiet_store_logs()
-    _die_with_parent()
+    _die_with_launcher()
     threads = env.get("OMP_NUM_THREADS")  # read again by torch when it loads; set here if already loaded
     with limited_threads(int(threads) if threads else None):
         _serve(conn, settings)
