@@ -40,14 +40,20 @@ def main() -> None:
         os.environ[ENV_DEBUG] = "1"
     if len(sys.argv) > 1 and sys.argv[1] in _READ_COMMANDS:
         _bound_store_requests()
-    from repro.tracking import quiet_store_logs
+    else:
+        _patient_store_requests()
+    from repro.tracking import configure_store_logs, server_gone
 
-    quiet_store_logs()
+    configure_store_logs()
     try:
         app(prog_name="repro")
     except Exception as err:  # noqa: BLE001 - the last line of defence of a command-line tool
         if os.environ.get(ENV_DEBUG):
             raise
+        gone = server_gone(err)
+        if gone is not None:
+            typer.secho(f"error: {gone}", fg=typer.colors.RED, err=True)
+            raise SystemExit(1) from None
         text = str(err).strip().splitlines()
         typer.secho(f"error: {type(err).__name__}: {text[0] if text else ''} (a bug, or an unhandled case: "
                     f"re-run with --debug for the traceback)", fg=typer.colors.RED, err=True)
@@ -55,10 +61,14 @@ def main() -> None:
 
 
 #: Commands that only read the store: a request that hangs is bounded for them.  run-grid and
-#: train keep MLflow's patient retries (a server restart mid-grid must not fail runs); they are
-#: protected by the probe at start (:func:`_probe_server`).
+#: train keep MLflow's patient retries (a server restart mid-grid must not fail runs), each one
+#: announced (repro.tracking.RetryAnnouncer); they are protected by the probe at start
+#: (:func:`_probe_server`).
 _READ_COMMANDS = ("status", "fit-laws", "report", "export")
 STORE_TIMEOUT_S = 15.0
+#: One HTTP request's limit for the patient commands (MLflow's default is 120 s): a server that
+#: accepts and never answers is announced after this long, then retried (7 times, backing off).
+PATIENT_REQUEST_TIMEOUT_S = 30
 
 
 def _bound_store_requests() -> None:
@@ -74,6 +84,15 @@ def _bound_store_requests() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", timeout)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def _patient_store_requests() -> None:
+    """run-grid, train: MLflow's retries (7, backing off up to 2 min) ride out a server restart,
+    but one request waits at most :data:`PATIENT_REQUEST_TIMEOUT_S` before its retry is announced;
+    the user's own MLFLOW_HTTP_REQUEST_TIMEOUT wins."""
+    import os
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(PATIENT_REQUEST_TIMEOUT_S))
 
 
 def _store_timeout() -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -78,11 +79,84 @@ def flush_async_logging() -> None:
         mlflow.flush_async_logging()
 
 
-def quiet_store_logs() -> None:
-    """MLflow logs a full traceback (at ERROR) for every failed SQL commit before it raises; the
-    error itself reaches the user as one line, so its log stays off the console (--debug keeps it)."""
+def configure_store_logs() -> None:
+    """Store logs for a command-line process (the CLI and every grid worker).
+
+    MLflow logs a full traceback (at ERROR) for every failed SQL commit before it raises; the
+    error itself reaches the user as one line, so that log stays off the console (--debug keeps
+    it).  And each retry of an HTTP request to a tracking server becomes one warning line
+    (:class:`RetryAnnouncer`): a server that stops answering mid-grid is minutes of MLflow's
+    patient retries, which must not be minutes of silence.
+    """
     if not os.environ.get(schema.ENV_DEBUG):
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    pool = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(h, RetryAnnouncer) for h in pool.handlers):
+        pool.addHandler(RetryAnnouncer())
+
+
+class RetryAnnouncer(logging.Handler):
+    """A stderr line when an HTTP request to the tracking server is retried (urllib3 logs
+    "Retrying (Retry(total=K, ...)) after connection broken by 'ERROR': PATH" at WARNING, and
+    nothing shows it), naming the server, the reason and the retries left: the first retry at
+    once, then at most one line per :data:`EVERY_S` per process (a grid's launcher and workers
+    all retry at once; one line each is enough to say why nothing moves)."""
+
+    EVERY_S = 30.0
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self._last = -math.inf
+        self._since = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not (isinstance(record.args, tuple) and len(record.args) == 3 and "Retrying" in str(record.msg)):
+            return
+        self._since += 1
+        now = time.monotonic()
+        if now - self._last < self.EVERY_S:
+            return
+        retry, err, path = record.args
+        more = f" [{self._since} retried requests in this process since the last line]" if self._since > 1 else ""
+        self._last, self._since = now, 0
+        try:
+            import sys
+
+            sys.stderr.write(f"warning: {retry_text(retry, err, path)}{more}\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - a log line must never break the request it describes
+            pass
+
+
+def retry_text(retry: Any, err: BaseException, path: str) -> str:
+    """"the MLflow server HOST:PORT is not answering (REASON); retrying PATH, N retries left"."""
+    import re
+
+    text = str(err)
+    where = re.search(r"host='([^']+)', port=(\d+)", text)
+    server = f"{where.group(1)}:{where.group(2)}" if where else "tracking server"
+    reason = text.rsplit(": ", 1)[-1].strip(" )'\"") if ": " in text else type(err).__name__
+    left = getattr(retry, "total", None)
+    retries = f", {left} retries left" if isinstance(left, int) else ""
+    return (f"the MLflow server {server} is not answering ({reason}); retrying {path}{retries} "
+            f"(what finished is kept; waiting work resumes when it answers)")
+
+
+def server_gone(err: BaseException) -> str | None:
+    """The one-line error for a command whose tracking server stopped answering after MLflow's
+    retries (None for any other error)."""
+    import re
+
+    text = str(err)
+    found = re.match(r"API request to (\S+) failed with (?:timeout )?exception", text)
+    if found is None:
+        return None
+    from urllib.parse import urlsplit
+
+    url = urlsplit(found.group(1))
+    reason = "it did not answer in time" if "timeout exception" in text else "it cannot be reached"
+    return (f"the MLflow server {url.scheme}://{url.netloc} stopped answering ({reason}, after MLflow's retries); "
+            f"what finished is kept there: run the same command again when the server is back")
 
 
 def client(uri: str):

@@ -174,9 +174,9 @@ def pool_worker(conn: Any, env: Mapping[str, str], cwd: str, settings: Settings)
     os.environ.update(env)
     os.chdir(cwd)  # likewise its working directory
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides how to stop
-    from repro.tracking import quiet_store_logs
+    from repro.tracking import configure_store_logs
 
-    quiet_store_logs()
+    configure_store_logs()
     _die_with_launcher()
     threads = env.get("OMP_NUM_THREADS")  # read again by torch when it loads; set here if already loaded
     with limited_threads(int(threads) if threads else None):

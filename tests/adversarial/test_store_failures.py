@@ -98,3 +98,30 @@ def test_an_unexpected_error_is_one_line_unless_debug(monkeypatch: pytest.Monkey
     monkeypatch.setattr(sys, "argv", ["repro", "train", "--debug"])
     with pytest.raises(RuntimeError, match="kaboom"):
         cli.main()
+
+
+def test_each_retry_against_a_gone_server_is_announced_and_the_end_is_one_line(monkeypatch, capsys) -> None:
+    """A tracking server that stops answering mid-command: MLflow's retries are announced (the
+    first at once, naming the server and the reason), and when they run out the command's error
+    is one line that says what is kept and what to do."""
+    import logging
+
+    from repro.tracking import RetryAnnouncer, client, configure_store_logs, server_gone
+
+    pool = logging.getLogger("urllib3.connectionpool")
+    monkeypatch.setattr(pool, "handlers", [h for h in pool.handlers if not isinstance(h, RetryAnnouncer)])
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    configure_store_logs()
+    configure_store_logs()  # idempotent: one announcer
+    port = _closed_port()
+    with pytest.raises(Exception) as caught:
+        client(f"http://127.0.0.1:{port}").search_experiments()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 1, lines  # two retries, one line: at most one per 30 s per process
+    assert f"the MLflow server 127.0.0.1:{port} is not answering (" in lines[0] and "Connection refused" in lines[0]
+    assert "retrying /api/2.0/mlflow/experiments/search, 1 retries left" in lines[0], lines[0]
+    message = server_gone(caught.value)
+    assert message is not None and message.startswith(f"the MLflow server http://127.0.0.1:{port} stopped answering")
+    assert "run the same command again" in message
+    assert server_gone(RuntimeError("database is locked")) is None
