@@ -6,8 +6,8 @@ spatial-major layout, repro.models.SPECTRAL_PATHS) paths, all fp32, for each mod
 side by side, with their ratios, and each path's share of the machine's measured SGEMM peak.
 
 Column "compiled": the engine's training step for long CPU units (repro.compilation): the fused
-forward through ``torch.compile`` (inductor) and the optimiser update (``EnsembleAdam``) compiled
-too; its first step, the compilation, is timed apart ("compile s": 20-50 s with a cold inductor
+forward and the loss as one ``torch.compile`` (inductor) graph and the optimiser update
+(``EnsembleAdam``) compiled too; its first step, the compilation, is timed apart ("compile s": 20-50 s with a cold inductor
 cache, a few s warm) and left out of its rate.  The other columns step ``torch.optim.Adam`` eagerly,
 as the training step of the issue that set the 2x goal did.
 
@@ -56,8 +56,8 @@ from repro.config import MODEL_LADDER, ModelSpec
 from repro.models import FNO, SPECTRAL_PATHS, count_parameters
 from repro.config import DatasetSpec, RunSpec
 from repro.ensembles import ensemble_cap
-from repro.train.compiled import compile_forward
-from repro.train.loop import EnsembleData, Schedule, evaluate, squared_error_loss, train_ensemble
+from repro.train.compiled import compile_batch_loss
+from repro.train.loop import EnsembleData, Schedule, batch_loss, evaluate, train_ensemble
 from repro.train.optim import EnsembleAdam
 from repro.threads import limited_threads
 
@@ -118,14 +118,14 @@ def make_train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def make_compiled_step(model: FNO, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     """The engine's compiled training step (``train_ensemble(..., compiled=True)``) on resident data:
-    forward through :func:`compile_forward`, the loop's loss, backward, and ``EnsembleAdam``'s
-    update through ``compile_update``."""
-    forward = compile_forward(model)
+    the loop's batch loss (forward, loss and non-finite mask) through :func:`compile_batch_loss`,
+    backward, and ``EnsembleAdam``'s update through ``compile_update``."""
+    loss_of = compile_batch_loss(batch_loss(model))
     optimiser = EnsembleAdam(list(model.parameters()), [1e-4] * model.members, compiled=True)
 
     def step() -> None:
         optimiser.zero_grad()
-        squared_error_loss(forward(x), y).sum().backward()
+        loss_of(x, y)[1].backward()
         optimiser.step()
         if not optimiser.compiled:  # it fell back to eager (logged): this would not be the compiled step
             raise RuntimeError("the optimiser update did not compile")

@@ -74,7 +74,7 @@ def test_a_compiled_run_trains_like_the_eager_one_and_says_it_compiled(tmp_path:
     torch._dynamo.utils.counters.clear()
     compiled, metrics = _run(tmp_path, "compiled", "on")
     assert eager_metrics[schema.M_COMPILED] == 0.0 and metrics[schema.M_COMPILED] == 1.0
-    # Dynamo captured two graphs, the forward and the optimiser update, each once for all 8 steps
+    # Dynamo captured two graphs, the batch loss (forward and loss) and the optimiser update, each once for all 8 steps
     # (the update's per-step values reach it as tensors, not as constants that recompile).
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
     # Same seeds, data order and steps; only floating-point reassociation differs (measured ~1e-6).
@@ -94,7 +94,7 @@ def test_a_compiler_that_fails_leaves_the_unit_training_eagerly(tmp_path: Path, 
         test_err, metrics = _run(tmp_path, "fallback", "on")
     assert metrics[schema.M_COMPILED] == 0.0
     failed = [r.getMessage() for r in caplog.records if "torch.compile of the training" in r.getMessage()]
-    assert any("forward failed" in m for m in failed) and any("optimiser update failed" in m for m in failed), failed
+    assert any("forward and loss failed" in m for m in failed) and any("optimiser update failed" in m for m in failed), failed
     eager, _ = _run(tmp_path, "eager", "off")
     assert test_err == pytest.approx(eager, rel=1e-5)  # the failed step was redone eagerly, nothing applied twice
     torch._dynamo.reset()

@@ -1,10 +1,10 @@
 """The training step through ``torch.compile`` (inductor), and the eager fallback.
 
 Whether a unit compiles is :func:`repro.compilation.compiles`'s decision; this module only makes
-the compiled callables -- the model's forward (its backward comes with it) and the optimiser's
-update -- and says which failures are the compiler's.  The compiled forward shares the model's
-parameters, so the optimiser, the best-state copies and the (eager) evaluations see the same
-tensors.
+the compiled callables -- a batch's loss (the model's forward and the loss as one graph; its
+backward comes with it) and the optimiser's update -- and says which failures are the compiler's.
+The compiled loss shares the model's parameters, so the optimiser, the best-state copies and the
+(eager) evaluations see the same tensors.
 """
 
 from __future__ import annotations
@@ -13,16 +13,23 @@ import logging
 from typing import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-__all__ = ["compile_failed", "compile_forward", "compile_update", "is_out_of_memory"]
+#: ``(x, y) -> (per-member loss (M,), the scalar to differentiate)``: see :func:`repro.train.loop.batch_loss`.
+BatchLoss = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+__all__ = ["compile_batch_loss", "compile_failed", "compile_update", "is_out_of_memory"]
 
 log = logging.getLogger(__name__)
 
 
-def compile_forward(model: nn.Module) -> Callable[[Tensor], Tensor]:
-    """``model``'s forward compiled for fixed shapes (a unit's batch shape does not change, except
-    a last partial batch, which compiles once more).
+def compile_batch_loss(batch_loss: BatchLoss) -> BatchLoss:
+    """A batch's loss (:func:`repro.train.loop.batch_loss`: the model's forward, the loss and the
+    masked sum that is differentiated) compiled for fixed shapes as one graph (a unit's batch shape
+    does not change, except a last partial batch, which compiles once more).  With the loss inside,
+    inductor fuses its element-wise work into the forward's last kernels and its gradient into the
+    backward's first (one thread, 16², batch 32, xxs-m8 / xs-m8 / s: 8 / 7 / 3 % faster per step
+    than the forward compiled alone, timed side by side).
 
     Dynamo's per-process caches are cleared first: a worker trains many units, each a new model
     of its own shapes, and past 8 variants of one function dynamo silently runs it eagerly
@@ -30,7 +37,7 @@ def compile_forward(model: nn.Module) -> Callable[[Tensor], Tensor]:
     process, compiles again in seconds.
     """
     torch._dynamo.reset()
-    return torch.compile(model, dynamic=False)
+    return torch.compile(batch_loss, dynamic=False)
 
 
 def compile_update(update: Callable[..., None]) -> Callable[..., None]:
@@ -38,7 +45,7 @@ def compile_update(update: Callable[..., None]) -> Callable[..., None]:
 
     Its per-parameter loop becomes a few fused kernels instead of eight passes over every tensor
     (xs-m8, one thread, CPU time: 0.86 -> 0.40 ms per update with 1 member, 3.3 -> 0.95 ms with 4).
-    Make it after :func:`compile_forward`: that one's dynamo reset, after a first call, would make
+    Make it after :func:`compile_batch_loss`: that one's dynamo reset, after a first call, would make
     it compile again.  Values that change every step must reach it as tensors, so it compiles once.
     """
     return torch.compile(update, dynamic=False, fullgraph=True)

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from repro.train.compiled import compile_failed, compile_forward, is_out_of_memory
+from repro.train.compiled import BatchLoss, compile_batch_loss, compile_failed, is_out_of_memory
 from repro.train.optim import EnsembleAdam, cosine_factor
 
 
@@ -181,7 +181,7 @@ class EnsembleResult:
     #: without training).  A check, not model selection: not counted in ``evaluations``.
     initial_val: list[float] = field(default_factory=list)
     #: Whether the training step ran compiled throughout: asked for, and neither the compiled
-    #: forward nor the compiled update fell back to eager (either falls back on its own).
+    #: loss nor the compiled update fell back to eager (either falls back on its own).
     compiled: bool = False
 
 
@@ -193,12 +193,26 @@ def squared_error_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return (pred - target).pow(2).sum(dim=(1, 2, 3)) / pred.shape[1]
 
 
-def _loss_and_gradients(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                        y: torch.Tensor) -> torch.Tensor:
+def batch_loss(model: torch.nn.Module) -> BatchLoss:
+    """The training loss of one batch for ``model``: ``(x, y) -> (per-member loss (M,), total)``,
+    where ``total`` is the scalar whose gradient training follows.
+
+    Members are independent, so the gradient of the sum is each member's own gradient; a member
+    whose loss is not finite adds nothing to it (it is marked failed at the end of the epoch), so it
+    cannot poison the others.  One function, so that the compiled step
+    (:func:`repro.train.compiled.compile_batch_loss`) and the eager one compute the same thing.
+    """
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = squared_error_loss(model(x).float(), y)
+        return loss, torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss)).sum()
+
+    return loss_of
+
+
+def _loss_and_gradients(loss_of: BatchLoss, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-member loss of one batch, with its gradients accumulated into the parameters."""
-    loss = squared_error_loss(forward(x).float(), y)
-    # Members are independent, so the gradient of the sum is each member's own gradient.
-    torch.where(torch.isfinite(loss), loss, torch.zeros_like(loss)).sum().backward()
+    loss, total = loss_of(x, y)
+    total.backward()
     return loss
 
 
@@ -246,8 +260,9 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
     :func:`divergence_limit` of its error before the first step, is marked failed and no longer
     affects anything.
 
-    ``compiled``: the training forward runs through :func:`repro.train.compiled.compile_forward`
-    and the optimiser's update through :func:`repro.train.compiled.compile_update` (evaluations
+    ``compiled``: the batch loss (forward and loss) runs through
+    :func:`repro.train.compiled.compile_batch_loss` and the optimiser's update through
+    :func:`repro.train.compiled.compile_update` (evaluations
     stay eager); if either fails for another reason than memory, that step is redone eagerly, the
     rest of the unit runs that part eagerly and the result says so (``EnsembleResult.compiled``).
     """
@@ -265,8 +280,9 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
     best_epoch = [0] * members
     failure: list[str | None] = [None] * members
     best_state = {name: p.detach().clone() for name, p in model.named_parameters()}
-    forward: Callable[[torch.Tensor], torch.Tensor] = compile_forward(model) if compiled else model
-    # Made after compile_forward (its dynamo reset clears what was compiled before it).
+    eager_loss = batch_loss(model)
+    loss_of = compile_batch_loss(eager_loss) if compiled else eager_loss
+    # Made after compile_batch_loss (its dynamo reset clears what was compiled before it).
     optimiser = EnsembleAdam(list(model.parameters()), schedule.lrs, compiled=compiled)
     history: list[EpochReport] = []
     step = 0
@@ -285,19 +301,19 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
             y = data.targets[idx]  # (M, B, n, n)
             optimiser.zero_grad()
             loss = None
-            if forward is not model:
+            if loss_of is not eager_loss:
                 try:
-                    loss = _loss_and_gradients(forward, x, y)  # (M,)
+                    loss = _loss_and_gradients(loss_of, x, y)  # (M,)
                 except Exception as err:
                     if is_out_of_memory(err):
                         raise  # the engine's OOM handling (smaller ensembles), not a compiler fault
                     # No C++ compiler, an unsupported op, a failed recompilation for a last partial
                     # batch: this step and the rest train eagerly (nothing was applied yet).
-                    compile_failed(err, "forward")
-                    forward = model
+                    compile_failed(err, "forward and loss")
+                    loss_of = eager_loss
                     optimiser.zero_grad()
             if loss is None:  # eager; outside the except block, so the failed attempt is freed
-                loss = _loss_and_gradients(model, x, y)
+                loss = _loss_and_gradients(eager_loss, x, y)
             optimiser.step(cosine_factor(step, total_steps))
             step += 1
             epoch_loss += loss.detach() * (idx.shape[1] / n_train)
@@ -343,4 +359,4 @@ def train_ensemble(model: torch.nn.Module, data: EnsembleData, val_inputs: torch
     return EnsembleResult(best_val=best_val, best_epoch=best_epoch, failure=failure,
                           train_seconds=train_seconds, samples_seen=len(history) * n_train,
                           evaluations=len(evaluated), convergence=verdicts, initial_val=initial_val,
-                          compiled=forward is not model and optimiser.compiled)
+                          compiled=loss_of is not eager_loss and optimiser.compiled)
