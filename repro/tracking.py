@@ -134,8 +134,14 @@ def retry_text(retry: Any, err: BaseException, path: str) -> str:
 
     text = str(err)
     where = re.search(r"host='([^']+)', port=(\d+)", text)
-    server = f"{where.group(1)}:{where.group(2)}" if where else "tracking server"
-    reason = text.rsplit(": ", 1)[-1].strip(" )'\"") if ": " in text else type(err).__name__
+    server = f"{where.group(1)}:{where.group(2)}" if where else (_last_server or "(its address unknown)")
+    inner = next((a for a in reversed(getattr(err, "args", ())) if isinstance(a, BaseException)), None)
+    if ": " in text:
+        reason = text.rsplit(": ", 1)[-1].strip(" )'\"")
+    elif inner is not None:  # ProtocolError('Connection aborted.', ConnectionResetError(104, '...'))
+        reason = getattr(inner, "strerror", None) or str(inner) or type(inner).__name__
+    else:
+        reason = type(err).__name__
     left = getattr(retry, "total", None)
     retries = f", {left} retries left" if isinstance(left, int) else ""
     return (f"the MLflow server {server} is not answering ({reason}); retrying {path}{retries} "
@@ -163,7 +169,22 @@ def client(uri: str):
     """An MLflow client on ``uri`` (cheap: MLflow caches the store behind it)."""
     from mlflow.tracking import MlflowClient
 
+    _note_server(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+#: ``HOST:PORT`` of the last tracking server this process opened a client on: a retry whose error
+#: does not name its server (a connection reset, a read timeout) is announced under this name.
+_last_server: str | None = None
+
+
+def _note_server(uri: str) -> None:
+    global _last_server
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        _last_server = parts.netloc.rsplit("@", 1)[-1]  # never a password into a log line
 
 
 def retrying(fn: Callable[[], _T], *, attempts: int = 12, what: str = "MLflow call") -> _T:

@@ -106,7 +106,7 @@ def test_each_retry_against_a_gone_server_is_announced_and_the_end_is_one_line(m
     is one line that says what is kept and what to do."""
     import logging
 
-    from repro.tracking import RetryAnnouncer, client, configure_store_logs, server_gone
+    from repro.tracking import RetryAnnouncer, client, configure_store_logs, retry_text, server_gone
 
     pool = logging.getLogger("urllib3.connectionpool")
     monkeypatch.setattr(pool, "handlers", [h for h in pool.handlers if not isinstance(h, RetryAnnouncer)])
@@ -125,3 +125,10 @@ def test_each_retry_against_a_gone_server_is_announced_and_the_end_is_one_line(m
     assert message is not None and message.startswith(f"the MLflow server http://127.0.0.1:{port} stopped answering")
     assert "run the same command again" in message
     assert server_gone(RuntimeError("database is locked")) is None
+    # A connection reset does not name its server: the line names the one this process talks to.
+    from urllib3.exceptions import ProtocolError
+    from urllib3.util.retry import Retry
+
+    reset = ProtocolError("Connection aborted.", ConnectionResetError(104, "Connection reset by peer"))
+    assert retry_text(Retry(total=5), reset, "/api/2.0/mlflow/runs/create").startswith(
+        f"the MLflow server 127.0.0.1:{port} is not answering (Connection reset by peer)")
