@@ -80,7 +80,8 @@ def flush_async_logging() -> None:
 
 
 def configure_store_logs() -> None:
-    """Store logs for a command-line process (the CLI and every grid worker).
+    """Store logs for a command-line process (the CLI, and every local grid worker; a SLURM array
+    task runs its share in-process and calls it too).
 
     MLflow logs a full traceback (at ERROR) for every failed SQL commit before it raises; the
     error itself reaches the user as one line, so that log stays off the console (--debug keeps
@@ -117,7 +118,7 @@ class RetryAnnouncer(logging.Handler):
         if now - self._last < self.EVERY_S:
             return
         retry, err, path = record.args
-        more = f" [{self._since} retried requests in this process since the last line]" if self._since > 1 else ""
+        more = f" [{self._since} retries in this process since the last line]" if self._since > 1 else ""
         self._last, self._since = now, 0
         try:
             import sys
@@ -134,18 +135,29 @@ def retry_text(retry: Any, err: BaseException, path: str) -> str:
 
     text = str(err)
     where = re.search(r"host='([^']+)', port=(\d+)", text)
-    server = f"{where.group(1)}:{where.group(2)}" if where else (_last_server or "(its address unknown)")
-    inner = next((a for a in reversed(getattr(err, "args", ())) if isinstance(a, BaseException)), None)
-    if ": " in text:
-        reason = text.rsplit(": ", 1)[-1].strip(" )'\"")
-    elif inner is not None:  # ProtocolError('Connection aborted.', ConnectionResetError(104, '...'))
-        reason = getattr(inner, "strerror", None) or str(inner) or type(inner).__name__
-    else:
-        reason = type(err).__name__
+    named = f"{where.group(1)}:{where.group(2)}" if where else None
+    # An error that does not name its server (a connection reset) is this process's tracking server's;
+    # one that names another (an artifact store behind the server, say) is not called MLflow's.
+    server = f"the MLflow server {named or _last_server or '(its address unknown)'}" \
+        if named is None or _last_server is None or named == _last_server else f"the server {named}"
     left = getattr(retry, "total", None)
-    retries = f", {left} retries left" if isinstance(left, int) else ""
-    return (f"the MLflow server {server} is not answering ({reason}); retrying {path}{retries} "
-            f"(what finished is kept; waiting work resumes when it answers)")
+    retries = f", {left} {'retry' if left == 1 else 'retries'} left" if isinstance(left, int) else ""
+    return (f"{server} is not answering ({_retry_reason(err)}); retrying {path}{retries} "
+            f"(nothing recorded is lost; the command goes on when it answers)")
+
+
+def _retry_reason(err: BaseException) -> str:
+    """The human part of a urllib3 connection error: "[Errno 111] Connection refused", "Read timed
+    out. (read timeout=30)", "Connection reset by peer"."""
+    text = str(err)
+    args = getattr(err, "args", ())
+    inner = next((a for a in reversed(args) if isinstance(a, BaseException)), None)
+    if inner is not None:  # ProtocolError('Connection aborted.', ConnectionResetError(104, '...'))
+        return getattr(inner, "strerror", None) or str(inner) or type(inner).__name__
+    if ": " in text:  # "HTTPConnectionPool(host=..., port=...): Read timed out. (read timeout=30)"
+        return text.rsplit(": ", 1)[-1].strip(" '\"")
+    message = next((a for a in reversed(args) if isinstance(a, str)), None)  # ConnectTimeoutError(conn, "...")
+    return message or type(err).__name__
 
 
 def server_gone(err: BaseException) -> str | None:
@@ -161,7 +173,8 @@ def server_gone(err: BaseException) -> str | None:
 
     url = urlsplit(found.group(1))
     reason = "it did not answer in time" if "timeout exception" in text else "it cannot be reached"
-    return (f"the MLflow server {url.scheme}://{url.netloc} stopped answering ({reason}, after MLflow's retries); "
+    address = url.netloc.rsplit("@", 1)[-1]  # never a password into the message
+    return (f"the MLflow server {url.scheme}://{address} stopped answering ({reason}, after MLflow's retries); "
             f"what finished is kept there: run the same command again when the server is back")
 
 

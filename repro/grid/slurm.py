@@ -83,6 +83,9 @@ def array_task(tasks: list[DataTask | UnitTask], settings: Settings) -> list[Tas
     With several GPUs in the allocation (``--gpus-per-task`` > 1) the share runs on a local
     pool of one worker per GPU, so no GPU idles; otherwise task after task in this process.
     """
+    from repro.tracking import configure_store_logs
+
+    configure_store_logs()  # submitit's process: retries to the tracking server announced, as locally
     return run_share(tasks, settings, _allocation_slots(settings))
 
 

@@ -120,7 +120,7 @@ def test_each_retry_against_a_gone_server_is_announced_and_the_end_is_one_line(m
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(lines) == 1, lines  # two retries, one line: at most one per 30 s per process
     assert f"the MLflow server 127.0.0.1:{port} is not answering (" in lines[0] and "Connection refused" in lines[0]
-    assert "retrying /api/2.0/mlflow/experiments/search, 1 retries left" in lines[0], lines[0]
+    assert "retrying /api/2.0/mlflow/experiments/search, 1 retry left" in lines[0], lines[0]
     message = server_gone(caught.value)
     assert message is not None and message.startswith(f"the MLflow server http://127.0.0.1:{port} stopped answering")
     assert "run the same command again" in message
@@ -131,4 +131,13 @@ def test_each_retry_against_a_gone_server_is_announced_and_the_end_is_one_line(m
 
     reset = ProtocolError("Connection aborted.", ConnectionResetError(104, "Connection reset by peer"))
     assert retry_text(Retry(total=5), reset, "/api/2.0/mlflow/runs/create").startswith(
-        f"the MLflow server 127.0.0.1:{port} is not answering (Connection reset by peer)")
+        f"the MLflow server 127.0.0.1:{port} is not answering (Connection reset by peer); retrying")
+    from urllib3.exceptions import ReadTimeoutError
+
+    timeout = ReadTimeoutError(None, "/x", f"HTTPConnectionPool(host='127.0.0.1', port={port}): Read timed out. "
+                                           "(read timeout=30)")
+    assert f"127.0.0.1:{port} is not answering (Read timed out. (read timeout=30)); retrying" in \
+        retry_text(Retry(total=1), timeout, "/x")
+    gone = server_gone(RuntimeError("API request to http://user:secret@db.example:5000/api/2.0/mlflow/runs/create "
+                                    "failed with exception HTTPConnectionPool(...)"))
+    assert gone is not None and "secret" not in gone and "http://db.example:5000 stopped answering" in gone
