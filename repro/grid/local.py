@@ -221,7 +221,7 @@ def run_local(scheduler: Scheduler, settings: Settings, slots: list[Slot], *,
 
 #: What a CPU worker imports before its first task (torch, the engine, MLflow's client and SQL
 #: store): loaded once, in the fork server, instead of once per worker.
-WORKER_PRELOAD = ("repro.grid.worker", "repro.train.engine", "repro.tracking", "mlflow.tracking",
+WORKER_PRELOAD = ("torch", "repro.grid.worker", "repro.train.engine", "repro.tracking", "mlflow.tracking",
                   "mlflow.store.tracking.sqlalchemy_store")
 
 
@@ -231,8 +231,10 @@ def worker_context(slots: Sequence[Slot]) -> Any:
 
     A spawned worker imports torch and MLflow itself: ~3.5 CPU-s each, so 16 CPU workers on 2 cores
     spent ~30 s importing before the first step.  Forked from the server they start in
-    milliseconds.  CUDA slots keep ``spawn``: a process that has touched CUDA cannot fork safely,
-    and a GPU grid's few workers do not pay for the difference.
+    milliseconds.  CUDA slots keep ``spawn``: the fork server itself never touches CUDA, but the
+    forked path is not yet measured on a GPU, and a GPU grid's few workers do not pay for the
+    difference.  torch comes first in the preload and by name: the fork server ignores a module it
+    cannot import, so torch must not depend on repro being importable from its directory.
     """
     if any(slot.env.get("CUDA_VISIBLE_DEVICES") != "" for slot in slots) \
             or "forkserver" not in mp.get_all_start_methods():  # no fork server on Windows

@@ -166,13 +166,15 @@ def _die_with_launcher() -> None:
 def pool_worker(conn: Any, env: Mapping[str, str], cwd: str, settings: Settings) -> None:
     """Entry point of one local worker process: receive tasks on ``conn``, answer with outcomes.
 
-    ``env`` (e.g. ``CUDA_VISIBLE_DEVICES``, thread counts) is applied before torch is imported.
+    ``env`` (the launcher's environment with the slot's ``CUDA_VISIBLE_DEVICES`` and thread counts)
+    replaces the process's own first: a spawned worker has not imported torch yet; a forked one has
+    (in its fork server), so its thread count is also set through :func:`limited_threads` below.
     Messages in: a task, or None to stop.  Messages out: ``("done", task_id, outcomes)`` or
     ``("error", task_id, traceback)``.
     """
     os.environ.clear()  # a forked worker holds its fork server's environment: take the launcher's
     os.environ.update(env)
-    os.chdir(cwd)  # likewise its working directory
+    os.chdir(cwd)  # multiprocessing's preparation does this too; explicit, so the rule does not rest on it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides how to stop
     from repro.tracking import configure_store_logs
 
