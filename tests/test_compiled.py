@@ -98,3 +98,31 @@ def test_a_compiler_that_fails_leaves_the_unit_training_eagerly(tmp_path: Path, 
     eager, _ = _run(tmp_path, "eager", "off")
     assert test_err == pytest.approx(eager, rel=1e-5)  # the failed step was redone eagerly, nothing applied twice
     torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not HAVE_CXX, reason="no C++ compiler for inductor's CPU kernels")
+def test_the_compiled_batch_loss_masks_a_non_finite_member_as_the_eager_one_does() -> None:
+    """The loss and its non-finite mask are inside the compiled graph: a member whose loss is not
+    finite adds nothing to the differentiated total, and the other member's loss and gradients are
+    the eager ones."""
+    from repro.config import ModelSpec
+    from repro.models import FNO
+    from repro.train.compiled import compile_batch_loss
+    from repro.train.loop import batch_loss
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 4, 4, 8, 8, generator=gen), torch.randn(2, 4, 8, 8, generator=gen)
+    y[1, 0, 0, 0] = float("inf")  # member 1's target is broken: its loss is inf
+    results = []
+    for compiled in (False, True):
+        model = FNO(ModelSpec.from_ladder("xxs", 4), members=2, spectral="fused", seeds=[0, 1])
+        loss_of = compile_batch_loss(batch_loss(model)) if compiled else batch_loss(model)
+        loss, total = loss_of(x, y)
+        total.backward()
+        grads = [p.grad[0].clone() for p in model.parameters()]  # member 0's gradient of every tensor
+        results.append((loss.detach(), total.detach(), grads))
+    torch._dynamo.reset()
+    (eager_loss, eager_total, eager_grads), (loss, total, grads) = results
+    assert torch.isinf(loss[1]) and torch.isfinite(total)
+    assert torch.allclose(total, eager_loss[0], rtol=1e-5) and torch.allclose(loss[0], eager_loss[0], rtol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads, eager_grads))
