@@ -266,6 +266,26 @@ def record_failed(uri: str, spec: RunSpec, reason: str, *, grid: str, role: str,
     return rid
 
 
+def drop_twice_created(uri: str, token: str, *, keep: str) -> list[str]:
+    """Delete the runs one ``create_run`` request made besides ``keep`` (the one it returned).
+
+    MLflow retries every request to a tracking server, ``runs/create`` included: a server that
+    committed the run and then lost the connection (killed, restarted, a proxy timeout) gets the
+    request again and creates a second run.  The first is nobody's -- no id came back for it -- yet
+    it carries the run_key and a live owner, so a claim (:func:`repro.grid.store.claim`) would see
+    it as a rival that sorts first and give the key up.  Only a server store retries this way, so
+    only there is the request's token searched for (one search per run created).
+    """
+    if not uri.startswith(("http://", "https://")):
+        return []
+    c = client(uri)
+    twins = [r.info.run_id for r in search_runs(uri, f"tags.`{schema.T_CREATE_TOKEN}` = '{token}'")
+             if r.info.run_id != keep]
+    for run_id in twins:
+        c.delete_run(run_id)
+    return twins
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI (``None`` for any other store)."""
     return Path(uri.removeprefix("sqlite:///").split("?", 1)[0]) if uri.startswith("sqlite:///") else None
@@ -507,12 +527,16 @@ class RunRecorder:
               tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> "RunRecorder":
         from mlflow.entities import Param
 
+        import uuid
+
         c = client(uri)
-        all_tags = {schema.T_RUN_KEY: spec.run_key, **provenance_tags(), **(tags or {})}
+        all_tags = {schema.T_RUN_KEY: spec.run_key, **provenance_tags(), **(tags or {}),
+                    schema.T_CREATE_TOKEN: uuid.uuid4().hex}
         if parent_run_id:
             all_tags[schema.T_PARENT_RUN_ID] = parent_run_id
         run = c.create_run(experiment_id(uri), run_name=run_name(spec, all_tags.get(schema.T_ROLE)),
                                 tags=all_tags)
+        drop_twice_created(uri, all_tags[schema.T_CREATE_TOKEN], keep=run.info.run_id)
         params = {**flatten(spec), **(extra_params or {})}
         items = [Param(k, str(v)) for k, v in params.items()]
         for i in range(0, len(items), _PARAMS_PER_BATCH):

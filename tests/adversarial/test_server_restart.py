@@ -1,4 +1,5 @@
-"""A tracking server that dies in the middle of a grid and comes back: real processes throughout.
+"""A tracking server that dies in the middle of a grid and comes back, and one whose answer to a
+run's creation is lost: real processes and sockets throughout.
 
 `mlflow server` over a SQLite backend; `repro run-grid` against it; once runs have finished the
 server is killed (its whole process group, SIGKILL) and started again on the same port 6 s later.
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -106,8 +109,76 @@ def test_a_server_restart_mid_grid_is_announced_and_fails_no_run(tmp_path: Path)
         if launcher.poll() is None:
             launcher.kill()
         _kill(server_now)
-    # Trained once each.  A request the server committed but whose answer died with it is sent
-    # again by MLflow's retries: a run created twice leaves one record nobody trains, never a
-    # second FINISHED run (the next invocation closes such a record KILLED: its owner is gone).
-    finished_per_key = {k: Counter(r.info.status for r in s.runs)[schema.FINISHED] for k, s in states.items()}
-    assert all(n == 1 for n in finished_per_key.values()), finished_per_key
+    # Trained once each, and no other record: a create the server committed before it died and
+    # MLflow sent again leaves no twin (the test below makes that case happen on purpose).
+    per_key = {k: Counter(r.info.status for r in s.runs) for k, s in states.items()}
+    assert all(c == Counter({schema.FINISHED: 1}) for c in per_key.values()), per_key
+
+
+class _DropFirstCreateAnswer(threading.Thread):
+    """A TCP proxy to the tracking server that forwards everything, except that the server's
+    answer to the first ``runs/create`` is swallowed and the connection closed: the server has
+    committed the run, the client never hears so and (MLflow retries every method) asks again."""
+
+    def __init__(self, server_port: int) -> None:
+        super().__init__(daemon=True)
+        self.server_port = server_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.armed, self.dropped = True, 0
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        while True:
+            client_side, _ = self.listener.accept()
+            threading.Thread(target=self._serve, args=(client_side,), daemon=True).start()
+
+    def _serve(self, client_side: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.server_port))
+        swallow = threading.Event()
+
+        def answers() -> None:
+            while data := upstream.recv(65536):
+                if swallow.is_set():  # the server answered the create: committed, and nobody hears it
+                    self.dropped += 1
+                    break
+                client_side.sendall(data)
+            for s in (client_side, upstream):  # shutdown first: the other thread is blocked in recv on it
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+        threading.Thread(target=answers, daemon=True).start()
+        try:
+            while data := client_side.recv(65536):
+                with self._lock:
+                    if self.armed and b"POST /api/2.0/mlflow/runs/create " in data:
+                        self.armed = False
+                        swallow.set()
+                upstream.sendall(data)
+        except OSError:
+            pass
+
+
+def test_a_create_retried_after_the_server_committed_it_leaves_one_run(tmp_path: Path) -> None:
+    """Without the request's token a retried create leaves a second RUNNING run of the key whose
+    id nobody holds, which a claim would take for a rival of another invocation."""
+    from repro.config import DatasetSpec, RunSpec
+    from repro.tracking import RunRecorder, configure_store_logs, search_runs
+
+    server = _start_server(tmp_path / "server.db", tmp_path / "artifacts", free_port(), tmp_path / "server.log")
+    proxy = _DropFirstCreateAnswer(int(server.args[server.args.index("--port") + 1]))
+    proxy.start()
+    try:
+        configure_store_logs()
+        uri = f"http://127.0.0.1:{proxy.port}"
+        data = DatasetSpec(pde="poisson", low=5, high=10, resolution=16, n_train=16, n_val=16, n_test=16, seed=1)
+        spec = RunSpec(arm="scratch", data=data, model="xxs", n_train=8, lr=1e-3, epochs=2, seed=0, batch_size=8)
+        recorder = RunRecorder.start(uri, spec)
+        runs = search_runs(uri, f"tags.`{schema.T_RUN_KEY}` = '{spec.run_key}'")
+    finally:
+        _kill(server)
+    assert proxy.dropped == 1  # the server did create a run whose answer was lost
+    assert [r.info.run_id for r in runs] == [recorder.run_id]
