@@ -15,10 +15,12 @@ from repro.grid import store
 from repro.tracking import experiment_id, init_store
 
 
-def _claim_run(uri: str, key: str, start_ms: int) -> str:
+def _claim_run(uri: str, key: str, start_ms: int, token: str | None = None) -> str:
     c = tracking.client(uri)
     tags = {schema.T_RUN_KEY: key, store.T_WORKER: store.process_identity(),
             store.T_HEARTBEAT: f"{time.time():.0f}"}
+    if token is not None:
+        tags[schema.T_CREATE_TOKEN] = token
     return c.create_run(experiment_id(uri), start_time=start_ms, tags=tags).info.run_id
 
 
@@ -71,6 +73,14 @@ def test_claim_orders(tmp_path):
     mine = _claim_run(uri, "k-stale", now)
     assert store.claim(uri, {"k-stale": mine}, settle_s=0) == {}
     assert _alive(uri, dead.info.run_id)  # left to the launcher's reaper, not deleted by a claim
+
+    # A twin of this claim (its own create request, retried by MLflow, committed twice) sorts first
+    # but is no rival: it is deleted and this claim wins, with no wait.
+    twin = _claim_run(uri, "k-twin", now - 1000, token="t1")
+    mine = _claim_run(uri, "k-twin", now, token="t1")
+    waits.clear()
+    assert store.claim(uri, {"k-twin": mine}, settle_s=5, sleep=waits.append) == {} and waits == []
+    assert _alive(uri, mine) and not _alive(uri, twin)
 
 
 def test_two_claimants_interleaved_on_two_keys_each_win_one(tmp_path):

@@ -130,11 +130,18 @@ class _DropFirstCreateAnswer(threading.Thread):
 
     def run(self) -> None:
         while True:
-            client_side, _ = self.listener.accept()
+            try:
+                client_side, _ = self.listener.accept()
+            except OSError:  # closed: the test is over
+                return
             threading.Thread(target=self._serve, args=(client_side,), daemon=True).start()
 
     def _serve(self, client_side: socket.socket) -> None:
-        upstream = socket.create_connection(("127.0.0.1", self.server_port))
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.server_port))
+        except OSError:
+            client_side.close()
+            return
         swallow = threading.Event()
 
         def answers() -> None:
@@ -179,6 +186,7 @@ def test_a_create_retried_after_the_server_committed_it_leaves_one_run(tmp_path:
         recorder = RunRecorder.start(uri, spec)
         runs = search_runs(uri, f"tags.`{schema.T_RUN_KEY}` = '{spec.run_key}'")
     finally:
+        proxy.listener.close()
         _kill(server)
     assert proxy.dropped == 1  # the server did create a run whose answer was lost
     assert [r.info.run_id for r in runs] == [recorder.run_id]
