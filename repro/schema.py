@@ -80,7 +80,7 @@ T_VERSION_PREFIX = "version."  # + package
 T_PARENT_RUN_ID = "mlflow.parentRunId"
 T_SHIFT = "shift"  # "<upstream label> -> <downstream label>" for transfer / zero_shot
 #: A fresh uuid per create_run request: finds the run a request retried after its answer was lost
-#: created twice (tracking.RunRecorder.start).
+#: created twice (tracking.create_run_once).
 T_CREATE_TOKEN = "create_token"
 # Liveness of grid runs (repro.grid): who owns a RUNNING run and when it last said so.
 T_GRID_WORKER = "grid.worker"  # host:pid:start of the worker process training the run

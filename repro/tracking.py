@@ -23,6 +23,7 @@ import platform
 import subprocess
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
@@ -136,10 +137,12 @@ def retry_text(retry: Any, err: BaseException, path: str) -> str:
     text = str(err)
     where = re.search(r"host='([^']+)', port=(\d+)", text)
     named = f"{where.group(1)}:{where.group(2)}" if where else None
-    # An error that does not name its server (a connection reset) is this process's tracking server's;
-    # one that names another (an artifact store behind the server, say) is not called MLflow's.
-    server = f"the MLflow server {named or _last_server or '(its address unknown)'}" \
-        if named is None or _last_server is None or named == _last_server else f"the server {named}"
+    if named is None:  # a connection reset names no server: it is this process's tracking server
+        server = f"the MLflow server {_last_server or '(its address unknown)'}"
+    elif _last_server in (None, named):
+        server = f"the MLflow server {named}"
+    else:  # another host (an artifact store behind the server, say) is not called MLflow's
+        server = f"the server {named}"
     left = getattr(retry, "total", None)
     retries = f", {left} {'retry' if left == 1 else 'retries'} left" if isinstance(left, int) else ""
     return (f"{server} is not answering ({_retry_reason(err)}); retrying {path}{retries} "
@@ -173,8 +176,7 @@ def server_gone(err: BaseException) -> str | None:
 
     url = urlsplit(found.group(1))
     reason = "it did not answer in time" if "timeout exception" in text else "it cannot be reached"
-    address = url.netloc.rsplit("@", 1)[-1]  # never a password into the message
-    return (f"the MLflow server {url.scheme}://{address} stopped answering ({reason}, after MLflow's retries); "
+    return (f"the MLflow server {url.scheme}://{_without_password(url.netloc)} stopped answering ({reason}, after MLflow's retries); "
             f"what finished is kept there: run the same command again when the server is back")
 
 
@@ -197,7 +199,12 @@ def _note_server(uri: str) -> None:
 
     parts = urlsplit(uri)
     if parts.scheme in ("http", "https") and parts.netloc:
-        _last_server = parts.netloc.rsplit("@", 1)[-1]  # never a password into a log line
+        _last_server = _without_password(parts.netloc)
+
+
+def _without_password(netloc: str) -> str:
+    """``HOST:PORT`` of a URL's network location: never a ``user:password@`` into a message."""
+    return netloc.rsplit("@", 1)[-1]
 
 
 def retrying(fn: Callable[[], _T], *, attempts: int = 12, what: str = "MLflow call") -> _T:
@@ -251,15 +258,12 @@ def record_failed(uri: str, spec: RunSpec, reason: str, *, grid: str, role: str,
     from mlflow.entities import Param, RunTag
 
     c = client(uri)
-    import uuid
-
     tags = {schema.T_RUN_KEY: spec.run_key, schema.T_GRID: grid, schema.T_ROLE: role,
-            schema.T_FAILURE_REASON: reason[:4000], schema.T_CREATE_TOKEN: uuid.uuid4().hex}
+            schema.T_FAILURE_REASON: reason[:4000]}
     if parent_run_id:
         tags[schema.T_PARENT_RUN_ID] = parent_run_id
-    run = retrying(lambda: c.create_run(experiment_id(uri), run_name=run_name(spec, role), tags=tags))
-    rid = run.info.run_id
-    drop_twice_created(uri, tags[schema.T_CREATE_TOKEN], keep=rid)
+    # A locked SQLite store created nothing, so retrying the whole creation cannot make a twin.
+    rid = retrying(lambda: create_run_once(uri, run_name(spec, role), tags))
     params = [Param(k, str(v)) for k, v in flatten(spec).items()]
     for i in range(0, len(params), _PARAMS_PER_BATCH):
         batch = params[i:i + _PARAMS_PER_BATCH]
@@ -269,28 +273,29 @@ def record_failed(uri: str, spec: RunSpec, reason: str, *, grid: str, role: str,
     return rid
 
 
-def drop_twice_created(uri: str, token: str, *, keep: str) -> list[str]:
-    """Delete the runs one ``create_run`` request made besides ``keep`` (the one it returned).
+def create_run_once(uri: str, name: str, tags: Mapping[str, str]) -> str:
+    """Create a run in the project's experiment and return its id, leaving no twin behind.
 
     MLflow retries every request to a tracking server, ``runs/create`` included: a server that
     committed the run and then lost the connection (killed, restarted, a proxy timeout) gets the
     request again and creates a second run.  The first is nobody's -- no id came back for it -- yet
     it carries the run_key and a live owner, so a claim (:func:`repro.grid.store.claim`) would see
-    it as a rival that sorts first and give the key up.  Only a server store retries this way, so
-    only there is the request's token searched for (one search per run created).
+    it as a rival that sorts first and give the key up.  So each creation carries a fresh
+    :data:`schema.T_CREATE_TOKEN`, and on a server store (SQLite cannot half-commit) the runs with
+    it other than the one returned are deleted at once (one search per run created); a twin
+    committed after that search is the claim's to drop (``store._without_twins``).
     """
-    if not uri.startswith(("http://", "https://")):
-        return []
-    try:
-        c = client(uri)
-        twins = [r.info.run_id for r in search_runs(uri, f"tags.`{schema.T_CREATE_TOKEN}` = '{token}'")
-                 if r.info.run_id != keep]
-        for run_id in twins:
-            c.delete_run(run_id)
-    except Exception as err:  # noqa: BLE001 - extra care: the run itself exists and is good
-        log.warning("could not look for a twin of run %s (%s); a claim still drops one it meets", keep, err)
-        return []
-    return twins
+    token = uuid.uuid4().hex
+    c = client(uri)
+    run_id = c.create_run(experiment_id(uri), run_name=name, tags={**tags, schema.T_CREATE_TOKEN: token}).info.run_id
+    if uri.startswith(("http://", "https://")):
+        try:
+            for twin in search_runs(uri, f"tags.`{schema.T_CREATE_TOKEN}` = '{token}'"):
+                if twin.info.run_id != run_id:
+                    c.delete_run(twin.info.run_id)
+        except Exception as err:  # noqa: BLE001 - extra care: the run itself exists and is good
+            log.warning("could not look for a twin of run %s (%s); a claim still drops one it meets", run_id, err)
+    return run_id
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -534,21 +539,16 @@ class RunRecorder:
               tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> "RunRecorder":
         from mlflow.entities import Param
 
-        import uuid
-
         c = client(uri)
-        all_tags = {schema.T_RUN_KEY: spec.run_key, **provenance_tags(), **(tags or {}),
-                    schema.T_CREATE_TOKEN: uuid.uuid4().hex}
+        all_tags = {schema.T_RUN_KEY: spec.run_key, **provenance_tags(), **(tags or {})}
         if parent_run_id:
             all_tags[schema.T_PARENT_RUN_ID] = parent_run_id
-        run = c.create_run(experiment_id(uri), run_name=run_name(spec, all_tags.get(schema.T_ROLE)),
-                                tags=all_tags)
-        drop_twice_created(uri, all_tags[schema.T_CREATE_TOKEN], keep=run.info.run_id)
+        run_id = create_run_once(uri, run_name(spec, all_tags.get(schema.T_ROLE)), all_tags)
         params = {**flatten(spec), **(extra_params or {})}
         items = [Param(k, str(v)) for k, v in params.items()]
         for i in range(0, len(items), _PARAMS_PER_BATCH):
-            c.log_batch(run.info.run_id, params=items[i:i + _PARAMS_PER_BATCH])
-        return cls(uri=uri, run_id=run.info.run_id)
+            c.log_batch(run_id, params=items[i:i + _PARAMS_PER_BATCH])
+        return cls(uri=uri, run_id=run_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

@@ -82,25 +82,34 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def start_mlflow_server(backend_uri: str, artifacts: Path, port: int, log: Path, *, workers: int = 2,
+                        wait_s: float = 90) -> subprocess.Popen:
+    """A real ``mlflow server`` on 127.0.0.1:``port`` in its own process group, once it answers
+    ``/health`` (its output appended to ``log``); a server that does not start is killed."""
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+                             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", str(workers)],
+                            stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(30)
+                raise RuntimeError("mlflow server did not start:\n" + log.read_text()[-3000:]) from None
+            time.sleep(0.3)
+
+
 @pytest.fixture()
 def mlflow_server(postgres, tmp_path):
     db_uri, _ = postgres
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", db_uri,
-                             "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "2"],
-                            stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = start_mlflow_server(db_uri, tmp_path / "artifacts", port, tmp_path / "server.log")
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("mlflow server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
     try:
         yield url
     finally:

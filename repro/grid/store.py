@@ -402,15 +402,15 @@ def _withdraw(uri: str, run_id: str) -> None:
     retrying(lambda: c.delete_run(run_id))
 
 
-def _without_twins(uri: str, runs: list[Any], me: Any | None) -> list[Any]:
-    """``runs`` less (and with deleted) the twins of ``me``: runs its own create request made when
-    MLflow retried it (same :data:`schema.T_CREATE_TOKEN`), e.g. one the server committed only after
-    the retry had been answered -- never a rival, though it sorts like one."""
+def _without_twins(uri: str, runs: list[Any], mine: str) -> list[Any]:
+    """``runs`` less (and with deleted) the twins of run ``mine``: runs its own create request made
+    when MLflow retried it (same :data:`schema.T_CREATE_TOKEN`), e.g. one the server committed only
+    after the retry had been answered -- never a rival, though it sorts like one."""
+    me = next((r for r in runs if r.info.run_id == mine), None)
     token = me.data.tags.get(schema.T_CREATE_TOKEN) if me is not None else None
     if not token:
         return runs
-    twins = {r.info.run_id for r in runs
-             if r.info.run_id != me.info.run_id and r.data.tags.get(schema.T_CREATE_TOKEN) == token}
+    twins = {r.info.run_id for r in runs if r.info.run_id != mine and r.data.tags.get(schema.T_CREATE_TOKEN) == token}
     for run_id in twins:
         _withdraw(uri, run_id)
     return [r for r in runs if r.info.run_id not in twins]
@@ -445,11 +445,11 @@ def claim(uri: str, mine: Mapping[str, str], *, settle_s: float = CLAIM_SETTLE_S
         if done:
             lost[key] = f"run {done[0].info.run_id} of another invocation finished it"
         else:
-            me = next((r for r in runs if r.info.run_id == run_id), None)
-            runs = _without_twins(uri, runs, me)
+            runs = _without_twins(uri, runs, run_id)
             rivals = live_rivals(uri, runs, exclude=run_id, stale_after=stale_after)
             if not rivals:
                 continue
+            me = next((r for r in runs if r.info.run_id == run_id), None)
             first = min(rivals, key=_claim_order)
             if me is not None and _claim_order(me) < _claim_order(first):
                 contended.append(key)
@@ -461,8 +461,7 @@ def claim(uri: str, mine: Mapping[str, str], *, settle_s: float = CLAIM_SETTLE_S
         # long as this one took, so that a slow store does not make both sides withdraw.
         sleep(max(settle_s, 2.0 * (time.monotonic() - started)))
         for key in contended:
-            runs = runs_of_key(uri, key)
-            runs = _without_twins(uri, runs, next((r for r in runs if r.info.run_id == mine[key]), None))
+            runs = _without_twins(uri, runs_of_key(uri, key), mine[key])
             other = [r for r in runs if r.info.status == schema.FINISHED and r.info.run_id != mine[key]]
             other += live_rivals(uri, runs, exclude=mine[key], stale_after=stale_after)
             if other:

@@ -17,13 +17,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from conftest import write_grid
-from test_grid_postgres import free_port
+from test_grid_postgres import free_port, start_mlflow_server
 
 from repro import schema
 from repro.grid import store
@@ -35,20 +34,7 @@ DOWN_S = 6.0  # how long the server stays dead (then a few seconds to start)
 
 
 def _start_server(backend: Path, artifacts: Path, port: int, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{backend}",
-                             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1"],
-                            stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return proc
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                _kill(proc)
-                raise RuntimeError("mlflow server did not start:\n" + log.read_text()[-3000:]) from None
-            time.sleep(0.3)
+    return start_mlflow_server(f"sqlite:///{backend}", artifacts, port, log, workers=1, wait_s=60)
 
 
 def _kill(proc: subprocess.Popen | None) -> None:
