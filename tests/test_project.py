@@ -41,6 +41,14 @@ def test_ci_runs_readme_test_command_after_installing_torch_first() -> None:
     assert torch_at < project_at < ci_lines.index(test_command)
 
 
+def test_the_suite_schedule_names_test_files_that_exist() -> None:
+    """conftest's heaviest-first order only helps while it names real files (a renamed file would
+    silently drop back to collection order)."""
+    from tests.conftest import HEAVIEST_FIRST
+
+    assert [p for p in HEAVIEST_FIRST if not (ROOT / p).is_file()] == []
+
+
 def test_import_contracts_hold() -> None:
     lint = Path(sys.executable).with_name("lint-imports")
     if not lint.exists():
