@@ -34,7 +34,9 @@ Usage::
     python benchmarks/bench_train.py --device cuda
     python benchmarks/bench_train.py --device cpu --resolution 64 --batch 16 --sizes xxs,xs,s,m
     python benchmarks/bench_train.py --device cpu --threads 1 --resolution 32 --batch 32 --sizes xxs,xs,s \
-        --steps 8 --sections ladder,accuracy                                # the CPU study's shapes, per core
+        --steps 8 --sections ladder,accuracy                                # one member per step, per core
+    python benchmarks/bench_train.py --device cpu --threads 1 --resolution 16 --batch 32 --sizes xxs-m8,xs-m8,s \
+        --steps 10 --sections ladder --members engine                       # the CPU study's units, per core
     python benchmarks/bench_train.py --device cpu --threads 1 --resolution 32 --batch 32 --sizes xs,s \
         --sections ladder --peer /path/to/neuraloperators-TL-scaling       # beside the authors' FNN2d
     python benchmarks/bench_train.py --device cuda --sections bf16        # bf16 vs fp32 at convergence
@@ -55,7 +57,7 @@ import torch
 from repro.config import MODEL_LADDER, ModelSpec
 from repro.models import FNO, SPECTRAL_PATHS, count_parameters
 from repro.config import DatasetSpec, RunSpec
-from repro.ensembles import ensemble_cap
+from repro.ensembles import cpu_ensemble_members, ensemble_cap
 from repro.train.compiled import compile_batch_loss
 from repro.train.loop import EnsembleData, Schedule, batch_loss, evaluate, train_ensemble
 from repro.train.optim import EnsembleAdam
@@ -74,6 +76,7 @@ class LadderResult:
     samples_per_s: dict[str, float]
     train_flops_per_sample: dict[str, float]  # analytic: 3x the forward's matrix-product FLOPs
     compile_seconds: float = 0.0  # the compiled path's first step (dynamo + inductor; cache-dependent)
+    members: int = 1  # FNOs trained together as one ensemble by our paths
 
     def ratio(self, path: str, baseline: str) -> float:
         """``path`` / ``baseline`` throughput."""
@@ -199,13 +202,23 @@ def make_peer_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
     return make_train_step(model, x[0], y[0].unsqueeze(1), batch=x.shape[1])
 
 
+def ladder_members(members: str, size: str, batch: int, resolution: int) -> int:
+    """The ``--members`` of the ladder for one rung: a number, or ``engine`` for the CPU ensemble the
+    grid engine would train at this batch and resolution (:func:`cpu_ensemble_members`)."""
+    if members == "engine":
+        return cpu_ensemble_members(batch, MODEL_LADDER[size][0], resolution)
+    return int(members)
+
+
 def bench_ladder(device: torch.device, *, resolution: int, batch: int, sizes: Sequence[str],
                  steps: int, in_channels: int = 4, seed: int = 0, peak: float | None = None,
                  peer: Callable[[ModelSpec], torch.nn.Module] | None = None,
-                 compiled: bool = True) -> list[LadderResult]:
-    """Time the training step of every spectral path for each rung (one member, random data on ``device``).
+                 compiled: bool = True, members: str = "1") -> list[LadderResult]:
+    """Time the training step of every spectral path for each rung (random data on ``device``).
 
-    Returns samples/s = batch / best step time over ``steps`` interleaved timed steps per path.
+    ``members`` (:func:`ladder_members`): our paths train that many FNOs as one ensemble, as a grid
+    unit does (the authors' network, which has no ensembles, trains one at the same batch).
+    Returns samples/s = members * batch / best step time over ``steps`` interleaved timed steps per path.
     ``peak`` (GFLOP/s, :func:`sgemm_peak`): print each path's share of it.  ``peer``
     (:func:`load_peer`): the authors' network at the same width and modes, timed in the same rounds.
     ``compiled``: also the engine's compiled step (:func:`make_compiled_step`; its column reads "-"
@@ -213,19 +226,20 @@ def bench_ladder(device: torch.device, *, resolution: int, batch: int, sizes: Se
     """
     from repro.flops import forward_flops
 
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, batch, in_channels, resolution, resolution, generator=generator).to(device)
-    y = torch.randn(1, batch, resolution, resolution, generator=generator).to(device)
     results = []
     for size in sizes:
         spec = ModelSpec.from_ladder(size, in_channels)
-        train_steps = {path: make_train_step(FNO(spec, spectral=path).to(device), x, y)
+        n_members = ladder_members(members, size, batch, resolution)
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn(n_members, batch, in_channels, resolution, resolution, generator=generator).to(device)
+        y = torch.randn(n_members, batch, resolution, resolution, generator=generator).to(device)
+        train_steps = {path: make_train_step(FNO(spec, members=n_members, spectral=path).to(device), x, y)
                        for path in SPECTRAL_PATHS}
         # The engine's compiled step (forward and update through torch.compile); its first step
         # (the compilation) is timed on its own, then it joins the interleaved rounds.
         compile_s = math.nan
         if compiled:
-            compiled_step = make_compiled_step(FNO(spec, spectral="fused").to(device), x, y)
+            compiled_step = make_compiled_step(FNO(spec, members=n_members, spectral="fused").to(device), x, y)
             started = time.perf_counter()
             try:
                 compiled_step()
@@ -240,13 +254,13 @@ def bench_ladder(device: torch.device, *, resolution: int, batch: int, sizes: Se
         del train_steps
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        rates = {path: batch / seconds for path, seconds in best.items()}
+        rates = {path: (batch if path == PEER else n_members * batch) / seconds for path, seconds in best.items()}
         flops = {path: 3 * forward_flops(spec, resolution, path) for path in SPECTRAL_PATHS}
         if COMPILED in best:
             flops[COMPILED] = flops["fused"]
         if peer is not None:
             flops[PEER] = flops["reference"]  # rfft2 / irfft2, like the reference path
-        results.append(LadderResult(size=size, n_params=count_parameters(spec), samples_per_s=rates,
+        results.append(LadderResult(size=size, n_params=count_parameters(spec), members=n_members, samples_per_s=rates,
                                     train_flops_per_sample=flops, compile_seconds=compile_s))
         print_ladder_row(results[-1], peak, flush=True)
     return results
@@ -261,7 +275,7 @@ def print_ladder_header(device: torch.device, resolution: int, batch: int, steps
     if peak is not None:
         print(f"# SGEMM peak (1024^3 fp32 GEMM, best of 10): {peak:.1f} GFLOP/s; '% peak' = the path's analytic "
               "matrix-product FLOPs per second over it")
-    print(f"{'size':>5} {'(w,m)':>9} {'params':>12} {'reference':>11} {'fast':>11} {'fused':>11} {'compiled':>11} "
+    print(f"{'size':>5} {'(w,m)':>9} {'params':>12} {'members':>7} {'reference':>11} {'fast':>11} {'fused':>11} {'compiled':>11} "
           f"{'fast/ref':>9} {'fused/fast':>11} {'compiled/fast':>14} {'compiled/fused':>15} {'compile s':>10}"
           + (f" {'% peak ref/fast/fused/compiled':>31}" if peak else "")
           + (f" {PEER:>9} {('compiled/' if compiled else 'fused/') + PEER:>17} {'ref/' + PEER:>12}" if peer else ""))
@@ -274,7 +288,7 @@ def print_ladder_row(r: LadderResult, peak: float | None = None, flush: bool = F
     share = "" if peak is None else " " + f"{'/'.join(_share(r, p, peak) for p in OUR_PATHS):>31}"
     theirs = "" if PEER not in rate else \
         f" {rate[PEER]:>9.1f} {r.ratio(best, PEER):>16.2f}x {r.ratio('reference', PEER):>11.2f}x"
-    print(f"{r.size:>5} {f'({w},{m})':>9} {r.n_params:>12,} {rate['reference']:>11.1f} {rate['fast']:>11.1f} "
+    print(f"{r.size:>5} {f'({w},{m})':>9} {r.n_params:>12,} {r.members:>7} {rate['reference']:>11.1f} {rate['fast']:>11.1f} "
           f"{rate['fused']:>11.1f} {_cell(rate.get(COMPILED), '.1f', 11)} {r.ratio('fast', 'reference'):>8.2f}x "
           f"{r.ratio('fused', 'fast'):>10.2f}x {_cell(_ratio(r, COMPILED, 'fast'), '.2f', 13)}x "
           f"{_cell(_ratio(r, COMPILED, 'fused'), '.2f', 14)}x {_cell(r.compile_seconds, '.1f', 10)}{share}{theirs}",
@@ -558,6 +572,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-compile", action="store_true",
                         help="ladder and accuracy sections: leave out the torch.compile path (its compilation "
                              "takes 10-35 s per size with a cold cache)")
+    parser.add_argument("--members", default="1", metavar="N|engine",
+                        help="ladder: FNOs our paths train together as one ensemble (samples/s count every member); "
+                             "'engine': the CPU ensemble the grid engine forms at this batch and resolution "
+                             "(the CPU study's units: 4 for xs-m8, 8 for xxs-m8, 2 for s at 16^2, batch 32)")
     parser.add_argument("--smoke", action="store_true", help="bf16 section: tiny sizes (a seconds-long rehearsal)")
     parser.add_argument("--layout-seconds", type=float, default=20.0, help="layout section: seconds timed per layout")
     parser.add_argument("--bf16-epochs", type=int, default=None, help="bf16 section: epochs (default per device)")
@@ -574,6 +592,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = [s for s in sizes if s not in MODEL_LADDER]
     if unknown:
         raise SystemExit(f"unknown ladder size(s) {unknown}; allowed: {', '.join(MODEL_LADDER)}")
+    if args.members != "engine" and not (args.members.isdigit() and int(args.members) >= 1):
+        raise SystemExit(f"--members {args.members}: allowed: a whole number >= 1, or 'engine'")
     sections = args.sections.split(",")
     unknown = sorted(set(sections) - {"ladder", "batched", "accuracy", "bf16", "layout"})
     if unknown:
@@ -593,7 +613,7 @@ def run_sections(args: argparse.Namespace, device: torch.device, sections: Seque
         print_ladder_header(device, args.resolution, batch, steps, peak, peer=peer is not None,
                             compiled=not args.no_compile)
         bench_ladder(device, resolution=args.resolution, batch=batch, sizes=sizes, steps=steps, peak=peak, peer=peer,
-                     compiled=not args.no_compile)
+                     compiled=not args.no_compile, members=args.members)
     spectral = "fast"
     if "batched" in sections:
         # Small-N cell of a grid: 16 runs (4 LRs x 4 seeds), N = 64, one model size.

@@ -31,18 +31,27 @@ def test_ladder_benchmark_prints_every_path_and_its_share_of_peak(capsys: pytest
                                              "compile s", "% peak"))
     (row,) = lines[3:]
     cells = row.split()
-    assert cells[0] == "xxs"
+    assert cells[0] == "xxs" and cells[3] == "1"  # one member unless asked
     if HAVE_CXX:
-        assert float(cells[6]) > 0 and float(cells[-2]) > 0  # the compiled path's samples/s, its compilation
+        assert float(cells[7]) > 0 and float(cells[-2]) > 0  # the compiled path's samples/s, its compilation
     else:  # inductor cannot build its kernels: the column says so instead of failing the benchmark
-        assert cells[6] == "-"
+        assert cells[7] == "-"
     # ref/fast/fused/compiled shares of the measured GEMM peak (positive percentages)
     assert len(cells[-1].split("/")) == 4 and all(0 <= float(v) < 100 for v in cells[-1].split("/")[:3 + HAVE_CXX])
     bench.main(["--device", "cpu", "--threads", "1", "--resolution", "16", "--batch", "2", "--sizes", "xxs,xs",
-                "--steps", "1", "--sections", "ladder", "--no-compile"])
+                "--steps", "1", "--sections", "ladder", "--no-compile", "--members", "3"])
     rows = capsys.readouterr().out.strip().splitlines()[3:]
     assert [line.split()[0] for line in rows] == ["xxs", "xs"]
-    assert all(line.split()[6] == "-" and line.split()[-1].endswith("/-") for line in rows)
+    assert all(line.split()[3] == "3" and line.split()[7] == "-" and line.split()[-1].endswith("/-") for line in rows)
+
+
+def test_ladder_members_follow_the_engines_cpu_ensembles() -> None:
+    """``--members engine`` trains each rung as the grid engine would group the CPU study's units."""
+    bench = _load_bench()
+    assert [bench.ladder_members("engine", size, 32, 16) for size in ("xxs-m8", "xs-m8", "s")] == [8, 4, 2]
+    assert bench.ladder_members("5", "xs", 32, 16) == 5
+    with pytest.raises(SystemExit, match="--members 0: allowed"):
+        bench.main(["--device", "cpu", "--sections", "ladder", "--members", "0"])
 
 
 def test_ladder_benchmark_rejects_unknown_size() -> None:
@@ -113,8 +122,9 @@ def test_ladder_times_the_authors_network_from_a_fetched_copy(tmp_path: Path,
                 "--steps", "1", "--sections", "ladder", "--peer", str(tmp_path), "--no-compile"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert "authors" in lines[2] and "fused/authors" in lines[2]  # --no-compile: ours is the fused path
-    # size, (w,m), params, 4 paths (compiled "-"), 4 ratios, compile s, the peak shares, the authors' samples/s, 2 ratios
-    assert lines[3].split()[0] == "xxs" and lines[3].endswith("x") and len(lines[3].split()) == 16
+    # size, (w,m), params, members, 4 paths (compiled "-"), 4 ratios, compile s, the peak shares, the authors'
+    # samples/s, 2 ratios
+    assert lines[3].split()[0] == "xxs" and lines[3].endswith("x") and len(lines[3].split()) == 17
     with pytest.raises(SystemExit, match="no models/fno.py"):
         bench.main(["--device", "cpu", "--sections", "ladder", "--peer", str(tmp_path / "nowhere")])
 
