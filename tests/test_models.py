@@ -112,6 +112,27 @@ def test_fast_paths_equal_reference_outputs_and_gradients(n: int, n_modes: int, 
         assert _rel(grads_f[name], grads_r[name]) <= 1e-5, name
 
 
+@pytest.mark.parametrize(("n_in", "n_out", "rows"), [(8, 8, 64), (4, 8, 63), (8, 5, 30), (16, 16, 32), (16, 1, 32)])
+def test_packed_narrow_pointwise_equals_one_plain_gemm(n_in: int, n_out: int, rows: int) -> None:
+    """The fused path's 1x1 maps pack rows when the output is narrow (CPU); outputs and gradients
+    are those of the plain ``bias + h @ W^T``, also when ``rows`` does not divide (no packing)."""
+    from repro.models.fno import MemberLinear, _rows_pointwise
+
+    linear = MemberLinear(2, n_in, n_out)
+    gen = torch.Generator().manual_seed(n_out)
+    for i in range(2):
+        linear.reset_member(i, gen)
+    h = torch.randn(2, rows, n_in, generator=gen, requires_grad=True)
+    g_out = torch.randn(2, rows, n_out, generator=gen)
+    results = []
+    for fn in (_rows_pointwise, lambda h, lin: torch.baddbmm(lin.bias.unsqueeze(1), h, lin.weight.transpose(1, 2))):
+        out = fn(h, linear)
+        grads = torch.autograd.grad(out, (h, linear.weight, linear.bias), g_out)
+        results.append((out, *grads))
+    for packed, plain in zip(*results):
+        assert packed.shape == plain.shape and _rel(packed, plain) <= 1e-6
+
+
 def test_fused_path_rectangular_grid_and_no_grad_evaluation() -> None:
     """ny != nx exercises the fused bases' y and x orderings separately; eval runs under no_grad."""
     spec = ModelSpec(in_channels=3, width=6, n_modes=3)
