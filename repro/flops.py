@@ -67,6 +67,9 @@ def forward_flops(spec: ModelSpec, resolution: int, spectral: str) -> float:
     float
         ``n² (2 C w + L 2 w² + 4 w² + 4 w) + L spectral_flops(w, w, m, n)``: lift ``C -> w``, per
         layer a 1x1 convolution ``w -> w`` and a spectral convolution, projection ``w -> 2w -> 1``.
+        The useful work: on a CPU the fused path computes a 1x1 map with a narrow output on rows
+        packed with a block-diagonal weight (``repro.models.fno.row_packing``), which also
+        multiplies the zeros of that weight; those products are not counted.
     """
     c, w, n_layers = spec.in_channels, spec.width, spec.n_layers
     pixels = float(resolution * resolution)

@@ -112,12 +112,17 @@ def test_fast_paths_equal_reference_outputs_and_gradients(n: int, n_modes: int, 
         assert _rel(grads_f[name], grads_r[name]) <= 1e-5, name
 
 
-@pytest.mark.parametrize(("n_in", "n_out", "rows"), [(8, 8, 64), (4, 8, 63), (8, 5, 30), (16, 16, 32), (16, 1, 32)])
-def test_packed_narrow_pointwise_equals_one_plain_gemm(n_in: int, n_out: int, rows: int) -> None:
+@pytest.mark.parametrize(("n_in", "n_out", "rows", "packs"), [
+    (8, 8, 64, 2), (4, 8, 64, 2), (8, 5, 30, 3), (8, 4, 64, 4),   # packed
+    (4, 8, 63, 1), (16, 16, 32, 1), (16, 1, 32, 1),               # rows not divisible, wide, 1 channel
+])
+def test_packed_narrow_pointwise_equals_one_plain_gemm(n_in: int, n_out: int, rows: int, packs: int) -> None:
     """The fused path's 1x1 maps pack rows when the output is narrow (CPU); outputs and gradients
-    are those of the plain ``bias + h @ W^T``, also when ``rows`` does not divide (no packing)."""
-    from repro.models.fno import MemberLinear, _rows_pointwise
+    are those of the plain ``bias + h @ W^T``, and the rule packs exactly where it should."""
+    from repro.models.fno import MemberLinear, _rows_pointwise, row_packing
 
+    assert row_packing(n_out, rows, torch.device("cpu")) == packs
+    assert row_packing(n_out, rows, torch.device("cuda")) == 1  # measured on CPU BLAS only
     linear = MemberLinear(2, n_in, n_out)
     gen = torch.Generator().manual_seed(n_out)
     for i in range(2):

@@ -157,22 +157,35 @@ class MemberLinear(nn.Module):
 CPU_NARROW_GEMM_COLUMNS = 16
 
 
+def row_packing(n_out: int, rows: int, device: torch.device) -> int:
+    """How many consecutive rows :func:`_rows_pointwise` packs into one for an ``n_out``-channel output
+    (1: none).  CPU only, 2 to 8 channels (``g = 16 // n_out >= 2``), and ``g`` must divide ``rows``."""
+    if device.type != "cpu" or not 2 <= n_out < CPU_NARROW_GEMM_COLUMNS:
+        return 1
+    g = CPU_NARROW_GEMM_COLUMNS // n_out
+    return g if rows % g == 0 else 1
+
+
 def _rows_pointwise(h: Tensor, linear: MemberLinear) -> Tensor:
     """``bias + h @ W^T`` per member for the fused path's ``(M, rows, in)`` activations, one GEMM with beta = 1.
 
-    On a CPU, an output narrower than :data:`CPU_NARROW_GEMM_COLUMNS` (2 to 15 channels) is
-    computed with ``g`` consecutive rows packed into one: ``(rows / g, g in) @ blockdiag(W^T x g)``
-    is the same numbers in the same memory, ``g`` times the FLOPs, but a GEMM shape the BLAS runs
-    well.  Measured (one thread, 16^2, batch 32, compiled step, interleaved): xxs-m8 with 8 members
-    5,144 -> 6,005 samples/s, xxs 7,434 -> 9,413; packing wider outputs (16 -> 32 columns) measured
-    0.97x for xs-m8 and packing the 1-channel projection is left out (16x the FLOPs of a mat-vec).
+    On a CPU, an output of 2 to 8 channels is computed with ``g = 16 // n_out`` consecutive rows
+    packed into one (:func:`row_packing`): ``(rows / g, g in) @ blockdiag(W^T x g)`` is the same
+    numbers in the same memory, ``g`` times the FLOPs, but a GEMM shape the BLAS runs well.
+    Measured (one thread, 16^2, batch 32, the compiled step, both versions interleaved in one
+    process): xxs-m8 with 8 members 5,144 -> 6,005 samples/s, xxs 7,434 -> 9,413 (README,
+    Benchmarks, has the ladder's numbers).  Packing 16 -> 32 columns measured 0.97x for xs-m8, and
+    the 1-channel projection is left alone (16x the FLOPs of a mat-vec).  A non-finite input row can
+    spread to the other rows of its pack (``0 * inf``), never to another member: the training
+    loop's non-finite mask is per member.
     """
     n_members, rows, n_in = h.shape
     n_out = linear.weight.shape[1]
-    g = CPU_NARROW_GEMM_COLUMNS // n_out if h.device.type == "cpu" and 2 <= n_out < CPU_NARROW_GEMM_COLUMNS else 1
-    if g == 1 or rows % g:
+    g = row_packing(n_out, rows, h.device)
+    if g == 1:
         return torch.baddbmm(linear.bias.unsqueeze(1), h, linear.weight.transpose(1, 2))
     eye = torch.eye(g, dtype=h.dtype, device=h.device)
+    # packed[m, (a, i), (b, o)] = [a == b] W[m, o, i]: row q of the packed input holds rows g q + a of h.
     packed = torch.einsum("ab,moi->maibo", eye, linear.weight).reshape(n_members, g * n_in, g * n_out)
     bias = linear.bias.repeat(1, g).unsqueeze(1)                                  # (M, 1, g out)
     return torch.baddbmm(bias, h.reshape(n_members, rows // g, g * n_in), packed).view(n_members, rows, n_out)
