@@ -57,7 +57,7 @@ import torch
 from repro.config import MODEL_LADDER, ModelSpec
 from repro.models import FNO, SPECTRAL_PATHS, count_parameters
 from repro.config import DatasetSpec, RunSpec
-from repro.ensembles import cpu_ensemble_members, ensemble_cap
+from repro.ensembles import DEFAULT_MAX_MEMBERS, cpu_ensemble_members, ensemble_cap
 from repro.train.compiled import compile_batch_loss
 from repro.train.loop import EnsembleData, Schedule, batch_loss, evaluate, train_ensemble
 from repro.train.optim import EnsembleAdam
@@ -202,12 +202,14 @@ def make_peer_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
     return make_train_step(model, x[0], y[0].unsqueeze(1), batch=x.shape[1])
 
 
-def ladder_members(members: str, size: str, batch: int, resolution: int) -> int:
-    """The ``--members`` of the ladder for one rung: a number, or ``engine`` for the CPU ensemble the
-    grid engine would train at this batch and resolution (:func:`cpu_ensemble_members`)."""
-    if members == "engine":
-        return cpu_ensemble_members(batch, MODEL_LADDER[size][0], resolution)
-    return int(members)
+def ladder_members(members: str, size: str, batch: int, resolution: int, device: torch.device) -> int:
+    """The ``--members`` of the ladder for one rung: a number, or ``engine`` for the ensemble the grid
+    engine would train on ``device`` at this batch and resolution (:func:`ensemble_cap`'s rule)."""
+    if members != "engine":
+        return int(members)
+    if device.type != "cpu":
+        return DEFAULT_MAX_MEMBERS
+    return cpu_ensemble_members(batch, MODEL_LADDER[size][0], resolution)
 
 
 def bench_ladder(device: torch.device, *, resolution: int, batch: int, sizes: Sequence[str],
@@ -229,7 +231,7 @@ def bench_ladder(device: torch.device, *, resolution: int, batch: int, sizes: Se
     results = []
     for size in sizes:
         spec = ModelSpec.from_ladder(size, in_channels)
-        n_members = ladder_members(members, size, batch, resolution)
+        n_members = ladder_members(members, size, batch, resolution, device)
         generator = torch.Generator().manual_seed(seed)
         x = torch.randn(n_members, batch, in_channels, resolution, resolution, generator=generator).to(device)
         y = torch.randn(n_members, batch, resolution, resolution, generator=generator).to(device)

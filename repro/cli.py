@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from repro import schema
+from repro.ensembles import DEFAULT_MAX_MEMBERS
 
 app = typer.Typer(
     name="repro",
@@ -475,7 +476,7 @@ def run_grid_cmd(
     device: str = typer.Option(None, help="cpu | cuda (default: cuda if available; with --executor slurm, "
                                           "cuda when --gpus-per-task > 0: the compute nodes' device)"),
     runs_per_gpu: int = typer.Option(1, help="worker slots per GPU"),
-    max_members: int = typer.Option(16, help="at most this many runs trained together as one ensemble (1: no batching)"),
+    max_members: int = typer.Option(DEFAULT_MAX_MEMBERS, help="at most this many runs trained together as one ensemble (1: no batching)"),
     executor: str = typer.Option("local", help="local | slurm"),
     partition: str = typer.Option(None, help="SLURM partition"),
     time_limit: int = typer.Option(240, "--time", help="SLURM time limit per array task, minutes"),

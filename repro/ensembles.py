@@ -10,7 +10,7 @@ from typing import Sequence
 
 from repro.config import RunSpec
 
-__all__ = ["CPU_ENSEMBLE_FLOATS", "batch_key", "cpu_ensemble_members", "ensemble_cap", "group_specs"]
+__all__ = ["CPU_ENSEMBLE_FLOATS", "DEFAULT_MAX_MEMBERS", "batch_key", "cpu_ensemble_members", "ensemble_cap", "group_specs"]
 
 
 def batch_key(spec: RunSpec) -> tuple:
@@ -34,19 +34,23 @@ def _device_type(device: object) -> str:
     return str(device).split(":", 1)[0]
 
 
-def cpu_ensemble_members(batch: int, width: int, resolution: int, max_members: int = 16) -> int:
+#: Most runs trained as one ensemble unless ``--max-members`` says otherwise (all of them on a GPU).
+DEFAULT_MAX_MEMBERS = 16
+
+
+def cpu_ensemble_members(batch: int, width: int, resolution: int, max_members: int = DEFAULT_MAX_MEMBERS) -> int:
     """How many members of ``batch x width x resolution^2`` activations train as one ensemble on a CPU."""
     return max(1, min(max_members, CPU_ENSEMBLE_FLOATS // (batch * width * resolution ** 2)))
 
 
-def ensemble_cap(spec: RunSpec, device: object, max_members: int = 16) -> int:
+def ensemble_cap(spec: RunSpec, device: object, max_members: int = DEFAULT_MAX_MEMBERS) -> int:
     """How many runs like ``spec`` to train as one ensemble on ``device``."""
     if _device_type(device) != "cpu":
         return max_members
     return cpu_ensemble_members(spec.effective_batch_size, spec.model_spec.width, spec.data.resolution, max_members)
 
 
-def group_specs(specs: Sequence[RunSpec], max_members: int = 16, device: object | None = None) -> list[list[RunSpec]]:
+def group_specs(specs: Sequence[RunSpec], max_members: int = DEFAULT_MAX_MEMBERS, device: object | None = None) -> list[list[RunSpec]]:
     """Split specs into ensembles with one batch_key each, of at most ``max_members`` runs (fewer
     on a CPU, see :func:`ensemble_cap`), keeping the first-seen order of the keys (so
     pre-training runs listed first go first)."""

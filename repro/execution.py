@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from repro.ensembles import DEFAULT_MAX_MEMBERS
+
 __all__ = ["RunContext"]
 
 
@@ -35,7 +37,7 @@ class RunContext:
     #: ``"on"`` or ``"off"`` (:func:`repro.compilation.compiles`); recorded as the metric ``compiled``.
     compile_mode: str = "auto"
     #: Specs sharing a :func:`repro.ensembles.batch_key` train as one ensemble of up to this many.
-    max_members: int = 16
+    max_members: int = DEFAULT_MAX_MEMBERS
     #: Grid label tagged on every run (``None``: a run outside a grid).
     grid: str | None = None
     #: The invocation's MLflow parent run the runs are recorded under.

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
 HAVE_CXX = any(shutil.which(name) for name in ("g++", "c++", "clang++"))  # inductor's CPU kernels need one
@@ -48,8 +49,10 @@ def test_ladder_benchmark_prints_every_path_and_its_share_of_peak(capsys: pytest
 def test_ladder_members_follow_the_engines_cpu_ensembles() -> None:
     """``--members engine`` trains each rung as the grid engine would group the CPU study's units."""
     bench = _load_bench()
-    assert [bench.ladder_members("engine", size, 32, 16) for size in ("xxs-m8", "xs-m8", "s")] == [8, 4, 2]
-    assert bench.ladder_members("5", "xs", 32, 16) == 5
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [bench.ladder_members("engine", size, 32, 16, cpu) for size in ("xxs-m8", "xs-m8", "s")] == [8, 4, 2]
+    assert bench.ladder_members("engine", "xs-m8", 32, 16, cuda) == 16  # a GPU unit takes every member
+    assert bench.ladder_members("5", "xs", 32, 16, cpu) == 5
     with pytest.raises(SystemExit, match="--members 0: allowed"):
         bench.main(["--device", "cpu", "--sections", "ladder", "--members", "0"])
 

@@ -7,6 +7,7 @@ import time
 from typing import Any, Callable
 
 from repro import schema
+from repro.ensembles import DEFAULT_MAX_MEMBERS
 from repro.grid.ledger import GridOutcome, describe_run
 from repro.grid.plan import Plan
 from repro.grid.worker import DataTask, UnitTask
@@ -164,7 +165,7 @@ def _fmt_value(v: Any) -> str:
 LONG_GRID_S = 2 * 86400.0
 
 
-def plan_text(plan: Plan, sv: Any, *, device: str = "cpu", max_members: int = 16) -> str:
+def plan_text(plan: Plan, sv: Any, *, device: str = "cpu", max_members: int = DEFAULT_MAX_MEMBERS) -> str:
     """The ``--dry-run`` summary: counts per axis, finished / running / to do."""
     grid = plan.grid
     todo = sv.todo

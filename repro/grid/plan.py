@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Iterator
 
 from repro import schema
 from repro.config import RunSpec, SpecError
-from repro.ensembles import group_specs  # what the engine trains together
+from repro.ensembles import DEFAULT_MAX_MEMBERS, group_specs  # what the engine trains together
 from repro.grid.spec import GridSpec, grid_from_mapping, read_grid
 
 ROLE_PRETRAIN = schema.ROLE_PRETRAIN
@@ -174,7 +174,7 @@ class Plan:
                     counts[axis][value] += 1
         return counts
 
-    def units(self, keys: Iterable[str] | None = None, *, max_members: int = 16,
+    def units(self, keys: Iterable[str] | None = None, *, max_members: int = DEFAULT_MAX_MEMBERS,
               device: str | None = None) -> list[Unit]:
         """Group ``keys`` (default: all) by the engine's ``batch_key`` into units of ≤ ``max_members``.
 

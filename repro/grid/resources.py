@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from repro.config import DatasetSpec, RunSpec, in_channels
+from repro.ensembles import DEFAULT_MAX_MEMBERS
 from repro.grid import local
 
 
@@ -43,7 +44,7 @@ class Resources:
 
 
 def resolve(*, executor: str = "local", device: str | None = None, workers: int | None = None,
-            runs_per_gpu: int = 1, max_members: int = 16, gpus_per_task: int | None = None,
+            runs_per_gpu: int = 1, max_members: int = DEFAULT_MAX_MEMBERS, gpus_per_task: int | None = None,
             array_parallelism: int = 16) -> Resources:
     """The :class:`Resources` of one invocation (``device=None``: cuda when a GPU is visible, else
     cpu; with SLURM the compute nodes' device, cuda unless ``gpus_per_task`` is 0)."""
