@@ -44,7 +44,7 @@ def test_ci_runs_readme_test_command_after_installing_torch_first() -> None:
 def test_the_suite_schedule_names_test_files_that_exist() -> None:
     """conftest's heaviest-first order only helps while it names real files (a renamed file would
     silently drop back to collection order)."""
-    from tests.conftest import HEAVIEST_FIRST
+    from conftest import HEAVIEST_FIRST
 
     assert [p for p in HEAVIEST_FIRST if not (ROOT / p).is_file()] == []
 
