@@ -576,8 +576,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "takes 10-35 s per size with a cold cache)")
     parser.add_argument("--members", default="1", metavar="N|engine",
                         help="ladder: FNOs our paths train together as one ensemble (samples/s count every member); "
-                             "'engine': the CPU ensemble the grid engine forms at this batch and resolution "
-                             "(the CPU study's units: 4 for xs-m8, 8 for xxs-m8, 2 for s at 16^2, batch 32)")
+                             "'engine': the ensemble the grid engine forms on this device at this batch and "
+                             "resolution (on a CPU, the study's units: 4 for xs-m8, 8 for xxs-m8, 2 for s at 16^2, "
+                             "batch 32; on a GPU, 16)")
     parser.add_argument("--smoke", action="store_true", help="bf16 section: tiny sizes (a seconds-long rehearsal)")
     parser.add_argument("--layout-seconds", type=float, default=20.0, help="layout section: seconds timed per layout")
     parser.add_argument("--bf16-epochs", type=int, default=None, help="bf16 section: epochs (default per device)")
