@@ -391,10 +391,11 @@ def _require_store(uri: str, *, must_exist: bool = True) -> str:
     open a WAL-mode database there).  Without it (run-grid, train, ui: they write) a read-only
     store is refused with the reason.
     """
-    if uri.startswith(("http://", "https://")):
+    from repro.tracking import is_tracking_server, sqlite_path
+
+    if is_tracking_server(uri):
         _probe_server(uri)
         return uri
-    from repro.tracking import sqlite_path
 
     path = sqlite_path(uri)
     if path is None:

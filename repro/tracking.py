@@ -193,13 +193,18 @@ def client(uri: str):
 _last_server: str | None = None
 
 
+def is_tracking_server(uri: str) -> bool:
+    """Whether ``uri`` names an MLflow tracking server (http/https), not a local store."""
+    return uri.startswith(("http://", "https://"))
+
+
 def _note_server(uri: str) -> None:
     global _last_server
     from urllib.parse import urlsplit
 
-    parts = urlsplit(uri)
-    if parts.scheme in ("http", "https") and parts.netloc:
-        _last_server = _without_password(parts.netloc)
+    netloc = urlsplit(uri).netloc
+    if is_tracking_server(uri) and netloc:
+        _last_server = _without_password(netloc)
 
 
 def _without_password(netloc: str) -> str:
@@ -288,7 +293,7 @@ def create_run_once(uri: str, name: str, tags: Mapping[str, str]) -> str:
     token = uuid.uuid4().hex
     c = client(uri)
     run_id = c.create_run(experiment_id(uri), run_name=name, tags={**tags, schema.T_CREATE_TOKEN: token}).info.run_id
-    if uri.startswith(("http://", "https://")):
+    if is_tracking_server(uri):
         try:
             for twin in search_runs(uri, f"tags.`{schema.T_CREATE_TOKEN}` = '{token}'"):
                 if twin.info.run_id != run_id:
